@@ -1,0 +1,55 @@
+"""``ctrag`` command line. ``main(argv)`` is importable and testable in-process (no ``sys.argv`` reads)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import click
+import typer
+
+from ctrag.cli import _app
+from ctrag.cli._app import app, err_console
+from ctrag.errors import CtragError
+
+# Command modules register themselves on the apps when imported.
+from ctrag.cli import commands_data  # noqa: F401  isort: skip
+from ctrag.cli import commands_index  # noqa: F401  isort: skip
+from ctrag.cli import commands_encoders  # noqa: F401  isort: skip
+from ctrag.cli import commands_evaluate  # noqa: F401  isort: skip
+from ctrag.cli import commands_generation  # noqa: F401  isort: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code instead of exiting so tests can call it directly."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(
+        level=os.environ.get("CTRAG_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        result = app(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except CtragError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return 130
+    except FileNotFoundError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    return int(result) if isinstance(result, int) else 0
+
+
+def entrypoint() -> None:
+    raise SystemExit(main())
+
+
+__all__ = ["_app", "app", "entrypoint", "main", "typer"]

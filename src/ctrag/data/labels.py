@@ -1,0 +1,137 @@
+"""Label vocabularies: the 18 CT-RATE abnormalities and the TotalSegmentator v2 "total" classes.
+
+The TotalSegmentator names are parsed from its ``map_to_binary.py`` (Apache-2.0) and shipped as JSON in
+``ctrag/data/resources``. ``ANATOMY_GROUPS`` folds the 117 classes into the coarse structures that a report
+talks about and that a low-resolution model can still represent (both lungs, airway, heart, aorta, bone...);
+``COARSE_LABELS`` is the label set the classical segmenter produces, so masks from either source can be
+compared after ``to_coarse``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+import numpy.typing as npt
+
+
+def _read_resource(name: str) -> object:
+    return json.loads((resources.files("ctrag.data") / "resources" / name).read_text(encoding="utf-8"))
+
+
+CT_RATE_LABELS: tuple[str, ...] = tuple(str(x) for x in _read_resource("ct_rate_18_abnormality_labels.json"))  # type: ignore[attr-defined]
+"""The 18 CT-RATE abnormality labels, in the column order of the CT-RATE label CSVs."""
+
+
+@lru_cache(maxsize=1)
+def totalseg_v2_labels() -> dict[int, str]:
+    """TotalSegmentator v2 "total" task: label id (1..117) -> class name."""
+    raw = _read_resource("total_v2_label_names.json")
+    assert isinstance(raw, dict)
+    return {int(k): str(v) for k, v in raw.items()}
+
+
+def _ids(names: Sequence[str] = (), prefixes: Sequence[str] = ()) -> tuple[int, ...]:
+    table = totalseg_v2_labels()
+    return tuple(sorted(i for i, n in table.items() if n in names or any(n.startswith(p) for p in prefixes)))
+
+
+# Anatomical groups used by reports, proxies and evaluation. Order matters: ``to_coarse`` assigns later groups
+# on top of earlier ones only where the earlier left background, so overlaps never happen silently.
+ANATOMY_GROUPS: dict[str, tuple[int, ...]] = {
+    "lung_left": _ids(("lung_upper_lobe_left", "lung_lower_lobe_left")),
+    "lung_right": _ids(("lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right")),
+    "airway": _ids(("trachea",)),
+    "heart": _ids(("heart", "atrial_appendage_left")),
+    "aorta": _ids(("aorta",)),
+    "esophagus": _ids(("esophagus",)),
+    "vessels": _ids(
+        (
+            "pulmonary_vein",
+            "brachiocephalic_trunk",
+            "superior_vena_cava",
+            "inferior_vena_cava",
+            "portal_vein_and_splenic_vein",
+        ),
+        prefixes=("subclavian_artery", "common_carotid_artery", "brachiocephalic_vein", "iliac_"),
+    ),
+    "bone": _ids(
+        ("sacrum", "skull", "sternum", "costal_cartilages"),
+        prefixes=("vertebrae_", "rib_", "humerus_", "scapula_", "clavicula_", "femur_", "hip_"),
+    ),
+    "upper_abdomen": _ids(
+        (
+            "spleen",
+            "kidney_right",
+            "kidney_left",
+            "gallbladder",
+            "liver",
+            "stomach",
+            "pancreas",
+            "adrenal_gland_right",
+            "adrenal_gland_left",
+            "duodenum",
+            "kidney_cyst_left",
+            "kidney_cyst_right",
+        )
+    ),
+    "muscle": _ids(prefixes=("gluteus_", "autochthon_", "iliopsoas_")),
+    "other": _ids(
+        (
+            "thyroid_gland",
+            "small_bowel",
+            "colon",
+            "urinary_bladder",
+            "prostate",
+            "spinal_cord",
+            "brain",
+        )
+    ),
+}
+
+COARSE_LABELS: dict[int, str] = {1: "body", 2: "lung_left", 3: "lung_right", 4: "airway", 5: "bone"}
+"""Label set shared by the classical segmenter and ``to_coarse``: what HU + morphology can find reliably."""
+
+
+def group_of(label_id: int) -> str | None:
+    """Name of the anatomical group holding a TotalSegmentator label id, or None for background/unknown."""
+    for group, ids in ANATOMY_GROUPS.items():
+        if label_id in ids:
+            return group
+    return None
+
+
+def to_coarse(mask: npt.NDArray[np.integer], body: npt.NDArray[np.bool_] | None = None) -> npt.NDArray[np.uint8]:
+    """Map a TotalSegmentator "total" mask to ``COARSE_LABELS``.
+
+    TotalSegmentator has no "body" class; pass a body mask (e.g. from ``ctrag.segment``) to fill label 1,
+    otherwise every labelled voxel counts as body.
+    """
+    out = np.zeros(mask.shape, dtype=np.uint8)
+    if body is not None:
+        if body.shape != mask.shape:
+            raise ValueError(f"to_coarse: body shape {body.shape} != mask shape {mask.shape}")
+        out[body] = 1
+    else:
+        out[mask > 0] = 1
+    inv = {name: code for code, name in COARSE_LABELS.items()}
+    for group in ("bone", "airway", "lung_right", "lung_left"):
+        out[np.isin(mask, ANATOMY_GROUPS[group])] = inv[group]
+    return out
+
+
+def labels_to_vector(labels: Mapping[str, int | bool]) -> np.ndarray:
+    """18-vector (uint8) in ``CT_RATE_LABELS`` order from a name -> 0/1 mapping; missing names are errors."""
+    missing = [name for name in CT_RATE_LABELS if name not in labels]
+    if missing:
+        raise KeyError(f"labels missing for {missing}")
+    return np.array([int(bool(labels[name])) for name in CT_RATE_LABELS], dtype=np.uint8)
+
+
+def vector_to_labels(vector: Sequence[int] | np.ndarray) -> dict[str, int]:
+    if len(vector) != len(CT_RATE_LABELS):
+        raise ValueError(f"expected {len(CT_RATE_LABELS)} label values, got {len(vector)}")
+    return {name: int(v) for name, v in zip(CT_RATE_LABELS, vector, strict=True)}

@@ -1,0 +1,1 @@
+"""Small helpers shared across ctrag modules (atomic writes, hashing, seeding)."""
