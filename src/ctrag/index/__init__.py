@@ -1,0 +1,1 @@
+"""ctrag.index"""
