@@ -51,3 +51,9 @@ class CheckpointMismatchError(CtragError, ValueError):
     """A checkpoint does not match the model config it is being loaded into."""
 
     exit_code = 3
+
+
+class MissingDependencyError(CtragError, ImportError):
+    """An optional package a requested feature needs is not installed; the message names it and the alternative."""
+
+    exit_code = 2

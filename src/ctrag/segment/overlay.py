@@ -1,0 +1,89 @@
+"""Tri-planar PNG of a label mask over its CT, for looking at a segmentation rather than reading numbers.
+
+Slices are taken in the closest-RAS view and drawn in radiological convention (patient left on the image's
+right in axial and coronal views), through the centroid of the lungs when there are any, else the volume
+centre. matplotlib is imported here only, with the Agg backend, so nothing opens a window.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ctrag.data.nifti import Volume, check_same_grid
+from ctrag.segment.grid import CanonicalView
+from ctrag.utils.atomic import atomic_path
+
+COARSE_COLOURS: dict[int, tuple[float, float, float]] = {
+    1: (0.95, 0.85, 0.2),  # body
+    2: (0.2, 0.5, 1.0),  # lung_left
+    3: (0.1, 0.85, 0.3),  # lung_right
+    4: (1.0, 0.2, 0.8),  # airway
+    5: (1.0, 0.35, 0.1),  # bone
+}
+
+
+def save_overlay_png(
+    path: str | os.PathLike[str],
+    ct: Volume,
+    mask: Volume,
+    *,
+    title: str = "",
+    hu_window: tuple[float, float] = (-1000.0, 600.0),
+    alpha: float = 0.4,
+    centre_labels: tuple[int, ...] = (2, 3),
+) -> Path:
+    """Write axial/coronal/sagittal views of ``mask`` (coarse labels) over ``ct``; returns the PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    check_same_grid(mask, ct)
+    view = CanonicalView.of(ct.shape, ct.affine)
+    img = view.to_canonical(np.asarray(ct.array, dtype=np.float32))
+    lab = view.to_canonical(np.asarray(mask.array)).astype(np.int32)
+    sx, sy, sz = view.spacing
+    sel = np.isin(lab, centre_labels)
+    centre = np.argwhere(sel).mean(axis=0).round().astype(int) if sel.any() else np.array(lab.shape) // 2
+    ci, cj, ck = (int(c) for c in centre)
+    n_colours = max(COARSE_COLOURS) + 1
+    colours = np.zeros((n_colours, 4))
+    for code, rgb in COARSE_COLOURS.items():
+        colours[code] = (*rgb, 1.0)
+    cmap = ListedColormap(colours)
+    # (2-D CT slice, 2-D labels, pixel aspect) with rows = displayed vertical axis.
+    views = [
+        ("axial", img[::-1, :, ck].T, lab[::-1, :, ck].T, sy / sx),  # patient left on the right, anterior up
+        ("coronal", img[::-1, cj, :].T, lab[::-1, cj, :].T, sz / sx),
+        ("sagittal", img[ci, :, :].T, lab[ci, :, :].T, sz / sy),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
+    for ax, (name, ct2d, lab2d, aspect) in zip(axes, views, strict=True):
+        ax.imshow(ct2d, cmap="gray", vmin=hu_window[0], vmax=hu_window[1], origin="lower", aspect=aspect)
+        masked = np.ma.masked_where(lab2d == 0, lab2d)
+        ax.imshow(
+            masked,
+            cmap=cmap,
+            vmin=0,
+            vmax=n_colours - 1,
+            alpha=alpha,
+            origin="lower",
+            aspect=aspect,
+            interpolation="nearest",
+        )
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0].set_xlabel("patient R  ←→  patient L")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    final = Path(path)
+    with atomic_path(final, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    return final
