@@ -1,0 +1,243 @@
+"""CLIP-style pairing of a frozen text encoder with a trainable volume tower.
+
+The text side stays frozen (its vectors are what the case index already holds), and the volume tower learns to
+land each CT next to its own report in that space: symmetric InfoNCE over a batch of (volume, report) pairs with
+a learnable temperature (Radford et al. 2021, arXiv:2103.00020). Because text vectors never change, they are
+computed once per corpus and cached (``ctrag.encoders.cache``).
+
+``SharedSpaceEncoder`` is the inference object: ``encode_text`` delegates to the text encoder, ``encode_volume``
+runs the tower; both return L2-normalised float32 vectors of the same dimension, so a CT can query an index of
+reports and vice versa. ``save_pretrained``/``from_pretrained`` write/read a folder with the tower weights, its
+architecture, the preprocessing and the text encoder's fingerprint, and refuse a text encoder whose fingerprint
+differs from the one the tower was trained against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ctrag.config import from_dict
+from ctrag.encoders.base import Encoder, l2_normalise
+from ctrag.encoders.fingerprint import make_fingerprint
+from ctrag.encoders.preprocess import (
+    PreprocessConfig,
+    check_encoder_preprocess,
+    preprocess_from_dict,
+    preprocess_to_dict,
+)
+from ctrag.encoders.volume import VolumeTower, VolumeTowerConfig, check_volume_batch
+from ctrag.errors import CheckpointMismatchError, InvalidInputError, WeightsNotFoundError
+from ctrag.utils.atomic import atomic_path, atomic_write_text
+
+TOWER_WEIGHTS = "volume_tower.pt"
+ENCODER_CONFIG = "encoder_config.json"
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def contrastive_loss(
+    volume_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    logit_scale: torch.Tensor,
+    text_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric InfoNCE between L2-normalised volume and text embeddings; returns (loss, logits).
+
+    ``text_ids`` groups rows that count as the same caption: every pair within a group is a positive, with the
+    target probability split evenly. For byte-identical captions (two augmented views of one CT) this gives the
+    same value as the plain diagonal target, because their columns are identical; it matters when different
+    texts must not act as negatives of each other (e.g. two phrasings of one study's report).
+    """
+    if volume_emb.shape != text_emb.shape or volume_emb.ndim != 2:
+        raise InvalidInputError(f"contrastive_loss: shapes {tuple(volume_emb.shape)} vs {tuple(text_emb.shape)}")
+    n = volume_emb.shape[0]
+    if n < 2:
+        raise InvalidInputError("contrastive_loss needs at least 2 pairs in a batch (1 pair has no negatives)")
+    logits = logit_scale.exp() * volume_emb @ text_emb.t()
+    if text_ids is None:
+        target = torch.eye(n, device=logits.device, dtype=logits.dtype)
+    else:
+        same = (text_ids[:, None] == text_ids[None, :]).to(logits.dtype)
+        target = same / same.sum(dim=1, keepdim=True)
+    loss_v2t = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    loss_t2v = -(target.t() * F.log_softmax(logits.t(), dim=1)).sum(dim=1).mean()
+    return 0.5 * (loss_v2t + loss_t2v), logits
+
+
+class VolumeTextCLIP(nn.Module):
+    """Trainable half of the pair: the volume tower plus the temperature (text embeddings come in precomputed)."""
+
+    def __init__(self, tower_cfg: VolumeTowerConfig, init_temperature: float = 0.07) -> None:
+        super().__init__()
+        self.tower = VolumeTower(tower_cfg)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+
+    def forward(
+        self, volumes: torch.Tensor, text_emb: torch.Tensor, text_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return (loss, logits, normalised volume embeddings)."""
+        vol = F.normalize(self.tower(volumes), dim=-1)
+        txt = F.normalize(text_emb.to(vol.dtype), dim=-1)
+        scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE)
+        loss, logits = contrastive_loss(vol, txt, scale, text_ids)
+        return loss, logits, vol
+
+
+def state_dict_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """Content hash of tensors (names, dtypes, shapes, bytes) — identical across processes for equal weights."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.numpy().tobytes() if value.dtype != torch.bfloat16 else value.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class TowerInfo:
+    """What ``encoder_config.json`` records next to the tower weights."""
+
+    name: str
+    tower: VolumeTowerConfig
+    preprocess: PreprocessConfig
+    text_encoder: dict[str, Any]
+    extra: dict[str, Any]
+
+
+class SharedSpaceEncoder(Encoder):
+    """Frozen text encoder + trained volume tower; text and volume vectors share one space."""
+
+    def __init__(
+        self,
+        text_encoder: Encoder,
+        tower: VolumeTower,
+        preprocess: PreprocessConfig,
+        *,
+        name: str = "shared-space",
+        device: str = "cpu",
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        if tower.cfg.embed_dim != text_encoder.dim:
+            raise CheckpointMismatchError(
+                f"volume tower embeds into {tower.cfg.embed_dim} dims but text encoder {text_encoder.name} has "
+                f"{text_encoder.dim}"
+            )
+        self.name = name
+        self.text_encoder = text_encoder
+        self.tower = tower.to(device).eval()
+        self.preprocess = check_encoder_preprocess(preprocess)
+        self.device = device
+        self.extra = dict(extra or {})
+        self._fingerprint: str | None = None
+
+    @property
+    def dim(self) -> int:
+        return self.text_encoder.dim
+
+    @property
+    def supports_volume(self) -> bool:
+        return True
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        lo, hi = self.preprocess.output_range
+        return float(lo), float(hi)
+
+    @property
+    def text_fingerprint(self) -> str:
+        """Fingerprint of the text side alone: text vectors here equal the text encoder's own."""
+        return self.text_encoder.fingerprint
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            settings = {
+                "tower": self.tower.cfg.to_dict(),
+                "preprocess": preprocess_to_dict(self.preprocess),
+                "text_encoder": self.text_encoder.fingerprint,
+            }
+            self._fingerprint = make_fingerprint(
+                self.name, settings, {"tower": state_dict_sha256(self.tower.state_dict())}
+            )
+        return self._fingerprint
+
+    def encode_text(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        return self.text_encoder.encode_text(texts, batch_size=batch_size)
+
+    @torch.inference_mode()
+    def encode_volume(self, volumes: torch.Tensor, batch_size: int = 4) -> np.ndarray:
+        check_volume_batch(volumes, self.tower.cfg.in_channels, self.value_range)
+        out = []
+        for start in range(0, volumes.shape[0], batch_size):
+            batch = volumes[start : start + batch_size].to(self.device, torch.float32)
+            out.append(F.normalize(self.tower(batch), dim=-1).float().cpu().numpy())
+        return l2_normalise(np.concatenate(out, axis=0))
+
+    # --- persistence -----------------------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
+        """Write ``volume_tower.pt`` and ``encoder_config.json`` atomically (weights first, config last)."""
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / TOWER_WEIGHTS) as tmp:
+            torch.save({k: v.detach().cpu() for k, v in self.tower.state_dict().items()}, tmp)
+        record = {
+            "format": "ctrag-shared-space-encoder/1",
+            "name": self.name,
+            "tower": self.tower.cfg.to_dict(),
+            "preprocess": preprocess_to_dict(self.preprocess),
+            "text_encoder": {
+                "name": self.text_encoder.name,
+                "fingerprint": self.text_encoder.fingerprint,
+                **self.extra.get("text_encoder_spec", {}),
+            },
+            "fingerprint": self.fingerprint,
+            "extra": {k: v for k, v in self.extra.items() if k != "text_encoder_spec"},
+        }
+        atomic_write_text(out / ENCODER_CONFIG, json.dumps(record, indent=2) + "\n")
+        return out
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | os.PathLike[str], text_encoder: Encoder, *, device: str = "cpu"
+    ) -> SharedSpaceEncoder:
+        """Load a folder written by ``save_pretrained``; the text encoder must be the one the tower was trained on."""
+        info = read_tower_info(folder)
+        if info.text_encoder.get("fingerprint") != text_encoder.fingerprint:
+            raise CheckpointMismatchError(
+                f"{folder}: tower was trained against text encoder {info.text_encoder.get('fingerprint')}, "
+                f"got {text_encoder.fingerprint}"
+            )
+        tower = VolumeTower(info.tower)
+        state = torch.load(Path(folder) / TOWER_WEIGHTS, map_location="cpu", weights_only=True)
+        tower.load_state_dict(state, strict=True)
+        return cls(text_encoder, tower, info.preprocess, name=info.name, device=device, extra=info.extra)
+
+
+def read_tower_info(folder: str | os.PathLike[str]) -> TowerInfo:
+    """Parse ``encoder_config.json`` of a trained shared-space encoder folder."""
+    root = Path(folder)
+    cfg_file, weights = root / ENCODER_CONFIG, root / TOWER_WEIGHTS
+    for f in (cfg_file, weights):
+        if not f.is_file():
+            raise WeightsNotFoundError(
+                f"trained encoder folder {root} lacks {f.name} (train one with `ctrag train encoder`)"
+            )
+    record = json.loads(cfg_file.read_text(encoding="utf-8"))
+    return TowerInfo(
+        name=record.get("name", "shared-space"),
+        tower=from_dict(VolumeTowerConfig, record["tower"]),
+        preprocess=preprocess_from_dict(record["preprocess"]),
+        text_encoder=dict(record.get("text_encoder", {})),
+        extra=dict(record.get("extra", {})),
+    )

@@ -1,0 +1,62 @@
+"""Typed config of the ``encoder:`` section of a preset (``load_config(EncoderConfig, "tiny-cpu", section="encoder")``).
+
+``text``/``text_weights``/``long_text`` pick the text encoder used for reports everywhere (index, search, the frozen
+side of contrastive training). ``volume_model`` names the architecture JSON of the volume tower; the
+preprocessing comes from the preset's ``preprocess:`` section (one definition for the whole project) and is
+recorded in every trained encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class EncoderTrainConfig:
+    """Contrastive volume<->report training (``ctrag train encoder``)."""
+
+    epochs: int = 40
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    init_temperature: float = 0.07
+    #: Random crop size as a fraction of the preprocessed grid (per axis); 1.0 disables cropping.
+    crop_fraction: float = 0.875
+    flip_prob: float = 0.5
+    #: Tensor axes (0 = I left-right, 1 = J posterior-anterior, 2 = K inferior-superior) that may be flipped.
+    #: Left-right is off by default: captions state laterality ("left upper zone mass"), so a mirrored CT would
+    #: contradict its own text.
+    flip_axes: tuple[int, ...] = (1,)
+    #: Augmented views of each case per epoch (views of one case are positives for the same caption).
+    views_per_case: int = 1
+    #: Manifest split to train on; cases need both a volume and a report.
+    split: str = "train"
+    seed: int = 0
+    grad_clip: float = 1.0
+    checkpoint_every: int = 1
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 2:
+            raise ValueError(
+                f"EncoderTrainConfig: epochs >= 0 and batch_size >= 2 required (got {self.epochs}, "
+                f"{self.batch_size}); one pair per batch has no negatives"
+            )
+        if not 0.0 < self.crop_fraction <= 1.0 or not 0.0 <= self.flip_prob <= 1.0:
+            raise ValueError("EncoderTrainConfig: crop_fraction must be in (0, 1] and flip_prob in [0, 1]")
+        if any(a not in (0, 1, 2) for a in self.flip_axes):
+            raise ValueError(f"EncoderTrainConfig: flip_axes must be among 0, 1, 2, got {self.flip_axes}")
+        if self.views_per_case < 1 or self.checkpoint_every < 1:
+            raise ValueError("EncoderTrainConfig: views_per_case and checkpoint_every must be >= 1")
+
+
+@dataclass
+class EncoderConfig:
+    """The ``encoder:`` preset section."""
+
+    text: str = "minilm"
+    text_weights: str | None = None
+    long_text: str = "truncate"
+    text_batch_size: int = 64
+    volume_model: str = "ctrag-volume-tiny"
+    train: EncoderTrainConfig = field(default_factory=EncoderTrainConfig)

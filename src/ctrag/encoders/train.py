@@ -1,0 +1,392 @@
+"""Contrastive training of the volume tower against frozen report embeddings (``ctrag train encoder``).
+
+Recipe: every case with both a CT and a report contributes a (volume, text) pair; text vectors are computed once
+with the frozen text encoder (through the on-disk embedding cache, so a resumed or repeated run does not re-embed);
+volumes are preprocessed once with the project's ``PreprocessConfig`` and augmented on the fly (random crop,
+random flips on the configured axes); the tower + temperature are trained with symmetric InfoNCE and AdamW.
+Checkpoints are written atomically after each epoch with the config, preprocessing and text-encoder fingerprint,
+and a run resumes from the last one. At the end the trained encoder is exported as a folder that
+``create_encoder(<folder>)`` loads, together with a summary, a loss curve and train-set retrieval figures.
+
+Honesty note: the shipped sample data has a handful of CTs and no CT paired with its own radiologist report, so a
+run here learns annotation-derived captions of a few training CTs. It demonstrates and tests the code path; it is
+not a CT-RATE-scale encoder, and its train-set retrieval says nothing about generalisation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ctrag.config import config_to_dict
+from ctrag.data.case import Case
+from ctrag.encoders.base import Encoder
+from ctrag.encoders.cache import EmbeddingCache, encode_text_cached
+from ctrag.encoders.clip import SharedSpaceEncoder, VolumeTextCLIP
+from ctrag.encoders.config import EncoderConfig, EncoderTrainConfig
+from ctrag.encoders.factory import create_encoder, get_model_config
+from ctrag.encoders.preprocess import (
+    PreprocessConfig,
+    check_encoder_preprocess,
+    load_prepared,
+    preprocess_to_dict,
+)
+from ctrag.encoders.volume import VolumeTowerConfig
+from ctrag.errors import CheckpointMismatchError, InvalidInputError
+from ctrag.utils.atomic import atomic_path, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+SUMMARY = "train_summary.json"
+TEXT_CACHE = "text_embeddings.sqlite"
+LOSS_FIGURE = "loss.png"
+
+
+@dataclass
+class TrainingPair:
+    case_id: str
+    text: str
+    report_source: str
+    volume: torch.Tensor  # (1, I, J, K) in [0, 1]
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    epochs_done: int
+    steps_done: int
+    epoch_losses: list[float]
+    retrieval_before: dict[str, float] | None
+    retrieval_after: dict[str, float]
+    fingerprint: str
+    resumed_from_epoch: int = 0
+    report_sources: dict[str, int] = field(default_factory=dict)
+
+
+def select_training_cases(corpus: Sequence[Case], split: str | None) -> list[Case]:
+    """Cases of ``split`` (all splits if None/empty) that have both a volume and a report."""
+    chosen = [c for c in corpus if (not split or c.split == split) and c.has_volume and c.has_report]
+    if len(chosen) < 2:
+        raise InvalidInputError(
+            f"contrastive training needs at least 2 cases with both a CT and a report in split {split!r}; "
+            f"found {len(chosen)} (of {len(corpus)} cases)"
+        )
+    return chosen
+
+
+def load_training_pairs(
+    cases: Sequence[Case], preprocess: PreprocessConfig, progress: bool = False
+) -> list[TrainingPair]:
+    """Load and preprocess each case's CT once (``load_volume`` + the project's transforms)."""
+    iterator: Any = cases
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(cases, desc="load CTs", unit="case")
+    pairs = []
+    for case in iterator:
+        assert case.volume_path is not None
+        rescale = case.extra.get("rescale") if case.extra.get("rescale_applied") else None
+        prepared = load_prepared(case.volume_path, preprocess, rescale=rescale)
+        pairs.append(TrainingPair(case.case_id, case.report_text, case.report_source, prepared.tensor))
+    return pairs
+
+
+def augment(volume: torch.Tensor, cfg: EncoderTrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random crop (``crop_fraction`` of each axis) and random flips of one ``(1, I, J, K)`` volume."""
+    out = volume
+    if cfg.crop_fraction < 1.0:
+        for axis in range(3):
+            n = volume.shape[axis + 1]
+            size = max(8, round(n * cfg.crop_fraction))
+            start = int(torch.randint(0, n - size + 1, (1,), generator=generator))
+            out = out.narrow(axis + 1, start, size)
+    for axis in cfg.flip_axes:
+        if float(torch.rand((), generator=generator)) < cfg.flip_prob:
+            out = out.flip(axis + 1)
+    return out.contiguous()
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """Shuffled index batches; a trailing batch of one is merged into the previous one (it has no negatives)."""
+    order = torch.randperm(n, generator=generator).tolist()
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches[-2].extend(batches.pop())
+    return batches
+
+
+@torch.no_grad()
+def train_retrieval(
+    model: VolumeTextCLIP, volumes: Sequence[torch.Tensor], text_emb: torch.Tensor, device: str
+) -> dict[str, float]:
+    """Volume -> caption retrieval over the training pairs (rank of each CT's own caption among all captions)."""
+    was_training = model.training
+    model.eval()
+    vol = torch.cat([F.normalize(model.tower(v[None].to(device)), dim=-1).cpu() for v in volumes])
+    if was_training:
+        model.train()
+    sims = vol @ F.normalize(text_emb, dim=-1).t()
+    own = sims.diagonal()
+    ranks = (sims > own[:, None]).sum(dim=1) + 1
+    n = len(volumes)
+    return {
+        "n": float(n),
+        "top1": float((ranks == 1).float().mean()),
+        "mean_rank": float(ranks.float().mean()),
+        "chance_top1": 1.0 / n,
+        "chance_mean_rank": (n + 1) / 2.0,
+    }
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or name == "logit_scale" else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _tower_config(volume_model: str, embed_dim: int) -> VolumeTowerConfig:
+    arch = get_model_config(volume_model)
+    if arch.get("type") != "shared-space":
+        raise InvalidInputError(f"volume_model {volume_model!r} is a {arch.get('type')!r} encoder, not a volume tower")
+    tower = dict(arch["tower"])
+    tower["channels"] = tuple(tower["channels"])
+    tower["strides"] = tuple(tower["strides"])
+    return VolumeTowerConfig(**tower, embed_dim=embed_dim)
+
+
+def train_encoder(
+    corpus: Sequence[Case],
+    out_dir: str | os.PathLike[str],
+    cfg: EncoderConfig,
+    preprocess: PreprocessConfig,
+    *,
+    text_encoder: Encoder | None = None,
+    resume: bool = True,
+    progress: bool = False,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train (or resume) a shared-space volume encoder; writes checkpoint, encoder folder, summary to ``out_dir``."""
+    tcfg = cfg.train
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    preprocess = check_encoder_preprocess(preprocess)
+    device = tcfg.device
+
+    # 1. data: cases with a CT and a report
+    cases = select_training_cases(corpus, tcfg.split)
+    sources = dict(Counter(c.report_source for c in cases))
+    if sources.get("annotation-derived"):
+        logger.warning(
+            "%d of %d training texts are annotation-derived captions, not radiologist reports",
+            sources["annotation-derived"],
+            len(cases),
+        )
+
+    # 2. frozen text side, embedded once through the cache
+    text_spec = {"name_or_path": cfg.text, "weights": cfg.text_weights, "long_text": cfg.long_text}
+    if text_encoder is None:
+        text_encoder = create_encoder(cfg.text, cfg.text_weights, device, long_text=cfg.long_text)
+    with EmbeddingCache(out / TEXT_CACHE) as cache:
+        text_np = encode_text_cached(text_encoder, [c.report_text for c in cases], cache, cfg.text_batch_size)
+    text_emb = torch.from_numpy(text_np)
+    caption_ids = torch.tensor(_caption_ids([c.report_text for c in cases]))
+
+    # 3. volumes, preprocessed once
+    pairs = load_training_pairs(cases, preprocess, progress=progress)
+    volumes = [p.volume for p in pairs]
+
+    # 4. model (initialised from the seed without disturbing the caller's global RNG)
+    tower_cfg = _tower_config(cfg.volume_model, text_encoder.dim)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(tcfg.seed)
+        model = VolumeTextCLIP(tower_cfg, tcfg.init_temperature).to(device)
+    optimizer = torch.optim.AdamW(_param_groups(model, tcfg.weight_decay), lr=tcfg.lr)
+    generator = torch.Generator().manual_seed(tcfg.seed)
+    meta = {
+        "format": "ctrag-encoder-checkpoint/1",
+        "tower": tower_cfg.to_dict(),
+        "volume_model": cfg.volume_model,
+        "preprocess": preprocess_to_dict(preprocess),
+        "text_encoder": {**text_spec, "fingerprint": text_encoder.fingerprint},
+        "case_ids": [c.case_id for c in cases],
+        "train": config_to_dict(tcfg),
+    }
+
+    # 5. resume
+    start_epoch, step, epoch_losses, before = 0, 0, [], None
+    ckpt_path = out / CHECKPOINT
+    if resume and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        _check_resumable(state["meta"], meta, ckpt_path)
+        model.load_state_dict(state["model"], strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        epoch_losses = [float(x) for x in state["epoch_losses"]]
+        before = state.get("retrieval_before")
+        logger.info("resuming %s from epoch %d", ckpt_path, start_epoch)
+    else:
+        before = train_retrieval(model, volumes, text_emb, device)
+
+    # 6. train
+    total_epochs = tcfg.epochs
+    steps_per_epoch = len(_batches(len(pairs) * tcfg.views_per_case, tcfg.batch_size, torch.Generator()))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max(0, total_epochs - start_epoch) * steps_per_epoch, desc="train encoder", unit="step")
+    model.train()
+    for epoch in range(start_epoch, total_epochs):
+        items = [i for i in range(len(pairs)) for _ in range(tcfg.views_per_case)]
+        losses = []
+        for batch_idx in _batches(len(items), tcfg.batch_size, generator):
+            idx = [items[j] for j in batch_idx]
+            vols = torch.stack([augment(volumes[i], tcfg, generator) for i in idx]).to(device)
+            loss, _, _ = model(vols, text_emb[idx].to(device), caption_ids[idx].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tcfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            optimizer.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
+        epoch_losses.append(float(np.mean(losses)))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, epoch_losses[-1])
+        if (epoch + 1) % tcfg.checkpoint_every == 0 or epoch + 1 == total_epochs:
+            _save_checkpoint(
+                ckpt_path,
+                {
+                    "meta": meta,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "epoch_losses": epoch_losses,
+                    "retrieval_before": before,
+                },
+            )
+    if bar is not None:
+        bar.close()
+    model.eval()
+
+    # 7. export + summary
+    after = train_retrieval(model, volumes, text_emb, device)
+    summary = {
+        "epochs": len(epoch_losses),
+        "steps": step,
+        "epoch_losses": epoch_losses,
+        "train_retrieval_before": before,
+        "train_retrieval_after": after,
+        "n_pairs": len(pairs),
+        "report_sources": sources,
+        "logit_scale": float(model.logit_scale.detach()),
+        "note": (
+            "train-set retrieval of the pairs the tower was trained on; annotation-derived captions are not "
+            "radiologist reports; this demonstrates the training code path, not a CT-RATE-scale encoder"
+        ),
+    }
+    encoder = SharedSpaceEncoder(
+        text_encoder,
+        model.tower,
+        preprocess,
+        name=f"shared-space:{Path(cfg.volume_model).stem}",
+        device=device,
+        extra={"text_encoder_spec": text_spec, "train": {k: v for k, v in summary.items() if k != "note"}},
+    )
+    encoder.save_pretrained(out)
+    atomic_write_text(out / SUMMARY, json.dumps({**summary, "fingerprint": encoder.fingerprint}, indent=2) + "\n")
+    _plot_losses(epoch_losses, out / LOSS_FIGURE)
+    return TrainResult(
+        out_dir=out,
+        epochs_done=len(epoch_losses),
+        steps_done=step,
+        epoch_losses=epoch_losses,
+        retrieval_before=before,
+        retrieval_after=after,
+        fingerprint=encoder.fingerprint,
+        resumed_from_epoch=start_epoch,
+        report_sources=sources,
+    )
+
+
+def _caption_ids(texts: Sequence[str]) -> list[int]:
+    ids: dict[str, int] = {}
+    return [ids.setdefault(t, len(ids)) for t in texts]
+
+
+def _check_resumable(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """A checkpoint continues only the same run: same tower, preprocessing, text encoder and cases."""
+    for key in ("tower", "preprocess", "case_ids"):
+        if saved.get(key) != current.get(key):
+            raise CheckpointMismatchError(
+                f"{path}: cannot resume, '{key}' differs from the checkpoint ({saved.get(key)} vs {current.get(key)}); "
+                "use a new --out folder or --no-resume"
+            )
+    if saved.get("text_encoder", {}).get("fingerprint") != current["text_encoder"]["fingerprint"]:
+        raise CheckpointMismatchError(
+            f"{path}: cannot resume, the text encoder changed ({saved.get('text_encoder')} vs "
+            f"{current['text_encoder']}); use a new --out folder or --no-resume"
+        )
+
+
+def _plot_losses(losses: Sequence[float], path: Path) -> None:
+    if not losses:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    ax.plot(range(1, len(losses) + 1), losses, marker="o", markersize=2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("InfoNCE loss (mean)")
+    ax.set_title("contrastive volume-report training")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def load_preprocess_section(source: str | os.PathLike[str] | None) -> PreprocessConfig:
+    """The preset's ``preprocess:`` section (the project-wide preprocessing) as a ``PreprocessConfig``."""
+    from ctrag.data.transforms import load_preprocess_config
+
+    return load_preprocess_config(str(source) if source is not None else "tiny-cpu")
+
+
+__all__ = [
+    "TrainResult",
+    "TrainingPair",
+    "augment",
+    "load_preprocess_section",
+    "load_training_pairs",
+    "select_training_cases",
+    "train_encoder",
+    "train_retrieval",
+]

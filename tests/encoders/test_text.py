@@ -1,0 +1,105 @@
+"""Default text encoder (packaged MiniLM) on real CT-RATE reports: normalisation, determinism, long-text modes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ctrag.encoders.long_text import chunk_texts, mean_by_owner, split_sentences
+from ctrag.errors import InvalidInputError
+
+
+def test_vectors_are_unit_norm_float32(minilm, ct_rate_reports):
+    emb = minilm.encode_text(ct_rate_reports[:8])
+    assert emb.shape == (8, 384) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert minilm.dim == 384
+
+
+def test_deterministic_and_batch_size_invariant(minilm, ct_rate_reports):
+    texts = ct_rate_reports[:4]
+    a = minilm.encode_text(texts, batch_size=4)
+    b = minilm.encode_text(texts, batch_size=4)
+    c = minilm.encode_text(texts, batch_size=1)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, c, atol=1e-5)
+    # order is preserved: encoding the reversed list gives the reversed rows
+    np.testing.assert_allclose(minilm.encode_text(texts[::-1], batch_size=4), a[::-1], atol=1e-5)
+
+
+def test_similar_texts_are_closer_than_unrelated(minilm):
+    emb = minilm.encode_text(
+        [
+            "Bilateral pleural effusion is present.",
+            "There is fluid in both pleural spaces.",
+            "The liver and spleen are normal in size.",
+        ]
+    )
+    assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.1
+
+
+def test_sentence_splitter_keeps_decimals_and_breaks():
+    text = "A 1.5 cm nodule is seen. No effusion; heart normal.\nImpression: nodule."
+    assert split_sentences(text) == ["A 1.5 cm nodule is seen.", "No effusion;", "heart normal.", "Impression: nodule."]
+
+
+def test_chunk_windows_fit_and_cover_every_sentence(minilm, ct_rate_reports):
+    limit = minilm.max_tokens
+    assert limit == 254  # 256 positions minus [CLS] and [SEP]
+    lengths = minilm.count_tokens(ct_rate_reports)
+    assert max(lengths) > limit, "the sample must contain reports longer than the window"
+    chunks, owner = chunk_texts(ct_rate_reports, minilm.count_tokens, limit)
+    assert max(minilm.count_tokens(chunks)) <= limit
+    assert np.all(np.diff(owner) >= 0) and set(owner.tolist()) == set(range(len(ct_rate_reports)))
+    for i, text in enumerate(ct_rate_reports):
+        joined = " ".join(chunks[j] for j in np.flatnonzero(owner == i))
+        assert " ".join(split_sentences(joined)) == " ".join(split_sentences(text))
+    # short reports stay a single, unchanged window
+    short = [i for i, n in enumerate(lengths) if n <= limit]
+    assert short and all(chunks[np.flatnonzero(owner == i)[0]] == ct_rate_reports[i] for i in short)
+
+
+def test_overlong_sentence_is_cut_at_words(minilm):
+    sentence = " ".join(["consolidation"] * 400) + "."
+    chunks, owner = chunk_texts([sentence], minilm.count_tokens, 50)
+    assert len(chunks) > 1 and max(minilm.count_tokens(chunks)) <= 50 and set(owner.tolist()) == {0}
+
+
+def test_chunk_mean_differs_only_for_long_reports(minilm, minilm_chunk, ct_rate_reports):
+    lengths = np.array(minilm.count_tokens(ct_rate_reports))
+    texts = [ct_rate_reports[i] for i in np.argsort(lengths)[[0, 1, -2, -1]]]
+    trunc = minilm.encode_text(texts)
+    mean = minilm_chunk.encode_text(texts)
+    np.testing.assert_allclose(np.linalg.norm(mean, axis=1), 1.0, atol=1e-5)
+    cos = np.sum(trunc * mean, axis=1)
+    short_fit = np.array(minilm.count_tokens(texts)) <= minilm.max_tokens
+    assert np.all(cos[short_fit] > 1 - 1e-5)
+    assert np.all(cos[~short_fit] < 0.9999)
+    # chunk-mean of a long report equals the renormalised mean of its windows, encoded separately
+    chunks, owner = chunk_texts(texts[-1:], minilm.count_tokens, minilm.max_tokens)
+    manual = mean_by_owner(minilm.encode_text(chunks), owner, 1)
+    np.testing.assert_allclose(mean[-1:], manual, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("a single string", "single str"),
+        (["fine", "   "], "text #1 is empty"),
+        (["fine", None], "text #1 is NoneType"),
+    ],
+)
+def test_bad_text_input_names_the_problem(minilm, bad, message):
+    with pytest.raises(InvalidInputError, match=message):
+        minilm.encode_text(bad)
+
+
+def test_empty_list_gives_empty_matrix(minilm):
+    assert minilm.encode_text([]).shape == (0, 384)
+
+
+def test_unknown_long_text_mode_is_rejected():
+    from ctrag.encoders import create_encoder
+
+    with pytest.raises(InvalidInputError, match="long_text must be one of"):
+        create_encoder("minilm", long_text="summarise")
