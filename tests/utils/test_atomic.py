@@ -22,3 +22,15 @@ def test_write_replaces(tmp_path: Path) -> None:
     atomic_write_text(target, "a")
     atomic_write_text(target, "b")
     assert target.read_text() == "b"
+
+
+def test_permissions_follow_umask(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        target = tmp_path / "perm.txt"
+        atomic_write_text(target, "x")
+        assert target.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)

@@ -1,0 +1,861 @@
+"""``ctrag evaluate retrieval``: how well does a retrieved report agree with the query report?
+
+Protocol (CT-CLIP text-classifier CSVs shipped with ctrag: 800 train + 100 val CT-RATE reports with 18 labels):
+the train rows form the index, the val rows are the queries. For each query and method we take the top-k index
+rows and measure
+
+- **label agreement** between the query's and each retrieved report's 18 labels: mean label-Jaccard at k (mean
+  over the top k), exact-match precision at k (share of the top k whose 18 labels equal the query's exactly) and
+  per-label hit rate at k (for each label, the share of queries having it whose top k contain a report having it);
+  Jaccard of two all-zero label vectors is defined as 1 (two normal studies agree perfectly);
+- **text agreement** of the top-1 report with the query: ROUGE-L F-measure (and ROUGE-2), see
+  :mod:`ctrag.evaluation.text_metrics` (equal to Google's ``rouge-score`` with Porter stemming).
+
+Methods: random, TF-IDF, BM25, the plain packaged MiniLM (dense cosine), a label oracle (ranks by Jaccard with
+the query's *true* labels: an upper bound no text retriever can reach), ctrag's default retriever (what ``ctrag
+index`` builds: MiniLM index + :class:`~ctrag.retrieval.hybrid.HybridScorer`, searched through
+:class:`~ctrag.retrieval.retriever.Retriever` after the leakage guard) and ablations of it. Uncertainty: percentile
+bootstrap over queries (paired: one set of resamples for every method, so differences get CIs too).
+
+The two CSVs split by accession, not by patient: two val patients also have train reports. Their train rows are
+removed from the index (and reported), so the guard's patient-level check passes and all 100 queries stay.
+Everything fitted (label model, weights) sees the index rows only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ctrag.config import config_to_dict
+from ctrag.data.case import Case
+from ctrag.data.labels import CT_RATE_LABELS
+from ctrag.errors import InvalidInputError
+from ctrag.retrieval.hybrid import HybridConfig, HybridScorer
+from ctrag.retrieval.lexical import BM25Config, BM25Scorer, TfidfConfig, TfidfScorer, write_json
+
+if TYPE_CHECKING:
+    from ctrag.encoders.base import Encoder
+    from ctrag.index.case_index import CaseIndex
+    from ctrag.retrieval.retriever import RetrievalConfig
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int, int], None]
+#: Text below this line in an existing Markdown report is kept when the report is regenerated (hand-written notes).
+KEEP_MARKER = "<!-- hand-written notes below are kept when this file is regenerated -->"
+JSON_NAME = "retrieval_eval.json"
+MD_NAME = "retrieval_eval.md"
+FIGURE_NAME = "retrieval_tradeoff.png"
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+def label_jaccard(a: np.ndarray, b: np.ndarray, empty: float = 1.0) -> np.ndarray:
+    """Jaccard of 0/1 label vectors along the last axis (broadcasting); two empty sets give ``empty``."""
+    x = np.asarray(a).astype(bool)
+    y = np.asarray(b).astype(bool)
+    inter = np.logical_and(x, y).sum(-1)
+    union = np.logical_or(x, y).sum(-1)
+    return np.where(union > 0, inter / np.maximum(union, 1), empty).astype(np.float64)
+
+
+def exact_match(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """True where two label vectors (last axis) are identical."""
+    return np.all(np.asarray(a).astype(bool) == np.asarray(b).astype(bool), axis=-1)
+
+
+def _check_retrieved(query_labels: np.ndarray, retrieved_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    q = np.asarray(query_labels)
+    r = np.asarray(retrieved_labels)
+    if q.ndim != 2 or r.ndim != 3 or r.shape[0] != q.shape[0] or r.shape[2] != q.shape[1]:
+        raise InvalidInputError(
+            f"expected query labels (n, L) and retrieved labels (n, k, L), got {q.shape} and {r.shape}"
+        )
+    return q, r
+
+
+def mean_jaccard_at_k(query_labels: np.ndarray, retrieved_labels: np.ndarray, k: int) -> np.ndarray:
+    """Per query: mean label-Jaccard of its top ``k`` retrieved reports (shape (n,))."""
+    q, r = _check_retrieved(query_labels, retrieved_labels)
+    return label_jaccard(q[:, None, :], r[:, :k, :]).mean(axis=1)
+
+
+def exact_precision_at_k(query_labels: np.ndarray, retrieved_labels: np.ndarray, k: int) -> np.ndarray:
+    """Per query: share of its top ``k`` whose 18 labels equal the query's exactly (shape (n,))."""
+    q, r = _check_retrieved(query_labels, retrieved_labels)
+    return exact_match(q[:, None, :], r[:, :k, :]).mean(axis=1)
+
+
+def per_label_hit_rate(query_labels: np.ndarray, retrieved_labels: np.ndarray, k: int) -> np.ndarray:
+    """Per label: among queries with the label, the share whose top ``k`` hold a report with it (NaN: no such query)."""
+    q, r = _check_retrieved(query_labels, retrieved_labels)
+    hit = r[:, :k, :].astype(bool).any(axis=1)  # (n, L)
+    pos = q.astype(bool)
+    counts = pos.sum(axis=0)
+    hits = np.logical_and(hit, pos).sum(axis=0)
+    return np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
+
+
+@dataclass(frozen=True)
+class BootstrapPlan:
+    """One set of resampled query indices shared by every method (paired bootstrap)."""
+
+    indices: np.ndarray  # (n_resamples, n)
+    confidence: float
+
+    @classmethod
+    def make(cls, n: int, n_resamples: int, seed: int, confidence: float = 0.95) -> BootstrapPlan:
+        rng = np.random.default_rng(seed)
+        return cls(rng.integers(0, n, size=(max(n_resamples, 0), n)), confidence)
+
+    def ci(self, values: np.ndarray) -> tuple[float, float]:
+        """Percentile CI of the mean of ``values`` (NaN when there are no resamples)."""
+        v = np.asarray(values, dtype=np.float64)
+        if self.indices.shape[0] == 0 or v.size < 2:
+            return (math.nan, math.nan)
+        means = v[self.indices].mean(axis=1)
+        alpha = (1.0 - self.confidence) / 2.0
+        lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+        return (float(lo), float(hi))
+
+
+# --------------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class EvalData:
+    """Index rows and query cases of the evaluation, plus what was done to keep them apart."""
+
+    index_cases: list[Case]
+    query_cases: list[Case]
+    removed_from_index: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def split_by_patient(index_cases: Sequence[Case], query_cases: Sequence[Case]) -> EvalData:
+    """Drop index rows whose patient also has a query (the guard refuses shared patients)."""
+    query_patients = {c.patient_id for c in query_cases}
+    kept = [c for c in index_cases if c.patient_id not in query_patients]
+    removed = [c.case_id for c in index_cases if c.patient_id in query_patients]
+    notes = []
+    if removed:
+        shared = sorted({c.patient_id for c in index_cases if c.patient_id in query_patients})
+        notes.append(
+            f"{len(removed)} index report(s) of {len(shared)} patient(s) who also have query reports were removed "
+            f"from the index ({', '.join(removed)}; patients {', '.join(shared)})."
+        )
+    return EvalData(kept, list(query_cases), removed, notes)
+
+
+def load_ctclip_eval_data(folder: str | Path) -> EvalData:
+    """Train rows as index, val rows as queries, from a CT-CLIP classifier folder (``train.csv``, ``val.csv``)."""
+    from ctrag.data.ct_rate import read_ctclip_classifier
+
+    cases = read_ctclip_classifier(folder, patient_level_split=False)
+    index_cases = [c for c in cases if c.split == "train"]
+    query_cases = [c for c in cases if c.split == "val"]
+    if not index_cases or not query_cases:
+        raise InvalidInputError(
+            f"{folder}: need both train and val reports (found {len(index_cases)} train, {len(query_cases)} val)"
+        )
+    unlabelled = [c.case_id for c in query_cases if c.labels is None]
+    if unlabelled:
+        raise InvalidInputError(f"{folder}: query reports without labels cannot be scored: {unlabelled[:5]}")
+    return split_by_patient(index_cases, query_cases)
+
+
+# ----------------------------------------------------------------------------------------------- encoders
+
+
+def memo_encoder(
+    encoder: Encoder, *, cache_path: str | Path | None = None, progress: ProgressFn | None = None
+) -> Encoder:
+    """An :class:`Encoder` that wraps ``encoder`` and remembers vectors by text (see ``_MemoEncoder``)."""
+    from ctrag.encoders.base import Encoder as _Base
+
+    class _MemoEncoder(_MemoMixin, _Base):
+        pass
+
+    return _MemoEncoder(encoder, cache_path=cache_path, progress=progress)
+
+
+class _MemoMixin:
+    """Wraps an encoder: remembers vectors by text (and optionally uses ctrag's on-disk embedding cache).
+
+    The index build, the retriever's query encoding and the baselines all embed the same reports; with this
+    wrapper each report is encoded once per run, in batches that report progress. It keeps the wrapped
+    encoder's name, dimension and fingerprint, so indexes and guards treat it as that encoder.
+    """
+
+    def __init__(
+        self, encoder: Encoder, *, cache_path: str | Path | None = None, progress: ProgressFn | None = None
+    ) -> None:
+        self.inner = encoder
+        self.name = encoder.name
+        self._memo: dict[str, np.ndarray] = {}
+        self._cache_path = Path(cache_path) if cache_path is not None else None
+        self.progress = progress
+        self.encode_seconds = 0.0
+
+    @property
+    def dim(self) -> int:
+        return int(self.inner.dim)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.inner.fingerprint
+
+    @property
+    def supports_text(self) -> bool:
+        return True
+
+    @property
+    def supports_volume(self) -> bool:
+        return False
+
+    def _encode_new(self, texts: list[str], batch_size: int) -> np.ndarray:
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        cache = None
+        if self._cache_path is not None:
+            from ctrag.encoders.cache import EmbeddingCache, encode_text_cached
+
+            cache = EmbeddingCache(self._cache_path)
+        try:
+            for start in range(0, len(texts), batch_size):
+                chunk = texts[start : start + batch_size]
+                if cache is not None:
+                    vectors = encode_text_cached(self.inner, chunk, cache, batch_size)
+                else:
+                    vectors = np.asarray(self.inner.encode_text(chunk, batch_size=batch_size), dtype=np.float32)
+                if vectors.shape != (len(chunk), self.dim):
+                    raise InvalidInputError(
+                        f"encoder {self.name} returned shape {vectors.shape} for {len(chunk)} texts (dim {self.dim})"
+                    )
+                out[start : start + len(chunk)] = vectors
+                if self.progress is not None:
+                    self.progress("encode reports", start + len(chunk), len(texts))
+        finally:
+            if cache is not None:
+                cache.close()
+        return out
+
+    def encode_text(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        items = list(texts)
+        new = list(dict.fromkeys(t for t in items if t not in self._memo))
+        if new:
+            t0 = time.perf_counter()
+            vectors = self._encode_new(new, max(1, int(batch_size)))
+            self.encode_seconds += time.perf_counter() - t0
+            self._memo.update(zip(new, vectors, strict=True))
+        if not items:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._memo[t] for t in items]).astype(np.float32)
+
+    def encode_volume(self, volumes: Any, batch_size: int = 4) -> np.ndarray:
+        raise NotImplementedError("the memo encoder wraps text encoders only")
+
+
+# ------------------------------------------------------------------------------------------------ methods
+
+
+@dataclass
+class MethodRun:
+    """One method's ranking of the index rows for every query."""
+
+    name: str
+    group: str  # "baseline" | "reference" | "default" | "ablation"
+    description: str
+    top_rows: np.ndarray  # (n_queries, k) index rows, best first
+    fit_seconds: float = 0.0
+    search_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def rank_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """(n, k) row indices by descending score; ties go to the lower row (stable, deterministic)."""
+    s = np.asarray(scores, dtype=np.float64)
+    return np.argsort(-s, axis=1, kind="stable")[:, :k]
+
+
+def baseline_runs(
+    index_cases: Sequence[Case],
+    query_cases: Sequence[Case],
+    index_emb: np.ndarray,
+    query_emb: np.ndarray,
+    *,
+    k: int,
+    seed: int,
+) -> list[MethodRun]:
+    """Random, TF-IDF (uni+bigram and unigram), BM25, plain dense cosine and the label oracle."""
+    docs = [c.report_text for c in index_cases]
+    queries = [c.report_text for c in query_cases]
+    runs = []
+    rng = np.random.default_rng(seed)
+    runs.append(
+        MethodRun(
+            "random",
+            "baseline",
+            f"uniformly random index rows (numpy seed {seed})",
+            np.stack([rng.permutation(len(docs))[:k] for _ in queries]),
+        )
+    )
+    for name, cfg, desc in (
+        ("tfidf", TfidfConfig(ngram_max=2), "TF-IDF cosine, word uni+bigrams (sklearn defaults otherwise)"),
+        ("tfidf-unigram", TfidfConfig(ngram_max=1), "TF-IDF cosine, unigrams (= sklearn TfidfVectorizer())"),
+    ):
+        t0 = time.perf_counter()
+        scorer = TfidfScorer.fit(docs, cfg)
+        t1 = time.perf_counter()
+        top = rank_rows(scorer.scores(queries), k)
+        runs.append(MethodRun(name, "baseline", desc, top, t1 - t0, time.perf_counter() - t1))
+    t0 = time.perf_counter()
+    bm25 = BM25Scorer.fit(docs, BM25Config())
+    t1 = time.perf_counter()
+    runs.append(
+        MethodRun(
+            "bm25",
+            "baseline",
+            "Okapi BM25 (k1 1.5, b 0.75) on lower-cased whitespace tokens (= rank_bm25.BM25Okapi)",
+            rank_rows(bm25.scores(queries), k),
+            t1 - t0,
+            time.perf_counter() - t1,
+        )
+    )
+    t0 = time.perf_counter()
+    dense = np.asarray(query_emb, dtype=np.float64) @ np.asarray(index_emb, dtype=np.float64).T
+    runs.append(
+        MethodRun(
+            "minilm",
+            "baseline",
+            "plain packaged MiniLM: cosine of report embeddings (the index's dense scores)",
+            rank_rows(dense, k),
+            0.0,
+            time.perf_counter() - t0,
+        )
+    )
+    q_labels = _labels(query_cases)
+    i_labels = _labels(index_cases)
+    oracle = label_jaccard(q_labels[:, None, :], i_labels[None, :, :])
+    runs.append(
+        MethodRun(
+            "label-oracle",
+            "reference",
+            "ranks by Jaccard with the query's TRUE labels (upper bound, not a retriever)",
+            rank_rows(oracle, k),
+        )
+    )
+    return runs
+
+
+def _labels(cases: Sequence[Case]) -> np.ndarray:
+    out = np.zeros((len(cases), len(CT_RATE_LABELS)), dtype=np.int8)
+    for i, c in enumerate(cases):
+        if c.labels is None:
+            raise InvalidInputError(f"case {c.case_id} has no labels; label agreement needs them")
+        out[i] = c.labels
+    return out
+
+
+ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
+    "default-no-lcs": ({"use_lcs": False}, "default without the LCS (ROUGE-L-style) text term"),
+    "default-no-lexical": (
+        {"use_lcs": False, "use_bm25": False},
+        "default without any lexical term (labels + dense)",
+    ),
+    "default-no-labels": ({"use_labels": False}, "default without the label model (LCS + BM25 + dense)"),
+    "default-no-dense": ({"use_dense": False}, "default without the dense term"),
+    "labels-only": (
+        {"use_lcs": False, "use_bm25": False, "use_dense": False},
+        "expected label-Jaccard from the label model alone",
+    ),
+}
+
+
+def hybrid_run(
+    name: str,
+    description: str,
+    config: HybridConfig,
+    index_cases: Sequence[Case],
+    index_emb: np.ndarray,
+    query_cases: Sequence[Case],
+    query_emb: np.ndarray,
+    *,
+    k: int,
+    seed: int,
+    group: str = "ablation",
+) -> tuple[MethodRun, HybridScorer]:
+    """Fit a hybrid scorer on the index rows and rank them for the queries (no retriever in between)."""
+    t0 = time.perf_counter()
+    scorer = HybridScorer.fit(index_cases, index_emb, config, seed)
+    t1 = time.perf_counter()
+    top = rank_rows(scorer.scores([c.report_text for c in query_cases], query_emb), k)
+    extra = {"weights": config_to_dict(scorer.weights), "selection": _selection_summary(scorer)}
+    return MethodRun(name, group, description, top, t1 - t0, time.perf_counter() - t1, extra), scorer
+
+
+def _selection_summary(scorer: HybridScorer) -> dict[str, Any]:
+    sel = dict(scorer.selection)
+    sel.pop("grid", None)
+    return sel
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+
+
+def method_metrics(
+    run: MethodRun,
+    index_cases: Sequence[Case],
+    query_cases: Sequence[Case],
+    plan: BootstrapPlan,
+    *,
+    ks: Sequence[int],
+    rouge_stem: bool = True,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Summary metrics (with CIs) and the per-query arrays of one method."""
+    from ctrag.evaluation.text_metrics import rouge_l, rouge_n
+
+    q_labels = _labels(query_cases)
+    i_labels = _labels(index_cases)
+    retrieved = i_labels[run.top_rows]  # (n, k, L)
+    per_query: dict[str, np.ndarray] = {}
+    summary: dict[str, Any] = {
+        "name": run.name,
+        "group": run.group,
+        "description": run.description,
+        "fit_seconds": round(run.fit_seconds, 3),
+        "search_seconds": round(run.search_seconds, 3),
+    }
+    for k in ks:
+        if k > run.top_rows.shape[1]:
+            raise InvalidInputError(f"method {run.name} returned {run.top_rows.shape[1]} rows, metrics need {k}")
+        per_query[f"label_jaccard@{k}"] = mean_jaccard_at_k(q_labels, retrieved, k)
+        per_query[f"exact_match_precision@{k}"] = exact_precision_at_k(q_labels, retrieved, k)
+        summary[f"per_label_hit_rate@{k}"] = {
+            name: (None if math.isnan(v) else float(v))
+            for name, v in zip(CT_RATE_LABELS, per_label_hit_rate(q_labels, retrieved, k), strict=True)
+        }
+        summary[f"mean_label_hit_rate@{k}"] = float(np.nanmean(per_label_hit_rate(q_labels, retrieved, k)))
+    refs = [c.report_text for c in query_cases]
+    top1 = [index_cases[int(r)].report_text for r in run.top_rows[:, 0]]
+    per_query["rouge_l@1"] = rouge_l(refs, top1, stem=rouge_stem)
+    per_query["rouge_2@1"] = rouge_n(refs, top1, 2, stem=rouge_stem)
+    for key, values in per_query.items():
+        lo, hi = plan.ci(values)
+        summary[key] = {"mean": float(values.mean()), "ci95": [lo, hi]}
+    summary["top1_case_ids"] = [index_cases[int(r)].case_id for r in run.top_rows[:, 0]]
+    summary.update(run.extra)
+    return summary, per_query
+
+
+def label_model_metrics(scorer: HybridScorer, query_cases: Sequence[Case]) -> dict[str, Any] | None:
+    """Macro-F1 (threshold 0.5) and macro AUC of the scorer's label model on the query reports."""
+    if scorer.label_model is None:
+        return None
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    y = _labels(query_cases)
+    p = scorer.label_model.predict_proba([c.report_text for c in query_cases])
+    per_label = {}
+    aucs, f1s = [], []
+    for j, name in enumerate(CT_RATE_LABELS):
+        f1 = float(f1_score(y[:, j], p[:, j] >= 0.5, zero_division=0))
+        auc = float(roc_auc_score(y[:, j], p[:, j])) if 0 < y[:, j].sum() < len(y) else None
+        per_label[name] = {"positives": int(y[:, j].sum()), "f1": f1, "auc": auc}
+        f1s.append(f1)
+        if auc is not None:
+            aucs.append(auc)
+    return {
+        "macro_f1": float(np.mean(f1s)),
+        "macro_auc": float(np.mean(aucs)) if aucs else None,
+        "n_queries": len(y),
+        "per_label": per_label,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ runner
+
+
+@dataclass
+class RetrievalEvalConfig:
+    """What ``evaluate_retrieval`` computes. ``bootstrap=0`` skips confidence intervals."""
+
+    k: int = 5
+    ks: tuple[int, ...] = (1, 5)
+    bootstrap: int = 2000
+    confidence: float = 0.95
+    seed: int = 0
+    rouge_stem: bool = True
+    ablations: bool = True
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or any(v < 1 or v > self.k for v in self.ks):
+            raise InvalidInputError(f"ks {self.ks} must lie in 1..k={self.k}")
+        if not 0 < self.confidence < 1:
+            raise InvalidInputError(f"confidence must be in (0, 1), got {self.confidence}")
+
+
+@dataclass
+class RetrievalEvalResult:
+    """Everything written to ``retrieval_eval.json`` (``to_dict``) and rendered to Markdown."""
+
+    methods: list[dict[str, Any]]
+    comparisons: list[dict[str, Any]]
+    label_model: dict[str, Any] | None
+    data: dict[str, Any]
+    setup: dict[str, Any]
+    timings: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "setup": self.setup,
+            "data": self.data,
+            "methods": self.methods,
+            "comparisons": self.comparisons,
+            "label_model": self.label_model,
+            "timings": self.timings,
+        }
+
+    def method(self, name: str) -> dict[str, Any]:
+        for m in self.methods:
+            if m["name"] == name:
+                return m
+        raise KeyError(f"no method {name!r}; methods: {[m['name'] for m in self.methods]}")
+
+
+def default_retriever_run(
+    index: CaseIndex,
+    scorer: HybridScorer | None,
+    encoder: Any,
+    query_cases: Sequence[Case],
+    *,
+    k: int,
+    seed: int,
+    retrieval_config: RetrievalConfig | None = None,
+) -> MethodRun:
+    """Search through ctrag's :class:`Retriever` (leakage guard first) and return the rows it ranked."""
+    from ctrag.retrieval.retriever import Retriever
+
+    retriever = Retriever(index, encoder, scorer, config=retrieval_config, scorer_name="hybrid" if scorer else None)
+    t0 = time.perf_counter()
+    hits = retriever.search_cases(list(query_cases), k=k, strategy="nearest", seed=seed, eval_split="val")
+    elapsed = time.perf_counter() - t0
+    rows = np.asarray([[index.row_of(h.case_id) for h in per_query] for per_query in hits], dtype=np.int64)
+    if rows.shape != (len(query_cases), k):
+        raise InvalidInputError(f"retriever returned {rows.shape} hits, expected {(len(query_cases), k)}")
+    desc = "ctrag default: MiniLM flat index + hybrid scorer via Retriever (nearest)"
+    extra: dict[str, Any] = {}
+    if scorer is not None:
+        extra = {"weights": config_to_dict(scorer.weights), "selection": _selection_summary(scorer)}
+    else:
+        desc = "ctrag index without a hybrid scorer (dense cosine) via Retriever"
+    return MethodRun("default", "default", desc, rows, 0.0, elapsed, extra)
+
+
+def evaluate_retrieval(
+    data: EvalData,
+    encoder: Encoder,
+    *,
+    index_config: Any = None,
+    hybrid_config: HybridConfig | None = None,
+    retrieval_config: RetrievalConfig | None = None,
+    config: RetrievalEvalConfig | None = None,
+    index: CaseIndex | None = None,
+    scorer: HybridScorer | None = None,
+    encoder_spec: dict[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+) -> RetrievalEvalResult:
+    """Run the whole protocol. Without ``index`` an index is built as ``ctrag index`` would (train rows only).
+
+    With ``index`` (e.g. loaded by ``Retriever.from_dir``), its rows are the index and ``scorer`` (may be None:
+    dense) is what it stores; ``data.index_cases`` is then ignored.
+    """
+    from ctrag.index.build import build_text_index
+
+    config = config or RetrievalEvalConfig()
+    hybrid_config = hybrid_config or HybridConfig()
+    memo: Any = encoder if isinstance(encoder, _MemoMixin) else memo_encoder(encoder, progress=progress)
+    if progress is not None and memo.progress is None:
+        memo.progress = progress
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    query_texts = [c.report_text for c in data.query_cases]
+
+    notes = list(data.notes) if index is None else []
+    removed = list(data.removed_from_index) if index is None else []
+    if index is None:
+        # Embed every report once, with progress; the index build and the retriever then hit the memo.
+        memo.encode_text([c.report_text for c in data.index_cases] + query_texts, batch_size=64)
+        t0 = time.perf_counter()
+        index, index_emb = build_text_index(
+            data.index_cases,
+            memo,
+            splits=("train",),
+            config=index_config,
+            seed=config.seed,
+            encoder_spec=encoder_spec,
+            source={"evaluation": "ctrag evaluate retrieval"},
+        )
+        timings["build_index_seconds"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if progress is not None:
+            progress("fit hybrid scorer", 0, 1)
+        scorer = HybridScorer.fit(index.cases, index_emb, hybrid_config, config.seed)
+        index.attach_component("hybrid", scorer)
+        timings["fit_default_seconds"] = time.perf_counter() - t0
+        if progress is not None:
+            progress("fit hybrid scorer", 1, 1)
+    else:
+        index_emb = np.asarray(index.vectors, dtype=np.float32)
+        notes.append(f"evaluated a saved index ({len(index)} rows); its rows replace the train.csv rows.")
+        # A corpus ingested with patient-level splits may have moved a query's report (or its patient) into the
+        # index; such queries cannot be evaluated honestly and are dropped (the guard below still checks all).
+        overlap = [c.case_id for c in data.query_cases if c.case_id in index or c.patient_id in index.patient_ids]
+        if overlap:
+            notes.append(
+                f"{len(overlap)} query report(s) whose case or patient is in the index were dropped: {overlap}"
+            )
+            data = EvalData(data.index_cases, [c for c in data.query_cases if c.case_id not in set(overlap)],
+                            data.removed_from_index, data.notes)  # fmt: skip
+            query_texts = [c.report_text for c in data.query_cases]
+    index_cases = index.cases
+    query_emb = memo.encode_text(query_texts)
+
+    runs = [default_retriever_run(index, scorer, memo, data.query_cases, k=config.k, seed=config.seed,
+                                  retrieval_config=retrieval_config)]  # fmt: skip
+    runs[0].fit_seconds = timings.get("fit_default_seconds", 0.0)
+    if scorer is not None:
+        direct = rank_rows(scorer.scores(query_texts, query_emb), config.k)
+        if not np.array_equal(direct[:, 0], runs[0].top_rows[:, 0]):
+            notes.append("warning: the Retriever's top-1 differs from the scorer's own ranking for some queries.")
+    runs.extend(baseline_runs(index_cases, data.query_cases, index_emb, query_emb, k=config.k, seed=config.seed))
+    if config.ablations and scorer is not None:
+        base = scorer.config
+        for i, (name, (changes, desc)) in enumerate(ABLATIONS.items()):
+            if progress is not None:
+                progress("fit ablations", i, len(ABLATIONS))
+            cfg = _with_changes(base, changes)
+            run, _ = hybrid_run(name, desc, cfg, index_cases, index_emb, data.query_cases, query_emb,
+                                k=config.k, seed=config.seed)  # fmt: skip
+            runs.append(run)
+        if progress is not None:
+            progress("fit ablations", len(ABLATIONS), len(ABLATIONS))
+
+    plan = BootstrapPlan.make(len(data.query_cases), config.bootstrap, config.seed, config.confidence)
+    methods, per_query = [], {}
+    for run in runs:
+        summary, arrays = method_metrics(run, index_cases, data.query_cases, plan, ks=config.ks,
+                                         rouge_stem=config.rouge_stem)  # fmt: skip
+        methods.append(summary)
+        per_query[run.name] = arrays
+    comparisons = []
+    for other in ("bm25", "tfidf", "minilm"):
+        if other not in per_query or "default" not in per_query:
+            continue
+        for metric in ("label_jaccard@1", "rouge_l@1"):
+            diff = per_query["default"][metric] - per_query[other][metric]
+            lo, hi = plan.ci(diff)
+            comparisons.append(
+                {"a": "default", "b": other, "metric": metric, "mean_difference": float(diff.mean()), "ci95": [lo, hi]}
+            )
+    timings["embed_seconds"] = memo.encode_seconds
+    timings["total_seconds"] = time.perf_counter() - t_start
+    setup = {
+        "encoder": {"name": memo.name, "fingerprint": memo.fingerprint, "spec": encoder_spec or {}},
+        "index": {"kind": index.kind, "rows": len(index), "splits": list(index.splits)},
+        "hybrid_config": config_to_dict(scorer.config) if scorer is not None else None,
+        "eval_config": config_to_dict(config),
+        "jaccard_of_two_empty_label_sets": 1.0,
+        "tie_break": "lower index row first (stable sort)",
+        "rouge": "ROUGE-L / ROUGE-2 F-measure, rouge-score tokenisation"
+        + (" with Porter stemming" if config.rouge_stem else ""),
+        "bootstrap": {"resamples": config.bootstrap, "confidence": config.confidence, "paired": True},
+        "notes": notes,
+    }
+    data_info = {
+        "index_rows": len(index_cases),
+        "queries": len(data.query_cases),
+        "removed_from_index": removed,
+        "leakage_guard": "passed (ctrag.retrieval.guard via Retriever.search_cases, eval_split=val)",
+    }
+    return RetrievalEvalResult(
+        methods=methods,
+        comparisons=comparisons,
+        label_model=label_model_metrics(scorer, data.query_cases) if scorer is not None else None,
+        data=data_info,
+        setup=setup,
+        timings={k: round(v, 2) for k, v in timings.items()},
+    )
+
+
+def _with_changes(cfg: HybridConfig, changes: dict[str, Any]) -> HybridConfig:
+    from ctrag.config import from_dict
+
+    data = config_to_dict(cfg)
+    data.update(changes)
+    return from_dict(HybridConfig, data)
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+_ORDER = {"default": 0, "ablation": 1, "baseline": 2, "reference": 3}
+
+
+def _fmt(entry: Any, ci: bool = True) -> str:
+    if not isinstance(entry, dict):
+        return "–"
+    lo, hi = entry.get("ci95", [math.nan, math.nan])
+    if ci and not (math.isnan(lo) or math.isnan(hi)):
+        return f"{entry['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
+    return f"{entry['mean']:.3f}"
+
+
+def summary_rows(result: RetrievalEvalResult, ks: Sequence[int] = (1, 5), ci: bool = True) -> list[dict[str, str]]:
+    """Table rows (strings) shared by the CLI's rich table and the Markdown file; CIs for J@1 and ROUGE-L."""
+    rows = []
+    for m in sorted(result.methods, key=lambda m: _ORDER.get(m["group"], 9)):
+        row = {"method": m["name"], "group": m["group"]}
+        for k in ks:
+            row[f"J@{k}"] = _fmt(m.get(f"label_jaccard@{k}"), ci=ci and k == 1)
+            row[f"EM-P@{k}"] = _fmt(m.get(f"exact_match_precision@{k}"), ci=False)
+            row[f"hit@{k}"] = f"{m.get(f'mean_label_hit_rate@{k}', math.nan):.3f}"
+        row["ROUGE-L@1"] = _fmt(m.get("rouge_l@1"), ci=ci)
+        row["ROUGE-2@1"] = _fmt(m.get("rouge_2@1"), ci=False)
+        row["fit s"] = f"{m['fit_seconds']:.1f}"
+        rows.append(row)
+    return rows
+
+
+def render_markdown(result: RetrievalEvalResult, command: str | None = None) -> str:
+    ks = tuple(result.setup["eval_config"]["ks"])
+    rows = summary_rows(result, ks)
+    cols = list(rows[0].keys())
+    lines = ["# Retrieval evaluation: report -> case", ""]
+    if command:
+        lines += ["Command:", "", f"    {command}", ""]
+    d = result.data
+    lines += [
+        f"Index: {d['index_rows']} CT-RATE train reports; queries: {d['queries']} val reports; "
+        f"leakage guard: {d['leakage_guard']}.",
+        "",
+        "J@k = mean label-Jaccard over the top k (two all-zero label vectors: Jaccard 1); EM-P@k = exact-match "
+        "precision at k; hit@k = per-label hit rate at k averaged over the 18 labels; ROUGE-L@1 / ROUGE-2@1 = "
+        "F-measure between the query and the top-1 report (rouge-score tokenisation, Porter stemming). "
+        "Brackets: 95 % percentile bootstrap CI over queries.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "|".join("---" for _ in cols) + "|",
+    ]
+    lines += ["| " + " | ".join(r[c] for c in cols) + " |" for r in rows]
+    if result.comparisons:
+        lines += ["", "Paired differences (default minus baseline, 95 % bootstrap CI):", ""]
+        lines += ["| vs | metric | difference |", "|---|---|---|"]
+        for c in result.comparisons:
+            lo, hi = c["ci95"]
+            lines.append(f"| {c['b']} | {c['metric']} | {c['mean_difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] |")
+    default = next((m for m in result.methods if m["name"] == "default"), None)
+    if default and default.get("weights"):
+        sel = default.get("selection", {})
+        lines += ["", "## Default retriever", "", f"Weights: `{default['weights']}`.", ""]
+        if sel.get("searched"):
+            ch = sel["chosen"]
+            ref = sel["reference"]
+            base = sel["baselines"][ref]
+            lines += [
+                f"Chosen by {sel['folds']}-fold patient-level cross-fitting on the index rows only "
+                f"({sel['tuning_queries']} tuning queries): {sel['rule']}. Cross-validated label-Jaccard@1 "
+                f"{ch['label_jaccard']:.3f}, LCS-F1@1 {ch['lcs_f1']:.3f} (reference {ref}: "
+                f"{base['label_jaccard']:.3f}, {base['lcs_f1']:.3f}).",
+            ]
+    shown = ("default", "bm25", "tfidf", "minilm", "labels-only", "label-oracle")
+    hit_methods = [m for m in result.methods if m["name"] in shown]
+    if hit_methods:
+        k = ks[0]
+        lines += ["", f"## Per-label hit rate @{k}", ""]
+        lines += ["| label | " + " | ".join(m["name"] for m in hit_methods) + " |"]
+        lines += ["|---|" + "|".join("---" for _ in hit_methods) + "|"]
+        for name in CT_RATE_LABELS:
+            vals = [m[f"per_label_hit_rate@{k}"][name] for m in hit_methods]
+            lines.append(f"| {name} | " + " | ".join("–" if v is None else f"{v:.2f}" for v in vals) + " |")
+    lines += ["", "## Methods", ""]
+    lines += [f"- **{m['name']}** ({m['group']}): {m['description']}" for m in result.methods]
+    lm = result.label_model
+    if lm:
+        lines += [
+            "",
+            "## Label model (trained on the index rows, measured on the queries)",
+            "",
+            f"Macro-F1 (threshold 0.5) {lm['macro_f1']:.3f}, macro AUC {lm['macro_auc']:.3f} over "
+            f"{lm['n_queries']} query reports.",
+        ]
+    notes = result.setup.get("notes") or []
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    t = result.timings
+    lines += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in t.items()), ""]
+    return "\n".join(lines)
+
+
+def write_figure(result: RetrievalEvalResult, path: Path) -> Path | None:
+    """Scatter of top-1 label-Jaccard vs ROUGE-L (with CIs): the trade-off the default retriever resolves."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is a dependency
+        return None
+    from ctrag.utils.atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    colours = {"default": "tab:red", "ablation": "tab:orange", "baseline": "tab:blue", "reference": "tab:gray"}
+    for m in result.methods:
+        j, r = m["label_jaccard@1"], m["rouge_l@1"]
+        xerr = [[j["mean"] - j["ci95"][0]], [j["ci95"][1] - j["mean"]]] if not math.isnan(j["ci95"][0]) else None
+        yerr = [[r["mean"] - r["ci95"][0]], [r["ci95"][1] - r["mean"]]] if not math.isnan(r["ci95"][0]) else None
+        ax.errorbar(j["mean"], r["mean"], xerr=xerr, yerr=yerr, fmt="o", color=colours.get(m["group"], "k"),
+                    capsize=2, alpha=0.85)  # fmt: skip
+        ax.annotate(m["name"], (j["mean"], r["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("top-1 label-Jaccard (18 CT-RATE labels)")
+    ax.set_ylabel("ROUGE-L F (query vs top-1 report)")
+    ax.set_title(f"Report -> case retrieval ({result.data['queries']} queries, {result.data['index_rows']} rows)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=130, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_outputs(result: RetrievalEvalResult, out_dir: str | Path, command: str | None = None) -> list[Path]:
+    """``retrieval_eval.json``, ``retrieval_eval.md`` and ``retrieval_tradeoff.png`` in ``out_dir`` (atomic)."""
+    from ctrag.utils.atomic import atomic_open
+
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = result.to_dict()
+    if command:
+        payload["command"] = command
+    write_json(folder / JSON_NAME, payload)
+    kept = ""
+    if (folder / MD_NAME).is_file():
+        old = (folder / MD_NAME).read_text(encoding="utf-8")
+        if KEEP_MARKER in old:
+            kept = old[old.index(KEEP_MARKER) :]
+    with atomic_open(folder / MD_NAME, "w") as fh:
+        fh.write(render_markdown(result, command))
+        if kept:
+            fh.write("\n" + kept)
+    written = [folder / JSON_NAME, folder / MD_NAME]
+    fig = write_figure(result, folder / FIGURE_NAME)
+    if fig is not None:
+        written.append(fig)
+    return written

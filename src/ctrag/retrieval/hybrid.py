@@ -1,0 +1,757 @@
+"""Hybrid report -> case scorer: expected label agreement + sequence-aware text overlap (+ BM25, dense).
+
+Why: the seed paper's premise is that a semantically nearer proxy case gives a better CT. "Nearer" has two
+sides that pull apart on CT-RATE: the retrieved report should state the same abnormalities (label agreement)
+*and* read like the query (location, size, laterality: text overlap). Lexical and dense retrieval get the
+second roughly right and the first poorly; retrieving by predicted labels alone does the opposite. This scorer
+adds, per query q and index case c::
+
+    score(q, c) = w_label * E[Jaccard(labels(q), labels(c))]      # labels(q) ~ label model, calibrated
+                + w_lcs   * LCS-F1(q, c)                          # ROUGE-L-style token subsequence overlap
+                + w_bm25  * BM25(q, c) / max_c BM25(q, c)
+                + w_dense * cos(emb(q), emb(c))
+
+- ``E[Jaccard]`` is exact under independent Bernoulli label probabilities p (from
+  :class:`~ctrag.retrieval.label_model.LabelModel`, sharpened or softened by a temperature) against the case's
+  known 0/1 labels (predicted ones where a case has none). Ranking by it is the Bayes-optimal choice for
+  label-Jaccard when p is calibrated. Two empty label sets count as Jaccard 1 (two normal reports agree).
+- ``LCS-F1`` is computed for a shortlist only (the union of each component's top ``rerank_k``); other rows
+  keep their first-stage order below every shortlisted row, so ``scores`` still ranks every candidate.
+
+The weights are chosen inside :meth:`HybridScorer.fit` on the given (training) cases only: patient-level,
+seeded K-fold cross-fitting (label model and BM25 refitted without the held-out fold, which then queries the
+rest), a grid over weights and temperature, and the rule "highest mean top-1 label-Jaccard among settings whose
+top-1 text overlap is not worse than BM25's on the same queries, with one-sided confidence ``rouge_confidence_z``".
+Evaluation data never enters: the scorer sees only the cases it is fitted on (``fitted_case_ids``).
+
+Saved as arrays (``hybrid.npz``) + JSON + the label model and BM25 sub-folders; no pickles.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ctrag.config import config_to_dict, from_dict
+from ctrag.data.case import Case
+from ctrag.data.labels import CT_RATE_LABELS
+from ctrag.errors import ConfigError, DataValidationError, IncompatibleIndexError, InvalidInputError
+from ctrag.retrieval.label_model import LabelModel, LabelModelConfig
+from ctrag.retrieval.lexical import (
+    BM25Config,
+    BM25Scorer,
+    TfidfScorer,
+    lcs_f1_many,
+    read_json,
+    read_npz,
+    tokens_alnum,
+    write_json,
+    write_npz,
+)
+from ctrag.utils.hashing import sha256_json
+
+logger = logging.getLogger(__name__)
+
+KIND = "ctrag-hybrid-scorer"
+FORMAT_VERSION = 1
+ProgressFn = Callable[[str, int, int], None]
+
+
+# ---------------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class HybridWeights:
+    """Component weights (label weight is the scale; the others are relative to it) and label temperature.
+
+    The defaults are used only when the search is off or impossible; they are what the search chose on the
+    shipped CT-RATE train reports (label 1, LCS 2).
+    """
+
+    label: float = 1.0
+    lcs: float = 2.0
+    bm25: float = 0.0
+    dense: float = 0.0
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("label", "lcs", "bm25", "dense"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"HybridWeights: {name} must be >= 0, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ConfigError(f"HybridWeights: temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
+class HybridGrid:
+    """Values tried by the weight search in :meth:`HybridScorer.fit` (label weight fixed at 1)."""
+
+    lcs: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
+    bm25: tuple[float, ...] = (0.0, 0.25, 0.5)
+    dense: tuple[float, ...] = (0.0, 0.25, 0.5)
+    temperature: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        for name in ("lcs", "bm25", "dense", "temperature"):
+            values = getattr(self, name)
+            if not values:
+                raise ConfigError(f"HybridGrid: {name} needs at least one value")
+            if any(v < 0 for v in values) or (name == "temperature" and any(v <= 0 for v in values)):
+                raise ConfigError(f"HybridGrid: {name} values must be {'> 0' if name == 'temperature' else '>= 0'}")
+
+
+@dataclass
+class HybridConfig:
+    """The ``hybrid:`` section of a preset (``load_config(HybridConfig, "tiny-cpu", section="hybrid")``).
+
+    ``use_*`` switch components off (ablations). ``search_weights=False`` skips the search and uses
+    ``weights`` as given. ``max_tuning_queries`` caps the cross-fitted queries of the search (a seeded sample,
+    spread over the folds), which bounds fitting time on large corpora. ``rerank_k``: shortlist size per
+    component for the LCS term. ``rouge_reference``: whose top-1 text overlap a setting must not fall below —
+    BM25 alone, or the best of BM25, TF-IDF (uni+bigrams) and plain dense retrieval on the same tuning queries.
+    ``rouge_confidence_z``: how sure (one-sided z over the tuning queries) the search must be of that.
+    """
+
+    use_labels: bool = True
+    use_lcs: bool = True
+    use_bm25: bool = True
+    use_dense: bool = True
+    search_weights: bool = True
+    weights: HybridWeights = field(default_factory=HybridWeights)
+    grid: HybridGrid = field(default_factory=HybridGrid)
+    cv_folds: int = 5
+    max_tuning_queries: int | None = 2000
+    rerank_k: int = 30
+    rouge_reference: Literal["bm25", "best-baseline"] = "best-baseline"
+    rouge_confidence_z: float = 1.645
+    max_lcs_tokens: int = 2048
+    bm25: BM25Config = field(default_factory=BM25Config)
+    label_model: LabelModelConfig = field(default_factory=LabelModelConfig)
+
+    def __post_init__(self) -> None:
+        if not (self.use_labels or self.use_lcs or self.use_bm25 or self.use_dense):
+            raise ConfigError("HybridConfig: at least one component must be on")
+        if self.cv_folds < 2:
+            raise ConfigError(f"HybridConfig: cv_folds must be >= 2, got {self.cv_folds}")
+        if self.max_tuning_queries is not None and self.max_tuning_queries < self.cv_folds:
+            raise ConfigError(
+                f"HybridConfig: max_tuning_queries must be >= cv_folds ({self.cv_folds}) or null, "
+                f"got {self.max_tuning_queries}"
+            )
+        if self.rerank_k < 1:
+            raise ConfigError(f"HybridConfig: rerank_k must be >= 1, got {self.rerank_k}")
+        if self.max_lcs_tokens < 1:
+            raise ConfigError(f"HybridConfig: max_lcs_tokens must be >= 1, got {self.max_lcs_tokens}")
+
+    def effective_weights(self, w: HybridWeights) -> HybridWeights:
+        """``w`` with switched-off components zeroed."""
+        return HybridWeights(
+            label=w.label if self.use_labels else 0.0,
+            lcs=w.lcs if self.use_lcs else 0.0,
+            bm25=w.bm25 if self.use_bm25 else 0.0,
+            dense=w.dense if self.use_dense else 0.0,
+            temperature=w.temperature,
+        )
+
+
+# ------------------------------------------------------------------------------------------- scoring pieces
+
+
+def label_jaccard_matrix(a: np.ndarray, b: np.ndarray, empty: float = 1.0) -> np.ndarray:
+    """(len(a), len(b)) Jaccard of 0/1 label rows; two all-zero rows score ``empty``."""
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    inter = x @ y.T
+    union = x.sum(1)[:, None] + y.sum(1)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1.0), empty)
+
+
+def expected_jaccard(probs: np.ndarray, cand_labels: np.ndarray, empty: float = 1.0) -> np.ndarray:
+    """E[Jaccard(Q, Y_c)] for Q_i ~ Bernoulli(probs[q, i]) independently, against fixed 0/1 rows Y_c.
+
+    With A = |Q ∩ Y| and B = |Q \\ Y| (independent: they involve disjoint labels), J = A / (|Y| + B), so
+    E[J] = E[A] * E[1 / (|Y| + B)]; B's Poisson-binomial law comes from a short dynamic programme over the
+    labels outside Y. For |Y| = 0, J is ``empty`` when B = 0 and 0 otherwise. Computed once per distinct label
+    pattern among the candidates (a few hundred for thousands of reports), then gathered.
+    """
+    p = np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0)
+    y = np.asarray(cand_labels)
+    if p.ndim != 2 or y.ndim != 2 or p.shape[1] != y.shape[1]:
+        raise InvalidInputError(f"expected_jaccard: shapes {p.shape} and {y.shape} do not fit")
+    patterns, inverse = np.unique(y.astype(bool), axis=0, return_inverse=True)
+    inverse = np.asarray(inverse).ravel()
+    n_lab = p.shape[1]
+    size = patterns.sum(1).astype(np.float64)  # |Y| per pattern
+    out = np.empty((p.shape[0], patterns.shape[0]), dtype=np.float64)
+    k = np.arange(n_lab + 1, dtype=np.float64)
+    denom = size[:, None] + k[None, :]
+    inv = np.where(denom > 0, 1.0 / np.maximum(denom, 1.0), 0.0)  # (n_pat, n_lab + 1)
+    chunk = max(1, 2_000_000 // max(1, patterns.shape[0] * (n_lab + 1)))
+    outside = ~patterns  # labels that only Q can contribute (to B)
+    for start in range(0, p.shape[0], chunk):
+        pq = p[start : start + chunk]
+        e_a = pq @ patterns.T.astype(np.float64)  # (nq, n_pat)
+        dist = np.zeros((pq.shape[0], patterns.shape[0], n_lab + 1))
+        dist[..., 0] = 1.0
+        for j in range(n_lab):
+            pe = pq[:, j][:, None] * outside[:, j][None, :]
+            nxt = dist * (1.0 - pe)[..., None]
+            nxt[..., 1:] += dist[..., :-1] * pe[..., None]
+            dist = nxt
+        e_inv = (dist * inv[None]).sum(-1)
+        out[start : start + chunk] = np.where(size[None, :] > 0, e_a * e_inv, empty * dist[..., 0])
+    return out[:, inverse]
+
+
+def _normalise_max(m: np.ndarray) -> np.ndarray:
+    """Divide each row by its maximum (rows without a positive score become 0) so BM25 lies in [0, 1]."""
+    top = m.max(axis=1, keepdims=True) if m.shape[1] else np.zeros((m.shape[0], 1))
+    return np.where(top > 0, m / np.where(top > 0, top, 1.0), 0.0)
+
+
+def _topk_mask(m: np.ndarray, k: int) -> np.ndarray:
+    mask = np.zeros(m.shape, dtype=bool)
+    if m.shape[1] == 0:
+        return mask
+    if k >= m.shape[1]:
+        mask[:] = True
+        return mask
+    idx = np.argpartition(-m, k - 1, axis=1)[:, :k]
+    np.put_along_axis(mask, idx, True, axis=1)
+    return mask
+
+
+class _LcsTable:
+    """Token-id sequences of documents for LCS-F1 (shared vocabulary; unseen query tokens get fresh ids)."""
+
+    def __init__(self, vocab: dict[str, int], docs: list[np.ndarray], max_tokens: int) -> None:
+        self.vocab = vocab
+        self.docs = docs
+        self.max_tokens = max_tokens
+        self._lists = [d.tolist() for d in docs]
+
+    @classmethod
+    def build(cls, texts: Sequence[str], max_tokens: int) -> _LcsTable:
+        vocab: dict[str, int] = {}
+        docs = []
+        for t in texts:
+            toks = tokens_alnum(t)[:max_tokens]
+            docs.append(np.asarray([vocab.setdefault(w, len(vocab)) for w in toks], dtype=np.int32))
+        return cls(vocab, docs, max_tokens)
+
+    def encode(self, text: str) -> list[int]:
+        unknown = -1
+        out = []
+        for w in tokens_alnum(text)[: self.max_tokens]:
+            idx = self.vocab.get(w)
+            if idx is None:  # never matches a document token; distinct ids are not needed
+                idx = unknown
+            out.append(idx)
+        return out
+
+    def tokens(self, row: int) -> list[int]:
+        return self._lists[row]
+
+    def f1(self, query: list[int], rows: np.ndarray) -> np.ndarray:
+        return lcs_f1_many(query, [self._lists[int(r)] for r in rows])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        lengths = np.asarray([len(d) for d in self.docs], dtype=np.int64)
+        flat = np.concatenate(self.docs) if self.docs else np.zeros(0, dtype=np.int32)
+        return {"lcs_tokens": flat.astype(np.int32), "lcs_offsets": np.concatenate([[0], np.cumsum(lengths)])}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], terms: list[str], max_tokens: int) -> _LcsTable:
+        flat, offsets = arrays["lcs_tokens"], arrays["lcs_offsets"]
+        docs = [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+        return cls({t: i for i, t in enumerate(terms)}, docs, max_tokens)
+
+
+# -------------------------------------------------------------------------------------------- weight search
+
+
+@dataclass
+class _FoldFeatures:
+    """Everything the grid needs for one cross-fitting fold (queries x fold-train candidates)."""
+
+    queries: np.ndarray  # case indices
+    candidates: np.ndarray  # case indices
+    label: dict[float, np.ndarray]  # temperature -> expected Jaccard
+    bm25: np.ndarray
+    dense: np.ndarray
+    lcs: np.ndarray  # NaN outside the union of shortlists
+    shortlist: dict[float, np.ndarray]  # temperature -> bool mask
+    true_jaccard: np.ndarray  # (nq, nc) of real labels
+    baseline_tops: dict[str, np.ndarray]  # baseline name -> candidate column of its top-1
+
+
+def _top1_overlap(feats: _FoldFeatures, top: np.ndarray, table: _LcsTable) -> np.ndarray:
+    """LCS-F1 of each query with its chosen candidate column ``top``; fills (and caches) values off the shortlist."""
+    rows = np.arange(top.size)
+    vals = feats.lcs[rows, top]
+    for r in np.flatnonzero(np.isnan(vals)):
+        vals[r] = table.f1(table.tokens(int(feats.queries[r])), feats.candidates[top[r] : top[r] + 1])[0]
+        feats.lcs[r, top[r]] = vals[r]
+    return vals
+
+
+def _patient_folds(patients: Sequence[str], n_folds: int, seed: int) -> np.ndarray:
+    """Fold id per case; whole patients per fold, seeded permutation of the sorted patient ids."""
+    unique = sorted(set(patients))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    fold_of = {unique[j]: i % n_folds for i, j in enumerate(order)}
+    return np.asarray([fold_of[p] for p in patients], dtype=np.int64)
+
+
+def _grid_settings(config: HybridConfig) -> list[HybridWeights]:
+    g = config.grid
+    out = []
+    seen = set()
+    for t in g.temperature if config.use_labels else (1.0,):
+        for lc in g.lcs if config.use_lcs else (0.0,):
+            for b in g.bm25 if config.use_bm25 else (0.0,):
+                for d in g.dense if config.use_dense else (0.0,):
+                    w = HybridWeights(label=1.0 if config.use_labels else 0.0, lcs=lc, bm25=b, dense=d, temperature=t)
+                    key = (w.label, w.lcs, w.bm25, w.dense, w.temperature)
+                    if w.label + w.lcs + w.bm25 + w.dense == 0 or key in seen:
+                        continue
+                    seen.add(key)
+                    out.append(w)
+    if not out:
+        raise ConfigError("HybridConfig: the weight grid has no setting with a non-zero weight")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- scorer
+
+
+class HybridScorer:
+    """Scores index rows for report queries; see the module docstring for the formula and the fitting rule."""
+
+    def __init__(
+        self,
+        *,
+        config: HybridConfig,
+        weights: HybridWeights,
+        label_model: LabelModel | None,
+        bm25: BM25Scorer | None,
+        embeddings: np.ndarray,
+        cand_labels: np.ndarray,
+        labels_known: np.ndarray,
+        lcs_table: _LcsTable,
+        case_ids: Sequence[str],
+        selection: dict[str, Any] | None = None,
+    ) -> None:
+        n = len(case_ids)
+        if embeddings.ndim != 2 or embeddings.shape[0] != n:
+            raise DataValidationError(f"HybridScorer: {embeddings.shape[0]} embeddings for {n} cases")
+        if cand_labels.shape != (n, len(CT_RATE_LABELS)) or labels_known.shape != (n,):
+            raise DataValidationError("HybridScorer: label arrays do not match the number of cases")
+        if len(lcs_table.docs) != n:
+            raise DataValidationError("HybridScorer: token table does not match the number of cases")
+        if config.use_labels and label_model is None:
+            raise DataValidationError("HybridScorer: labels are on but no label model is given")
+        if config.use_bm25 and bm25 is None:
+            raise DataValidationError("HybridScorer: BM25 is on but no BM25 scorer is given")
+        self.config = config
+        self.weights = config.effective_weights(weights)
+        self.label_model = label_model
+        self.bm25 = bm25
+        self.embeddings = np.asarray(embeddings, dtype=np.float32)
+        self.cand_labels = np.asarray(cand_labels, dtype=np.int8)
+        self.labels_known = np.asarray(labels_known, dtype=bool)
+        self.lcs_table = lcs_table
+        self.case_ids = tuple(case_ids)
+        self.selection = dict(selection or {})
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def __repr__(self) -> str:
+        w = self.weights
+        return (
+            f"HybridScorer(rows={len(self)}, label={w.label:g}, lcs={w.lcs:g}, bm25={w.bm25:g}, "
+            f"dense={w.dense:g}, temperature={w.temperature:g})"
+        )
+
+    @property
+    def fitted_case_ids(self) -> tuple[str, ...]:
+        """Ids of the cases this scorer was fitted on (its rows) — nothing else was seen."""
+        return self.case_ids
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(
+        cls,
+        cases: Sequence[Case],
+        embeddings: np.ndarray,
+        config: HybridConfig | None = None,
+        seed: int = 0,
+        *,
+        progress: ProgressFn | None = None,
+    ) -> HybridScorer:
+        """Fit on the index rows ``cases`` (row-aligned with L2-normalised ``embeddings``); choose weights inside.
+
+        Cases without labels still become rows (their labels are predicted) but never serve as tuning queries.
+        """
+        config = config or HybridConfig()
+        cases = list(cases)
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if not cases:
+            raise InvalidInputError("HybridScorer.fit: no cases")
+        if emb.ndim != 2 or emb.shape[0] != len(cases):
+            raise InvalidInputError(f"HybridScorer.fit: {emb.shape} embeddings for {len(cases)} cases")
+        if not np.all(np.isfinite(emb)):
+            raise InvalidInputError("HybridScorer.fit: embeddings contain NaN or inf")
+        texts = [c.report_text for c in cases]
+        empty = [c.case_id for c, t in zip(cases, texts, strict=True) if not t.strip()]
+        if empty:
+            raise InvalidInputError(f"HybridScorer.fit: cases without report text: {empty[:5]}")
+        known = np.asarray([c.labels is not None for c in cases], dtype=bool)
+        y = np.zeros((len(cases), len(CT_RATE_LABELS)), dtype=np.int8)
+        for i, c in enumerate(cases):
+            if c.labels is not None:
+                y[i] = c.labels
+        if config.use_labels and known.sum() < 2:
+            raise InvalidInputError(
+                "HybridScorer.fit: the label component needs labelled cases (>= 2); "
+                "set hybrid.use_labels=false for an unlabelled corpus"
+            )
+        table = _LcsTable.build(texts, config.max_lcs_tokens)
+
+        weights = config.effective_weights(config.weights)
+        selection: dict[str, Any] = {"searched": False}
+        patients = [c.patient_id for c in cases]
+        n_folds = min(config.cv_folds, len(set(p for p, k in zip(patients, known, strict=True) if k)))
+        if config.search_weights and n_folds >= 2:
+            weights, selection = cls._search(cases, texts, emb, y, known, table, config, seed, n_folds, progress)
+        elif config.search_weights:
+            logger.warning("HybridScorer.fit: fewer than 2 labelled patients; using the configured weights")
+
+        label_model = None
+        if config.use_labels:
+            label_model = LabelModel.fit([texts[i] for i in np.flatnonzero(known)], y[known], config.label_model, seed)
+            if (~known).any():
+                y[~known] = label_model.predict([texts[i] for i in np.flatnonzero(~known)])
+        bm25 = BM25Scorer.fit(texts, config.bm25) if config.use_bm25 else None
+        return cls(
+            config=config,
+            weights=weights,
+            label_model=label_model,
+            bm25=bm25,
+            embeddings=emb,
+            cand_labels=y,
+            labels_known=known,
+            lcs_table=table,
+            case_ids=[c.case_id for c in cases],
+            selection=selection,
+        )
+
+    @classmethod
+    def _fold_features(
+        cls,
+        texts: list[str],
+        emb: np.ndarray,
+        y: np.ndarray,
+        known: np.ndarray,
+        table: _LcsTable,
+        config: HybridConfig,
+        seed: int,
+        queries: np.ndarray,
+        candidates: np.ndarray,
+    ) -> _FoldFeatures:
+        temps = config.grid.temperature if config.use_labels else (1.0,)
+        cand_y = y[candidates].copy()
+        label: dict[float, np.ndarray] = {}
+        if config.use_labels:
+            train = candidates[known[candidates]]
+            lm = LabelModel.fit([texts[i] for i in train], y[train], config.label_model, seed)
+            unknown = candidates[~known[candidates]]
+            if unknown.size:
+                cand_y[~known[candidates]] = lm.predict([texts[i] for i in unknown])
+            logits = lm.decision_function([texts[i] for i in queries])
+            for t in temps:
+                label[t] = expected_jaccard(1.0 / (1.0 + np.exp(-logits / t)), cand_y)
+        q_texts = [texts[i] for i in queries]
+        bm = BM25Scorer.fit([texts[i] for i in candidates], config.bm25).scores(q_texts)
+        bm25 = _normalise_max(bm)
+        dense = np.asarray(emb[queries] @ emb[candidates].T, dtype=np.float64)
+        shortlist: dict[float, np.ndarray] = {}
+        base = np.zeros(bm25.shape, dtype=bool)
+        if config.use_bm25:
+            base |= _topk_mask(bm25, config.rerank_k)
+        if config.use_dense:
+            base |= _topk_mask(dense, config.rerank_k)
+        for t in temps:
+            shortlist[t] = base | (_topk_mask(label[t], config.rerank_k) if config.use_labels else False)
+        lcs = np.full(bm25.shape, np.nan)
+        tops = {"bm25": bm.argmax(axis=1)}
+        if config.rouge_reference == "best-baseline":
+            tfidf = TfidfScorer.fit([texts[i] for i in candidates]).scores(q_texts)
+            tops["tfidf"] = tfidf.argmax(axis=1)
+            tops["dense"] = dense.argmax(axis=1)
+        if config.use_lcs:
+            union = np.zeros(bm25.shape, dtype=bool)
+            for m in shortlist.values():
+                union |= m
+            for r, qi in enumerate(queries):
+                cols = np.flatnonzero(union[r])
+                lcs[r, cols] = table.f1(table.tokens(int(qi)), candidates[cols])
+        true_j = label_jaccard_matrix(y[queries], y[candidates])
+        return _FoldFeatures(queries, candidates, label, bm25, dense, lcs, shortlist, true_j, tops)
+
+    @classmethod
+    def _search(
+        cls,
+        cases: list[Case],
+        texts: list[str],
+        emb: np.ndarray,
+        y: np.ndarray,
+        known: np.ndarray,
+        table: _LcsTable,
+        config: HybridConfig,
+        seed: int,
+        n_folds: int,
+        progress: ProgressFn | None,
+    ) -> tuple[HybridWeights, dict[str, Any]]:
+        folds = _patient_folds([c.patient_id for c in cases], n_folds, seed)
+        rng = np.random.default_rng(seed)
+        per_fold = None if config.max_tuning_queries is None else math.ceil(config.max_tuning_queries / n_folds)
+        settings = _grid_settings(config)
+        jac = [[] for _ in settings]  # type: list[list[np.ndarray]]
+        rouge = [[] for _ in settings]  # type: list[list[np.ndarray]]
+        ref_j: dict[str, list[np.ndarray]] = {}
+        ref_r: dict[str, list[np.ndarray]] = {}
+        for f in range(n_folds):
+            if progress is not None:
+                progress("hybrid weight search", f, n_folds)
+            queries = np.flatnonzero((folds == f) & known)
+            if per_fold is not None and queries.size > per_fold:
+                queries = np.sort(rng.choice(queries, per_fold, replace=False))
+            candidates = np.flatnonzero(folds != f)
+            if queries.size == 0 or candidates.size == 0:
+                continue
+            feats = cls._fold_features(texts, emb, y, known, table, config, seed, queries, candidates)
+            rows = np.arange(queries.size)
+
+            for name, top in feats.baseline_tops.items():
+                ref_j.setdefault(name, []).append(feats.true_jaccard[rows, top])
+                ref_r.setdefault(name, []).append(_top1_overlap(feats, top, table))
+            for s, w in enumerate(settings):
+                total = w.bm25 * feats.bm25 + w.dense * feats.dense
+                if w.label:
+                    total = total + w.label * feats.label[w.temperature]
+                if w.lcs:
+                    mask = feats.shortlist[w.temperature]
+                    total = np.where(mask, total + w.lcs * np.nan_to_num(feats.lcs), -np.inf)
+                top = total.argmax(axis=1)
+                jac[s].append(feats.true_jaccard[rows, top])
+                rouge[s].append(_top1_overlap(feats, top, table))
+        if progress is not None:
+            progress("hybrid weight search", n_folds, n_folds)
+        if not ref_j:
+            logger.warning("HybridScorer.fit: no fold had labelled queries; using the configured weights")
+            return config.effective_weights(config.weights), {"searched": False}
+        baselines = {
+            name: {
+                "label_jaccard": float(np.concatenate(ref_j[name]).mean()),
+                "lcs_f1": float(np.concatenate(rs).mean()),
+            }
+            for name, rs in ref_r.items()
+        }
+        ref_name = max(baselines, key=lambda n: baselines[n]["lcs_f1"])
+        rj, rr = np.concatenate(ref_j[ref_name]), np.concatenate(ref_r[ref_name])
+        table_rows = []
+        for w, js, rs in zip(settings, jac, rouge, strict=True):
+            j, r = np.concatenate(js), np.concatenate(rs)
+            diff = r - rr
+            se = float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else 0.0
+            table_rows.append(
+                {
+                    "weights": config_to_dict(w),
+                    "label_jaccard": float(j.mean()),
+                    "lcs_f1": float(r.mean()),
+                    "lcs_f1_minus_reference": float(diff.mean()),
+                    "lcs_f1_minus_reference_se": se,
+                    "admissible": bool(diff.mean() - config.rouge_confidence_z * se >= 0.0),
+                }
+            )
+        admissible = [row for row in table_rows if row["admissible"]]
+        if admissible:
+            best = max(admissible, key=lambda row: (round(row["label_jaccard"], 9), row["lcs_f1"]))
+            rule = f"max label-Jaccard s.t. LCS-F1 >= {ref_name}'s (one-sided z = {config.rouge_confidence_z:g})"
+        else:
+            best = max(table_rows, key=lambda row: (row["lcs_f1"], row["label_jaccard"]))
+            rule = f"no setting matched {ref_name}'s text overlap; took the highest LCS-F1"
+            logger.warning("HybridScorer.fit: %s", rule)
+        chosen = from_dict(HybridWeights, best["weights"])
+        selection = {
+            "searched": True,
+            "rule": rule,
+            "folds": n_folds,
+            "seed": seed,
+            "tuning_queries": int(rj.size),
+            "reference": ref_name,
+            "baselines": baselines,
+            "chosen": best,
+            "grid": table_rows,
+        }
+        logger.info(
+            "hybrid weights %s: CV label-Jaccard %.3f, LCS-F1 %.3f (reference %s: %.3f, %.3f)",
+            best["weights"],
+            best["label_jaccard"],
+            best["lcs_f1"],
+            ref_name,
+            rj.mean(),
+            rr.mean(),
+        )
+        return chosen, selection
+
+    # ------------------------------------------------------------------ scoring
+    def _rows(self, candidate_rows: np.ndarray | None) -> np.ndarray:
+        if candidate_rows is None:
+            return np.arange(len(self), dtype=np.int64)
+        rows = np.asarray(candidate_rows, dtype=np.int64).ravel()
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise InvalidInputError(
+                f"HybridScorer.scores: candidate rows must be in [0, {len(self)}), got {rows.min()}..{rows.max()}"
+            )
+        return rows
+
+    def component_scores(
+        self, query_texts: Sequence[str], query_embeddings: np.ndarray | None, candidate_rows: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """Each switched-on component's (n_queries, n_candidates) first-stage scores (no LCS: see ``scores``)."""
+        if isinstance(query_texts, str):
+            raise InvalidInputError("HybridScorer.scores: expected a list of query texts, got a single str")
+        texts = list(query_texts)
+        rows = self._rows(candidate_rows)
+        out: dict[str, np.ndarray] = {}
+        if self.config.use_labels and self.label_model is not None:
+            logits = self.label_model.decision_function(texts)
+            probs = 1.0 / (1.0 + np.exp(-logits / self.weights.temperature))
+            out["label"] = expected_jaccard(probs, self.cand_labels[rows])
+        if self.config.use_bm25 and self.bm25 is not None:
+            out["bm25"] = _normalise_max(self.bm25.scores(texts, None, rows))
+        if self.config.use_dense:
+            if query_embeddings is None:
+                raise InvalidInputError("HybridScorer.scores: the dense component needs query embeddings")
+            q = np.asarray(query_embeddings, dtype=np.float32)
+            if q.ndim == 1:
+                q = q[None, :]
+            if q.shape != (len(texts), self.dim):
+                raise IncompatibleIndexError(
+                    f"HybridScorer.scores: query embeddings {q.shape}, expected ({len(texts)}, {self.dim})"
+                )
+            out["dense"] = np.asarray(q.astype(np.float64) @ self.embeddings[rows].T.astype(np.float64))
+        return out
+
+    def scores(
+        self,
+        query_texts: list[str],
+        query_embeddings: np.ndarray | None,
+        candidate_rows: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """(n_queries, n_candidates) scores over the fitted rows (all when ``candidate_rows`` is None).
+
+        Higher = better. Rows outside a query's LCS shortlist are shifted below every shortlisted row but keep
+        their first-stage order, so full rankings stay meaningful (e.g. for "farthest").
+        """
+        rows = self._rows(candidate_rows)
+        comps = self.component_scores(query_texts, query_embeddings, rows)
+        w = self.weights
+        n_q = len(list(query_texts))
+        total = np.zeros((n_q, rows.size), dtype=np.float64)
+        for name, weight in (("label", w.label), ("bm25", w.bm25), ("dense", w.dense)):
+            if weight and name in comps:
+                total += weight * comps[name]
+        if not (self.config.use_lcs and w.lcs > 0) or rows.size == 0:
+            return total
+        mask = np.zeros(total.shape, dtype=bool)
+        for m in comps.values():
+            mask |= _topk_mask(m, self.config.rerank_k)
+        out = total.copy()
+        for r, text in enumerate(query_texts):
+            cols = np.flatnonzero(mask[r])
+            overlap = self.lcs_table.f1(self.lcs_table.encode(text), rows[cols])
+            span = float(total[r].max() - total[r].min()) if rows.size else 0.0
+            out[r] = total[r] - (span + w.lcs + 1.0)
+            out[r, cols] = total[r, cols] + w.lcs * overlap
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def _fingerprint(self) -> str:
+        return sha256_json({"ids": list(self.case_ids), "weights": config_to_dict(self.weights)})
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``hybrid.json`` + ``hybrid.npz`` (+ ``label_model/``, ``bm25/``) into ``directory``."""
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.label_model is not None:
+            self.label_model.save(folder / "label_model")
+        if self.bm25 is not None:
+            self.bm25.save(folder / "bm25")
+        write_npz(
+            folder / "hybrid.npz",
+            {
+                "embeddings": self.embeddings,
+                "cand_labels": self.cand_labels,
+                "labels_known": self.labels_known,
+                **self.lcs_table.arrays(),
+            },
+        )
+        terms = sorted(self.lcs_table.vocab, key=self.lcs_table.vocab.__getitem__)
+        write_json(
+            folder / "hybrid.json",
+            {
+                "kind": KIND,
+                "format_version": FORMAT_VERSION,
+                "fingerprint": self._fingerprint(),
+                "config": config_to_dict(self.config),
+                "weights": config_to_dict(self.weights),
+                "case_ids": list(self.case_ids),
+                "labels": list(CT_RATE_LABELS),
+                "lcs_terms": terms,
+                "selection": self.selection,
+            },
+        )
+        return folder
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> HybridScorer:
+        folder = Path(directory)
+        meta = read_json(folder / "hybrid.json")
+        if not isinstance(meta, dict) or meta.get("kind") != KIND:
+            raise DataValidationError(f"{folder} does not hold a ctrag hybrid scorer")
+        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise DataValidationError(f"{folder}: hybrid scorer format {meta.get('format_version')} is too new")
+        if list(meta.get("labels", [])) != list(CT_RATE_LABELS):
+            raise DataValidationError(f"{folder}: scorer was fitted on another label set")
+        config = from_dict(HybridConfig, meta["config"])
+        arrays = read_npz(folder / "hybrid.npz")
+        scorer = cls(
+            config=config,
+            weights=from_dict(HybridWeights, meta["weights"]),
+            label_model=LabelModel.load(folder / "label_model") if config.use_labels else None,
+            bm25=BM25Scorer.load(folder / "bm25") if config.use_bm25 else None,
+            embeddings=arrays["embeddings"],
+            cand_labels=arrays["cand_labels"],
+            labels_known=arrays["labels_known"],
+            lcs_table=_LcsTable.from_arrays(arrays, list(meta["lcs_terms"]), config.max_lcs_tokens),
+            case_ids=meta["case_ids"],
+            selection=meta.get("selection"),
+        )
+        if scorer._fingerprint() != meta.get("fingerprint"):
+            raise DataValidationError(f"{folder}: hybrid scorer files disagree (fingerprint mismatch)")
+        return scorer

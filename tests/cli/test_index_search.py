@@ -1,0 +1,215 @@
+"""``ctrag index`` / ``ctrag search`` end to end, in-process through ``ctrag.cli.main``, on real CT-RATE reports
+and real CTs with masks. Most runs use the MiniLM test adapter (loaded once); one runs the real encoder factory."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from ctrag.cli import commands_index, main
+from ctrag.data.case import Corpus
+from ctrag.index import CaseIndex
+
+EFFUSION = "Bilateral pleural effusion with passive atelectasis in both lower lobes."
+
+
+def _load_support() -> ModuleType:
+    name = "_ctrag_index_test_support"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "index" / "_support.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+support = _load_support()
+test_encoder = support.test_encoder
+REAL_CREATE_ENCODER = commands_index._create_encoder
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """17 train + 3 val CT-RATE reports and two real CTs with masks, as a manifest like `ctrag ingest` writes."""
+    cases = (
+        support.read_ct_rate("train", 15, ("train_175", "train_742"))
+        + support.ct_cases_with_masks()
+        + support.read_ct_rate("val", 3)
+    )
+    folder = tmp_path_factory.mktemp("corpus")
+    Corpus(cases).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def patched(test_encoder: Any) -> Iterator[None]:
+    """Route the CLI's encoder factory to the session MiniLM adapter (the real factory is tested separately)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(commands_index, "_create_encoder", lambda name, weights, device: test_encoder)
+        yield
+
+
+@pytest.fixture(scope="module")
+def index_dir(corpus_dir: Path, patched: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("index") / "idx"
+    assert main(["index", str(corpus_dir), "--out", str(out), "--scorer", "dense", "--no-progress"]) == 0
+    return out
+
+
+def _search_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    capsys.readouterr()
+    code = main(["search", *args, "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def test_index_writes_a_train_only_index(index_dir: Path, test_encoder: Any) -> None:
+    meta = CaseIndex.read_metadata(index_dir)
+    assert meta["splits"] == ["train"] and meta["count"] == 19 and meta["kind"] == "flat"
+    assert meta["encoder"]["fingerprint"] == test_encoder.fingerprint
+    assert meta["encoder"]["spec"] == {"name_or_path": "minilm", "weights": None}
+    assert meta["components"] == {}
+
+
+def test_search_json_matches_the_library(
+    index_dir: Path, patched: None, capsys: pytest.CaptureFixture[str], test_encoder: Any
+) -> None:
+    from ctrag.retrieval.retriever import Retriever
+
+    payload = _search_json(capsys, EFFUSION, "--index", str(index_dir), "--k", "3")
+    hits = payload["hits"]
+    assert [h["rank"] for h in hits] == [0, 1, 2] and payload["strategy"] == "nearest"
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    assert all(h["split"] == "train" and h["report_text"] for h in hits)
+    expected = Retriever.from_dir(index_dir, test_encoder).search(EFFUSION, k=3)
+    assert [h["case_id"] for h in hits] == [h.case_id for h in expected]
+    assert "Pleural effusion" in hits[0]["labels"]
+
+
+def test_search_filters_strategies_and_report_file(
+    index_dir: Path, patched: None, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    masked = _search_json(capsys, EFFUSION, "--index", str(index_dir), "--has-mask")["hits"]
+    assert {h["case_id"] for h in masked} == {"ts_example_sm", "ts_chest_crop"}
+    assert all(Path(h["mask_path"]).is_file() and Path(h["volume_path"]).is_file() for h in masked)
+    labelled = _search_json(capsys, EFFUSION, "--index", str(index_dir), "--label", "Pleural effusion")["hits"]
+    assert labelled and all("Pleural effusion" in h["labels"] for h in labelled)
+
+    far = _search_json(capsys, EFFUSION, "--index", str(index_dir), "--strategy", "farthest", "--k", "4")["hits"]
+    assert [h["score"] for h in far] == sorted(h["score"] for h in far)
+    rand = [
+        [
+            h["case_id"]
+            for h in _search_json(capsys, EFFUSION, "-i", str(index_dir), "--strategy", "random", "--seed", "5")["hits"]
+        ]
+        for _ in range(2)
+    ]
+    assert rand[0] == rand[1] and len(set(rand[0])) == 5
+    query = support.read_ct_rate("train", 0, ("train_175",))[0].report_text
+    mmr = _search_json(capsys, query, "-i", str(index_dir), "--strategy", "mmr", "--k", "3")["hits"]
+    near = _search_json(capsys, query, "-i", str(index_dir), "--k", "3")["hits"]
+    assert [h["case_id"] for h in near[:2]] == ["train_175", "train_742"]
+    assert len({h["patient_id"] for h in mmr}) == 3
+
+    report = tmp_path / "query.txt"
+    report.write_text(EFFUSION + "\n", encoding="utf-8")
+    from_file = _search_json(capsys, "--index", str(index_dir), "--report-file", str(report), "--k", "3")["hits"]
+    inline = _search_json(capsys, EFFUSION, "--index", str(index_dir), "--k", "3")["hits"]
+    assert [h["case_id"] for h in from_file] == [h["case_id"] for h in inline]
+
+
+def test_search_prints_a_table(index_dir: Path, patched: None, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["search", EFFUSION, "--index", str(index_dir), "--has-mask"]) == 0
+    out = capsys.readouterr().out
+    assert "rank" in out and "ts_example_sm" in out and "ts_chest_crop" in out and "mask" in out
+
+
+def test_index_kind_and_splits_options(
+    corpus_dir: Path, patched: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "hnsw"
+    args = ["index", str(corpus_dir), "--out", str(out), "--kind", "hnsw", "--splits", "train,val"]
+    assert main([*args, "--scorer", "dense", "--no-progress"]) == 0
+    meta = CaseIndex.read_metadata(out)
+    assert meta["kind"] == "hnsw" and meta["splits"] == ["train", "val"] and meta["count"] == 22
+    val_hits = _search_json(capsys, EFFUSION, "--index", str(out), "--split", "val")["hits"]
+    assert len(val_hits) == 3 and {h["split"] for h in val_hits} == {"val"}
+
+
+def test_hybrid_scorer_component(
+    corpus_dir: Path, patched: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--scorer hybrid` fits ctrag.retrieval.hybrid on the indexed cases, stores it, and search uses it."""
+    out = tmp_path / "hybrid"
+    assert main(["index", str(corpus_dir), "--out", str(out), "--scorer", "hybrid", "--no-progress"]) == 0
+    meta = CaseIndex.read_metadata(out)
+    assert meta["components"] == {"hybrid": "hybrid/"}
+    payload = _search_json(capsys, EFFUSION, "--index", str(out), "--k", "3")
+    assert payload["scorer"] == "hybrid" and all(h["scorer"] == "hybrid" for h in payload["hits"])
+    dense = _search_json(capsys, EFFUSION, "--index", str(out), "--k", "3", "--scorer", "dense")
+    assert dense["scorer"] == "dense"
+    assert [h["score"] for h in dense["hits"]] == [h["dense_score"] for h in dense["hits"]]
+    assert [h["score"] for h in payload["hits"]] != [h["dense_score"] for h in payload["hits"]]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["   "], 2, "empty query"),
+        ([EFFUSION, "--report-file", "x.txt"], 2, "not both"),
+        (["--report-file", "/nonexistent/q.txt"], 2, "does not exist"),
+        ([EFFUSION, "--strategy", "closest"], 2, "known strategies"),
+        ([EFFUSION, "--label", "Pneumonia"], 2, "unknown label"),
+        ([EFFUSION, "--k", "0"], 2, "k must be a positive integer"),
+    ],
+)
+def test_search_errors(
+    index_dir: Path, patched: None, capsys: pytest.CaptureFixture[str], args: list[str], code: int, message: str
+) -> None:
+    capsys.readouterr()
+    assert main(["search", *args, "--index", str(index_dir)]) == code
+    assert message in " ".join(capsys.readouterr().err.split())
+
+
+def test_missing_index_and_corpus(tmp_path: Path, patched: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["search", EFFUSION, "--index", str(tmp_path / "none")]) == 2
+    assert "no index at" in capsys.readouterr().err
+    assert main(["index", str(tmp_path / "no-corpus"), "--out", str(tmp_path / "i"), "--scorer", "dense"]) == 2
+    assert "no corpus manifest" in " ".join(capsys.readouterr().err.split())
+
+
+def test_real_encoder_factory_end_to_end_and_refusal(
+    corpus_dir: Path,
+    index_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No adapter: `--encoder minilm` goes through ctrag.encoders.factory for both commands."""
+    monkeypatch.setattr(commands_index, "_create_encoder", REAL_CREATE_ENCODER)
+    small = tmp_path / "small"
+    Corpus(Corpus.load(corpus_dir).split("train")[:6]).save(small)
+    out = tmp_path / "real"
+    assert (
+        main(["index", str(small), "--out", str(out), "--encoder", "minilm", "--scorer", "dense", "--no-progress"]) == 0
+    )
+    meta = CaseIndex.read_metadata(out)
+    assert meta["encoder"]["name"] == "minilm" and meta["count"] == 6
+    hits = _search_json(capsys, EFFUSION, "--index", str(out), "--k", "2")["hits"]
+    assert len(hits) == 2 and hits[0]["score"] > 0
+    # `index_dir` was built by the test adapter: the real MiniLM has another fingerprint, so search refuses.
+    capsys.readouterr()
+    assert main(["search", EFFUSION, "--index", str(index_dir)]) == 3
+    err = " ".join(capsys.readouterr().err.split())
+    assert "fingerprint" in err and meta["encoder"]["fingerprint"] in err
