@@ -11,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 
 from ctrag.cli import commands_index, main
@@ -213,3 +214,41 @@ def test_real_encoder_factory_end_to_end_and_refusal(
     assert main(["search", EFFUSION, "--index", str(index_dir)]) == 3
     err = " ".join(capsys.readouterr().err.split())
     assert "fingerprint" in err and meta["encoder"]["fingerprint"] in err
+
+
+def test_search_with_a_held_out_corpus_case(
+    corpus_dir: Path, index_dir: Path, patched: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    val = Corpus.load(corpus_dir).split("val")[0]
+    payload = _search_json(capsys, "--query-case", val.case_id, "--corpus", str(corpus_dir), "-i", str(index_dir))
+    assert payload["query"] == val.report_text and payload["query_case"] == val.case_id
+    assert payload["hits"] and all(h["split"] == "train" for h in payload["hits"])
+    capsys.readouterr()
+    assert main(["search", "--query-case", val.case_id, "--corpus", str(corpus_dir), "-i", str(index_dir)]) == 0
+    assert "label Jaccard" in capsys.readouterr().out
+
+
+def test_search_refuses_a_query_case_inside_the_index(
+    corpus_dir: Path, index_dir: Path, patched: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train = Corpus.load(corpus_dir).split("train")[0]
+    code = main(["search", "--query-case", train.case_id, "--corpus", str(corpus_dir), "-i", str(index_dir)])
+    assert code == 4 and "refusing to evaluate" in capsys.readouterr().err
+    code = main(["search", "--query-case", "nope", "--corpus", str(corpus_dir), "-i", str(index_dir)])
+    assert code == 2 and "no case 'nope'" in capsys.readouterr().err
+
+
+def test_index_with_embedding_cache_reuses_vectors(
+    corpus_dir: Path, patched: None, test_encoder: Any, tmp_path: Path
+) -> None:
+    from ctrag.encoders.cache import EmbeddingCache
+
+    cache = tmp_path / "emb.sqlite"
+    first, second = tmp_path / "a", tmp_path / "b"
+    args = ["index", str(corpus_dir), "--scorer", "dense", "--no-progress", "--cache", str(cache)]
+    assert main([*args, "--out", str(first)]) == 0
+    stored = EmbeddingCache(cache).count()
+    assert stored == CaseIndex.read_metadata(first)["count"]  # every indexed report is cached once
+    assert main([*args, "--out", str(second)]) == 0
+    assert EmbeddingCache(cache).count() == stored
+    np.testing.assert_array_equal(CaseIndex.load(first).vectors, CaseIndex.load(second).vectors)

@@ -26,6 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # model-loading bars would drown our own progress
     logging.basicConfig(
         level=os.environ.get("CTRAG_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
     )

@@ -19,6 +19,7 @@ from ctrag.config import load_config
 from ctrag.errors import InvalidInputError
 
 if TYPE_CHECKING:
+    from ctrag.data.case import Case
     from ctrag.encoders.base import Encoder
     from ctrag.retrieval.types import Hit
 
@@ -106,6 +107,10 @@ def index_command(
     device: Annotated[str, typer.Option(help="Device for the encoder (cpu, cuda, cuda:1, ...).")] = "cpu",
     batch_size: Annotated[int, typer.Option(help="Reports embedded per batch.")] = 64,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="SQLite embedding cache (text hash + encoder fingerprint); re-runs embed only new reports."),
+    ] = None,
 ) -> None:
     """Embed the reports of a corpus (train split by default) and save a searchable case index."""
     from ctrag.data.case import Corpus
@@ -117,6 +122,11 @@ def index_command(
     scorer_kind = _resolve_scorer(scorer)
     corpus = Corpus.load(corpus_dir)
     enc = _create_encoder(encoder, weights, device)
+    embedding_cache = None
+    if cache is not None:
+        from ctrag.encoders.cache import EmbeddingCache
+
+        embedding_cache = EmbeddingCache(cache)
     with _progress(progress) as bar:
         embed_task = bar.add_task("embed reports", total=None)
         add_task = bar.add_task(f"build {index_cfg.kind} index", total=None, visible=False)
@@ -129,6 +139,7 @@ def index_command(
             encoder_spec={"name_or_path": encoder, "weights": weights},
             source={"corpus": str(Path(corpus_dir).resolve())},
             batch_size=batch_size,
+            cache=embedding_cache,
             embed_progress=lambda done, total: bar.update(embed_task, completed=done, total=total),
             index_progress=lambda done, total: bar.update(add_task, completed=done, total=total, visible=True),
         )
@@ -192,6 +203,36 @@ def _hit_record(hit: Hit) -> dict[str, Any]:
     }
 
 
+def _query_case(case_id: str, corpus: Path | None) -> Case:
+    from ctrag.data.case import Corpus
+
+    if corpus is None:
+        raise InvalidInputError("--query-case needs --corpus (the corpus folder that holds the case)")
+    try:
+        case = Corpus.load(corpus).get(case_id)
+    except KeyError:
+        raise InvalidInputError(f"--query-case: no case {case_id!r} in corpus {corpus}") from None
+    if not case.has_report:
+        raise InvalidInputError(f"--query-case: case {case_id!r} has no report text to search with")
+    return case
+
+
+def _label_names(case: Case) -> list[str]:
+    from ctrag.data.labels import CT_RATE_LABELS
+
+    if case.labels is None:
+        return []
+    return [name for name, v in zip(CT_RATE_LABELS, case.labels, strict=True) if v]
+
+
+def _label_jaccard(query: Case, hit: Case) -> str:
+    """Agreement of the 18 CT-RATE labels (two label-free reports agree fully); '—' where either is unlabelled."""
+    if query.labels is None or hit.labels is None:
+        return "—"
+    a, b = set(_label_names(query)), set(_label_names(hit))
+    return f"{(len(a & b) / len(a | b)) if (a or b) else 1.0:.2f}"
+
+
 def _excerpt(text: str) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 1] + "…"
@@ -224,13 +265,29 @@ def search_command(
     weights: Annotated[str | None, typer.Option(help="Weights for --encoder.")] = None,
     device: Annotated[str, typer.Option(help="Device for the encoder.")] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    query_case: Annotated[
+        str | None,
+        typer.Option(
+            "--query-case",
+            help="Search with the report of this corpus case (needs --corpus); it must not be in the index.",
+        ),
+    ] = None,
+    corpus: Annotated[Path | None, typer.Option("--corpus", help="Corpus folder holding --query-case.")] = None,
 ) -> None:
     """Find the cases whose reports are most similar to a report (or use another strategy)."""
     from ctrag.retrieval.retriever import Retriever
     from ctrag.retrieval.strategies import get_strategy
     from ctrag.retrieval.types import CaseFilter
 
-    text = _read_query(query, report_file)
+    query_source = _query_case(query_case, corpus) if query_case is not None else None
+    if query_source is not None:
+        if query is not None or report_file is not None:
+            raise InvalidInputError("give one query: QUERY, --report-file or --query-case")
+        text = query_source.report_text
+    else:
+        if corpus is not None:
+            raise InvalidInputError("--corpus is only used with --query-case")
+        text = _read_query(query, report_file)
     get_strategy(strategy)  # unknown names fail before any model loads
     if scorer not in SCORERS:
         raise InvalidInputError(f"--scorer must be one of {list(SCORERS)}, got {scorer!r}")
@@ -247,6 +304,10 @@ def search_command(
         scorer=scorer,  # type: ignore[arg-type]
         encoder_factory=lambda spec: _create_encoder(str(spec.get("name_or_path")), spec.get("weights"), device),
     )
+    if query_source is not None:
+        from ctrag.retrieval.guard import assert_no_leakage
+
+        assert_no_leakage(retriever.index, [query_source])
     hits = retriever.search(text, k=k, strategy=strategy, filters=filters, seed=seed)
     if as_json:
         payload = {
@@ -259,6 +320,9 @@ def search_command(
             "filters": {"splits": list(filters.splits or ()), "has_mask": filters.has_mask, "labels": label or []},
             "hits": [_hit_record(h) for h in hits],
         }
+        if query_source is not None:
+            payload["query_case"] = query_source.case_id
+            payload["query_labels"] = _label_names(query_source)
         sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
         return
     if not hits:
@@ -266,6 +330,12 @@ def search_command(
             f"no case in {index} passes the filters (index splits: {list(retriever.index.splits)})", highlight=False
         )
         return
+    if query_source is not None:
+        console.print(
+            f"[bold]query[/] {query_source.case_id} ({query_source.split}): {_excerpt(text)}\n"
+            f"[bold]query labels[/] {', '.join(_label_names(query_source)) or 'none (normal)'}",
+            highlight=False,
+        )
     table = Table(title=f"{strategy} k={k} · {retriever.scorer_name} scores · {len(retriever.index)} indexed cases")
     for col, kw in (
         ("rank", {"justify": "right"}),
@@ -276,13 +346,18 @@ def search_command(
         ("mask", {"overflow": "fold"}),
     ):
         table.add_column(col, **kw)  # type: ignore[arg-type]
+    if query_source is not None:
+        table.add_column("label Jaccard", justify="right")
     for h in hits:
-        table.add_row(
+        row = [
             str(h.rank + 1),
             h.case_id,
             f"{h.score:.4f}",
             h.case.split,
             _excerpt(h.case.report_text),
             h.case.mask_path or "—",
-        )
+        ]
+        if query_source is not None:
+            row.append(_label_jaccard(query_source, h.case))
+        table.add_row(*row)
     console.print(table)

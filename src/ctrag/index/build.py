@@ -20,6 +20,7 @@ from ctrag.index.faiss_backend import ProgressFn
 
 if TYPE_CHECKING:  # the Encoder base imports torch; keep `import ctrag.index` light
     from ctrag.encoders.base import Encoder
+    from ctrag.encoders.cache import EmbeddingCache
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +31,23 @@ def embed_texts(
     *,
     batch_size: int = 64,
     progress: ProgressFn | None = None,
+    cache: EmbeddingCache | None = None,
 ) -> np.ndarray:
-    """Embed ``texts`` in chunks so long corpora report progress; (n, dim) L2-normalised float32."""
+    """Embed ``texts`` in chunks so long corpora report progress; (n, dim) L2-normalised float32.
+
+    With ``cache`` (keyed by text hash + encoder fingerprint) only texts not embedded before are encoded.
+    """
     if batch_size < 1:
         raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
+    if cache is not None:
+        from ctrag.encoders.cache import encode_text_cached
     out = np.empty((len(texts), encoder.dim), dtype=np.float32)
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start : start + batch_size])
-        emb = np.asarray(encoder.encode_text(chunk, batch_size=batch_size), dtype=np.float32)
+        if cache is not None:
+            emb = encode_text_cached(encoder, chunk, cache, batch_size=batch_size)
+        else:
+            emb = np.asarray(encoder.encode_text(chunk, batch_size=batch_size), dtype=np.float32)
         if emb.shape != (len(chunk), encoder.dim):
             raise InvalidInputError(
                 f"encoder {encoder.name} returned shape {emb.shape} for {len(chunk)} texts (dim {encoder.dim})"
@@ -72,13 +82,14 @@ def build_text_index(
     encoder_spec: Mapping[str, Any] | None = None,
     source: Mapping[str, Any] | None = None,
     batch_size: int = 64,
+    cache: EmbeddingCache | None = None,
     embed_progress: ProgressFn | None = None,
     index_progress: ProgressFn | None = None,
 ) -> tuple[CaseIndex, np.ndarray]:
     """Embed the reports of ``splits`` and index them; returns the index and the embeddings (for scorers)."""
     chosen = select_cases(cases, splits)
     texts = [c.report_text for c in chosen]
-    emb = embed_texts(encoder, texts, batch_size=batch_size, progress=embed_progress)
+    emb = embed_texts(encoder, texts, batch_size=batch_size, progress=embed_progress, cache=cache)
     index = CaseIndex.build(
         emb,
         chosen,
