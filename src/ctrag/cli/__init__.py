@@ -6,7 +6,6 @@ import logging
 import os
 from collections.abc import Sequence
 
-import click
 import typer
 
 from ctrag.cli import _app
@@ -19,6 +18,16 @@ from ctrag.cli import commands_index  # noqa: F401  isort: skip
 from ctrag.cli import commands_encoders  # noqa: F401  isort: skip
 from ctrag.cli import commands_evaluate  # noqa: F401  isort: skip
 from ctrag.cli import commands_generation  # noqa: F401  isort: skip
+from ctrag.cli import commands_segment  # noqa: F401  isort: skip
+from ctrag.cli import commands_eval_generation  # noqa: F401  isort: skip
+
+try:  # typer >= 0.20 vendors click as typer._click; older releases use the click package itself
+    from typer._click import exceptions as _click_exceptions
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import exceptions as _click_exceptions  # type: ignore[no-redef]
+
+_EXIT = (typer.Exit, _click_exceptions.Exit) if hasattr(_click_exceptions, "Exit") else (typer.Exit,)
+_ABORT = (typer.Abort, _click_exceptions.Abort) if hasattr(_click_exceptions, "Abort") else (typer.Abort,)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,12 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CtragError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
         return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code)
-    except click.ClickException as exc:
+    except _EXIT as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except _click_exceptions.ClickException as exc:
         exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
+        return int(exc.exit_code)
+    except _ABORT:
         err_console.print("aborted")
         return 130
     except FileNotFoundError as exc:

@@ -1,1 +1,41 @@
-"""ctrag.generation"""
+"""Report-to-CT generation: MONAI VAE + text-conditioned diffusion UNet + ControlNet on retrieved anatomy.
+
+Main entry points (imported lazily, so ``import ctrag.generation`` does not load torch or MONAI):
+
+- ``GenerationPipeline`` / ``GenerationResult`` (``pipeline.py``): ``GenerationPipeline.from_pretrained(run_dir,
+  index_dir=...)`` or ``.from_config("tiny-cpu", weights=run_dir, index_dir=...)``, then
+  ``pipe(report, strategy="nearest", seed=0, steps=30, cfg=5.0, control_scale=1.0)``.
+- ``save_result`` (``output.py``): NIfTI + provenance JSON + tri-planar PNG, written as one unit.
+- ``train_vae`` / ``train_diffusion`` / ``train_controlnet`` (``train.py``): resumable training into a run folder.
+- ``load_generator_config`` / ``GeneratorConfig`` (``config.py``): the ``vae``/``diffusion``/``controlnet``/
+  ``sampler``/``train_*`` sections of a preset.
+- ``import_external_weights`` (``pipeline_io.py``): MAISI / Text2CT checkpoint files -> run folder.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "GenerationPipeline": "ctrag.generation.pipeline",
+    "GenerationResult": "ctrag.generation.pipeline",
+    "save_result": "ctrag.generation.output",
+    "train_vae": "ctrag.generation.train",
+    "train_diffusion": "ctrag.generation.train",
+    "train_controlnet": "ctrag.generation.train",
+    "GeneratorConfig": "ctrag.generation.config",
+    "load_generator_config": "ctrag.generation.config",
+    "RectifiedFlowSampler": "ctrag.generation.sampler",
+    "controlnet_from_unet": "ctrag.generation.controlnet",
+    "import_external_weights": "ctrag.generation.pipeline_io",
+    "control_agreement": "ctrag.generation.evaluate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ctrag.generation' has no attribute {name!r}")

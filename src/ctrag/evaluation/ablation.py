@@ -1,0 +1,603 @@
+"""The generation ablation of RAG-Text2CT (Tables 1-3): methods × seeds × held-out reports → one table.
+
+Methods (``METHODS``): text-only (``none``: no proxy), RAG-Nearest / RAG-Random / RAG-Farthest (the proxy is the
+mask of the training case that retrieval picks), and the ground-truth mask of the evaluated case (upper bound,
+MAISI's role in the paper). Every method shares one generator and differs only in the spatial control.
+
+For every seed and method the runner generates a volume per held-out report (resumable, see
+:mod:`ctrag.evaluation.generation_cache`) and computes
+
+- image fidelity: FID 2.5D per plane and averaged, FID 3D, generated vs the real held-out CTs
+  (:mod:`ctrag.evaluation.fid`);
+- clinical consistency: macro/weighted AUC and precision of the frozen classifier on generated volumes
+  against the cases' labels, and on the real volumes as the reference row (only where cases carry labels);
+- spatial controllability: Dice/HD95 between a segmentation of the generated volume and its proxy, for methods
+  with a proxy (text-only is not scored, as in the paper), with "Real" (segmentation of real CTs vs their own
+  independent masks) as the reference row.
+
+Per-seed values feed a one-sided paired Wilcoxon test against the reference method (RAG-Nearest) and a
+bootstrap CI (:mod:`ctrag.evaluation.stats`). Leakage is refused before anything runs: the retrieval index must
+not contain any evaluated case, patient or split (``ctrag.retrieval.guard``), and every retrieved proxy is
+checked again as it comes back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ctrag.config import config_to_dict
+from ctrag.data.case import SPLITS, Case
+from ctrag.data.labels import COARSE_LABELS
+from ctrag.data.nifti import Volume, load_volume
+from ctrag.errors import ConfigError, InvalidInputError, LeakageError
+from ctrag.evaluation.classification_metrics import classification_scores
+from ctrag.evaluation.fid import FIDConfig, FIDEvaluator
+from ctrag.evaluation.generation_cache import GeneratedSample, GenerationCache, sample_key
+from ctrag.evaluation.segmentation_metrics import spatial_agreement
+from ctrag.evaluation.stats import bootstrap_ci, wilcoxon_worse
+from ctrag.utils.hashing import sha256_text
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    key: str
+    label: str
+    strategy: str
+    uses_gt_mask: bool = False
+
+    @property
+    def retrieves(self) -> bool:
+        return self.strategy != "none" and not self.uses_gt_mask
+
+    @property
+    def structural(self) -> bool:
+        return self.retrieves or self.uses_gt_mask
+
+
+METHODS: dict[str, MethodSpec] = {
+    "none": MethodSpec("none", "Text-only", "none"),
+    "farthest": MethodSpec("farthest", "RAG-Farthest", "farthest"),
+    "random": MethodSpec("random", "RAG-Random", "random"),
+    "nearest": MethodSpec("nearest", "RAG-Nearest", "nearest"),
+    "gt_mask": MethodSpec("gt_mask", "GT mask (upper bound)", "none", uses_gt_mask=True),
+}
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    key: str
+    name: str
+    better: str  # "higher" | "lower"
+    group: str  # "fidelity" | "clinical" | "spatial"
+
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("fid_axial", "FID 2.5D axial", "lower", "fidelity"),
+    MetricSpec("fid_coronal", "FID 2.5D coronal", "lower", "fidelity"),
+    MetricSpec("fid_sagittal", "FID 2.5D sagittal", "lower", "fidelity"),
+    MetricSpec("fid_avg", "FID 2.5D avg.", "lower", "fidelity"),
+    MetricSpec("fid_3d", "FID 3D", "lower", "fidelity"),
+    MetricSpec("auc_macro", "AUC macro", "higher", "clinical"),
+    MetricSpec("auc_weighted", "AUC weighted", "higher", "clinical"),
+    MetricSpec("precision_macro", "Precision macro", "higher", "clinical"),
+    MetricSpec("precision_weighted", "Precision weighted", "higher", "clinical"),
+    MetricSpec("dice", "Dice", "higher", "spatial"),
+    MetricSpec("hd95", "HD95 (mm)", "lower", "spatial"),
+    *(MetricSpec(f"dice_{n}", f"Dice {n}", "higher", "spatial_labels") for n in COARSE_LABELS.values()),
+    *(MetricSpec(f"hd95_{n}", f"HD95 {n} (mm)", "lower", "spatial_labels") for n in COARSE_LABELS.values()),
+)
+"""Per-structure Dice/HD95 (group ``spatial_labels``) are means over the cases whose proxy has that structure; the
+overall Dice/HD95 average each case over *its* proxy's structures, so methods whose proxies hold different
+structures (a cropped proxy without lungs) are best compared per structure."""
+METRIC_BY_KEY = {m.key: m for m in METRICS}
+CLINICAL_KEYS: tuple[str, ...] = ("auc_macro", "auc_weighted", "precision_macro", "precision_weighted")
+
+
+@dataclass
+class GenerationEvalConfig:
+    """Settings of ``ctrag evaluate generation`` (section ``evaluation`` of a preset)."""
+
+    corpus: str | None = None
+    """Corpus folder (``ctrag ingest`` output) holding the held-out cases."""
+    pipeline: str | None = None
+    """Generator run folder (``ctrag train ...`` output with ``pipeline.json``)."""
+    index: str | None = None
+    """Retrieval index folder (built from the train split only)."""
+    split: str = "test"
+    case_ids: tuple[str, ...] = ()
+    """Evaluate only these cases (default: every case of ``split`` with a report and a CT)."""
+    max_cases: int | None = None
+    methods: tuple[str, ...] = ("none", "farthest", "random", "nearest", "gt_mask")
+    reference_method: str = "nearest"
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    steps: int | None = None
+    cfg: float | None = None
+    control_scale: float | None = None
+    classifier: str | None = None
+    """Classifier folder (``ctrag train classifier``); also the default FID feature extractor's weights."""
+    label_threshold: float = 0.5
+    fid: FIDConfig = field(default_factory=FIDConfig)
+    spatial_reference_case_ids: tuple[str, ...] = ()
+    """Cases for the "Real" spatial row (real CT segmented vs its own mask); default: evaluated cases with masks."""
+    alpha: float = 0.05
+    confidence: float = 0.95
+    n_bootstrap: int = 2000
+    figures: bool = True
+    figure_cases: int = 3
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ConfigError(f"evaluation.methods: unknown {unknown}; known: {list(METHODS)}")
+        if len(set(self.methods)) != len(self.methods) or not self.methods:
+            raise ConfigError(f"evaluation.methods must be a non-empty list without repeats, got {list(self.methods)}")
+        if self.reference_method not in self.methods:
+            raise ConfigError(
+                f"evaluation.reference_method {self.reference_method!r} is not among the methods {list(self.methods)}"
+            )
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise ConfigError(f"evaluation.seeds must be distinct non-negative integers, got {list(self.seeds)}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"evaluation.split must be one of {SPLITS}, got {self.split!r}")
+        if not 0 < self.alpha < 1 or not 0 < self.confidence < 1:
+            raise ConfigError("evaluation.alpha and evaluation.confidence must lie in (0, 1)")
+
+
+class GenerateFn(Protocol):
+    """What the runner calls: ``GenerationPipeline.__call__`` or any function with its keywords and result."""
+
+    def __call__(
+        self,
+        report: str,
+        *,
+        strategy: str,
+        mask: Volume | None,
+        mask_labels: str,
+        seed: int,
+        steps: int | None,
+        cfg: float | None,
+        control_scale: float | None,
+    ) -> Any: ...
+
+
+ProgressFn = Callable[[str, int, int], None]
+Segmenter = Callable[[Volume], Volume]
+
+
+@dataclass
+class AblationResult:
+    """Everything the tables and figures are written from."""
+
+    config: dict[str, Any]
+    methods: dict[str, dict[str, Any]]
+    real: dict[str, Any]
+    per_seed: list[dict[str, Any]]
+    per_case: list[dict[str, Any]]
+    notes: list[str]
+    provenance: dict[str, Any]
+    figure_rows: dict[str, list[tuple[str, GeneratedSample]]] = field(default_factory=dict)
+    real_rows: dict[str, tuple[str, Volume, Volume | None]] = field(default_factory=dict)
+    """Evaluated case id -> (title, real CT, its coarse reference mask or None), for comparison figures."""
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def select_cases(cases: Sequence[Case], config: GenerationEvalConfig) -> list[Case]:
+    """Held-out cases to evaluate: the configured split (or ids), each with a report and a real CT."""
+    if config.case_ids:
+        by_id = {c.case_id: c for c in cases}
+        missing = [cid for cid in config.case_ids if cid not in by_id]
+        if missing:
+            raise InvalidInputError(f"evaluation.case_ids not in the corpus: {missing}")
+        chosen = [by_id[cid] for cid in config.case_ids]
+        wrong = [c.case_id for c in chosen if c.split != config.split]
+        if wrong:
+            raise LeakageError(f"cases {wrong} are not in the evaluated split {config.split!r}")
+    else:
+        chosen = [c for c in cases if c.split == config.split]
+    usable = [c for c in chosen if c.has_report and c.has_volume]
+    skipped = sorted(c.case_id for c in chosen if c not in usable)
+    if skipped:
+        logger.info("skipping %d case(s) without report or CT: %s", len(skipped), skipped[:5])
+    if config.max_cases is not None:
+        usable = usable[: config.max_cases]
+    if not usable:
+        raise InvalidInputError(
+            f"no case of split {config.split!r} has both a report and a CT volume to evaluate against"
+        )
+    return usable
+
+
+def coarse_reference_mask(case: Case, ct: Volume, segmenter: Segmenter) -> tuple[Volume, str]:
+    """A case's mask in coarse labels on its CT grid, and where it came from.
+
+    TotalSegmentator masks get their body label from the classical body mask of the CT (``ctrag.segment``);
+    cases without a mask get one from ``segmenter`` (marked ``segmenter-derived``: such a mask cannot serve as an
+    independent "Real" reference).
+    """
+    if case.mask_path is None:
+        return segmenter(ct), "segmenter-derived"
+    from ctrag.data.nifti import check_same_grid
+    from ctrag.generation.masks import source_space
+
+    mask = load_volume(case.mask_path)
+    check_same_grid(mask, ct)
+    space = source_space(case.mask_source, [int(v) for v in np.unique(np.asarray(mask.array))])
+    if space == "totalseg":
+        from ctrag.segment import totalseg_to_coarse
+
+        return totalseg_to_coarse(mask, ct), f"{case.mask_source or 'totalsegmentator'} (coarse)"
+    return mask.with_array(np.asarray(mask.array).astype(np.uint8)), case.mask_source or "coarse"
+
+
+def _proxy_as_coarse(result: Any) -> np.ndarray | None:
+    mask = getattr(result, "mask", None)
+    if mask is None:
+        return None
+    label_set = getattr(result, "label_set", "coarse")
+    if label_set == "coarse":
+        return np.asarray(mask).astype(np.uint8)
+    from ctrag.generation.masks import as_coarse
+
+    return as_coarse(np.asarray(mask), label_set)
+
+
+def _nan_mean(values: Sequence[float]) -> float:
+    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if arr.size else float("nan")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- runner
+
+
+class AblationRunner:
+    """Runs one ablation; construct with the components, then call :meth:`run`."""
+
+    def __init__(
+        self,
+        config: GenerationEvalConfig,
+        generate: GenerateFn,
+        *,
+        segmenter: Segmenter,
+        generator_id: str,
+        cache_dir: str | Path,
+        index: Any | None = None,
+        classifier: Any | None = None,
+        fid: FIDEvaluator | None = None,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.config = config
+        self.generate = generate
+        self.segmenter = segmenter
+        self.generator_id = generator_id
+        self.cache = GenerationCache(cache_dir)
+        self.index = index
+        self.classifier = classifier
+        self.fid = fid
+        self.progress = progress
+        self.methods = [METHODS[m] for m in config.methods]
+
+    # 1. leakage -------------------------------------------------------------------------------------
+    def check_leakage(self, cases: Sequence[Case]) -> None:
+        """Refuse an index that holds any evaluated case, patient or split (before generating anything)."""
+        if not any(m.retrieves for m in self.methods):
+            return
+        if self.index is None:
+            raise InvalidInputError(
+                "retrieval methods need the retrieval index to check it for leakage (evaluation.index / --index)"
+            )
+        from ctrag.retrieval.guard import assert_no_leakage
+
+        assert_no_leakage(self.index, cases, eval_split=self.config.split)
+
+    def _check_retrieved(self, sample: GeneratedSample, cases: Sequence[Case]) -> None:
+        ids = {c.case_id for c in cases}
+        patients = {c.patient_id for c in cases}
+        for rec in sample.record.get("retrieved", []):
+            cid = str(rec.get("case_id"))
+            if cid in ids or str(rec.get("patient_id", "")) in patients:
+                raise LeakageError(
+                    f"a proxy was retrieved from evaluated case {cid}; the index must hold train cases only"
+                )
+            if self.index is not None and cid in self.index:
+                case = self.index.case(self.index.row_of(cid))
+                if case.split != "train" or case.patient_id in patients:
+                    raise LeakageError(f"retrieved case {cid} (split {case.split}) is not a separate training case")
+
+    # 2. generation ---------------------------------------------------------------------------------
+    def _key(self, method: MethodSpec, seed: int, case: Case, gt_mask: Volume | None) -> str:
+        cfg = self.config
+        payload: dict[str, Any] = {
+            "generator": self.generator_id,
+            "method": method.key,
+            "strategy": method.strategy,
+            "seed": seed,
+            "steps": cfg.steps,
+            "cfg": cfg.cfg,
+            "control_scale": cfg.control_scale,
+            "report_sha256": sha256_text(case.report_text),
+        }
+        if gt_mask is not None:
+            payload["mask_sha256"] = hashlib.sha256(np.ascontiguousarray(gt_mask.array).tobytes()).hexdigest()
+            payload["mask_affine"] = np.round(gt_mask.affine, 4).tolist()
+        return sample_key(payload)
+
+    def _generate_one(self, method: MethodSpec, seed: int, case: Case, gt_mask: Volume | None) -> GeneratedSample:
+        cfg = self.config
+
+        def create() -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
+            result = self.generate(
+                case.report_text,
+                strategy=method.strategy,
+                mask=gt_mask if method.uses_gt_mask else None,
+                mask_labels="coarse",
+                seed=seed,
+                steps=cfg.steps,
+                cfg=cfg.cfg,
+                control_scale=cfg.control_scale,
+            )
+            retrieved = [dict(r) for r in getattr(result, "retrieved", []) or []]
+            record = {
+                "case_id": case.case_id,
+                "method": method.key,
+                "strategy": method.strategy,
+                "seed": seed,
+                "report_sha256": sha256_text(case.report_text),
+                "retrieved": retrieved,
+                "label_set": getattr(result, "label_set", "coarse"),
+                "timings": dict(getattr(result, "timings", {}) or {}),
+            }
+            return np.asarray(result.volume), np.asarray(result.affine), _proxy_as_coarse(result), record
+
+        key = self._key(method, seed, case, gt_mask if method.uses_gt_mask else None)
+        return self.cache.get_or_create(method.key, seed, case.case_id, key, create)
+
+    # 3. the whole run ------------------------------------------------------------------------------
+    def run(self, cases: Sequence[Case], reference_cases: Sequence[Case] = ()) -> AblationResult:
+        cfg = self.config
+        notes: list[str] = []
+        self.check_leakage(cases)
+
+        # Real references: CTs, coarse masks, FID features, classifier scores, segmentation vs own mask.
+        real_ct = {c.case_id: load_volume(c.volume_path) for c in cases if c.volume_path}
+        gt: dict[str, tuple[Volume, str]] = {}
+        if any(m.uses_gt_mask for m in self.methods):
+            for c in cases:
+                gt[c.case_id] = coarse_reference_mask(c, real_ct[c.case_id], self.segmenter)
+            derived = [cid for cid, (_, src) in gt.items() if src == "segmenter-derived"]
+            if derived:
+                notes.append(
+                    f"GT-mask method: {len(derived)} of {len(cases)} evaluated case(s) have no mask; their "
+                    f"'ground truth' is the segmenter's mask of the real CT ({', '.join(derived[:5])})."
+                )
+        real_feats = None
+        if self.fid is not None:
+            real_feats = self.fid.features([real_ct[c.case_id] for c in cases])
+        labelled = [c for c in cases if c.labels is not None]
+        clinical_ok = self.classifier is not None and len(labelled) > 0
+        if self.classifier is None:
+            notes.append("Clinical consistency: not computed (no classifier given: evaluation.classifier).")
+        elif not labelled:
+            notes.append(
+                f"Clinical consistency: n/a: none of the {len(cases)} evaluated case(s) carries CT-RATE labels, "
+                "so there is nothing to score the classifier against (no labels are invented)."
+            )
+        else:
+            sources = sorted({c.extra.get("label_source") or c.report_source for c in labelled})
+            notes.append(
+                f"Clinical consistency rests on {len(labelled)} labelled case(s); label source: {', '.join(sources)}; "
+                f"classifier {getattr(self.classifier, 'fingerprint', '')[:12]} "
+                f"(trained on {getattr(self.classifier, 'metadata', {}).get('n_train', '?')} CTs)."
+            )
+        real_summary: dict[str, Any] = {"label": "Real", "metrics": {}}
+        if clinical_ok and self.classifier is not None:
+            y = np.stack([np.asarray(c.labels) for c in labelled])
+            prob = self.classifier.predict_proba([real_ct[c.case_id] for c in labelled])
+            sc = classification_scores(y, prob, threshold=cfg.label_threshold)
+            for k in CLINICAL_KEYS:
+                real_summary["metrics"][k] = {"mean": getattr(sc, k), "ci_low": float("nan"), "ci_high": float("nan")}
+        ref_cases = list(reference_cases) or [c for c in cases if c.mask_path]
+        real_dice, real_hd = [], []
+        for c in ref_cases:
+            if not c.mask_path or not c.volume_path:
+                continue
+            ct = real_ct.get(c.case_id) or load_volume(c.volume_path)
+            mask, src = coarse_reference_mask(c, ct, self.segmenter)
+            sa = spatial_agreement(self.segmenter(ct), mask)
+            real_dice.append(sa.dice_mean)
+            real_hd.append(sa.hd95_mean)
+            real_summary.setdefault("spatial_cases", []).append(
+                {"case_id": c.case_id, "mask": src, "dice": sa.dice, "hd95": sa.hd95, "missing": sa.missing}
+            )
+        if real_dice:
+            for key, vals in (("dice", real_dice), ("hd95", real_hd)):
+                lo, hi = bootstrap_ci(vals, confidence=cfg.confidence, n_resamples=cfg.n_bootstrap)
+                real_summary["metrics"][key] = {"mean": _nan_mean(vals), "ci_low": lo, "ci_high": hi, "n": len(vals)}
+            for name in COARSE_LABELS.values():
+                for prefix in ("dice", "hd95"):
+                    per = [c[prefix][name] for c in real_summary["spatial_cases"]]
+                    if any(math.isfinite(v) for v in per):
+                        nan = float("nan")
+                        real_summary["metrics"][f"{prefix}_{name}"] = {
+                            "mean": _nan_mean(per),
+                            "ci_low": nan,
+                            "ci_high": nan,
+                        }
+            notes.append(
+                f"Real (spatial): segmenter vs the independent masks of {len(real_dice)} real CT(s): "
+                f"{', '.join(c.case_id for c in ref_cases if c.mask_path)}."
+            )
+        else:
+            notes.append("Real (spatial): n/a: no real CT with an independent mask among the reference cases.")
+        real_rows: dict[str, tuple[str, Volume, Volume | None]] = {}
+        for c in cases[: cfg.figure_cases]:
+            mask_src = gt.get(c.case_id)
+            title = f"Real {c.case_id}" + (f" ({mask_src[1]} mask)" if mask_src else "")
+            real_rows[c.case_id] = (title, real_ct[c.case_id], mask_src[0] if mask_src else None)
+
+        # Generation and per-case metrics.
+        per_case: list[dict[str, Any]] = []
+        per_seed: list[dict[str, Any]] = []
+        figure_rows: dict[str, list[tuple[str, GeneratedSample]]] = {m.key: [] for m in self.methods}
+        total = len(self.methods) * len(cfg.seeds) * len(cases)
+        done = 0
+        for method in self.methods:
+            for seed in cfg.seeds:
+                samples: list[GeneratedSample] = []
+                for case in cases:
+                    gt_mask = gt[case.case_id][0] if method.uses_gt_mask else None
+                    sample = self._generate_one(method, seed, case, gt_mask)
+                    self._check_retrieved(sample, cases)
+                    samples.append(sample)
+                    row: dict[str, Any] = {
+                        "method": method.key,
+                        "seed": seed,
+                        "case_id": case.case_id,
+                        "retrieved": ";".join(sample.retrieved_ids),
+                        "from_cache": sample.from_cache,
+                    }
+                    if method.structural and sample.proxy is not None:
+                        sa = spatial_agreement(self.segmenter(sample.ct), sample.proxy)
+                        row.update({"dice": sa.dice_mean, "hd95": sa.hd95_mean, "missing": ";".join(sa.missing)})
+                        row.update({f"dice_{n}": sa.dice[n] for n in COARSE_LABELS.values()})
+                        row.update({f"hd95_{n}": sa.hd95[n] for n in COARSE_LABELS.values()})
+                    per_case.append(row)
+                    if seed == cfg.seeds[0] and len(figure_rows[method.key]) < cfg.figure_cases:
+                        figure_rows[method.key].append((case.case_id, sample))
+                    done += 1
+                    if self.progress is not None:
+                        self.progress("generate", done, total)
+                per_seed.append(self._seed_metrics(method, seed, cases, samples, per_case, real_feats, notes))
+        methods = self._summarise(per_seed)
+        for m in self.methods:
+            if not m.structural:
+                methods[m.key]["not_applicable"] = [s.key for s in METRICS if s.group.startswith("spatial")]
+        if "none" in cfg.methods:
+            notes.append("Spatial controllability is not scored for text-only generation (no proxy), as in the paper.")
+        if self.fid is not None:
+            fp = self.fid.fingerprints
+            notes.append(
+                f"FID features: 2-D {fp['extractor_2d']}, 3-D {fp['extractor_3d']}; volumes prepared to "
+                f"{fp['volume_shape']}, slices {fp['slice_size']} px, {self.fid.config.slices_per_volume} per plane "
+                f"per volume, {self.fid.config.crops_per_volume} crop(s) per volume for 3-D."
+            )
+        return AblationResult(
+            config=config_to_dict(cfg),
+            methods=methods,
+            real=real_summary,
+            per_seed=per_seed,
+            per_case=per_case,
+            notes=_unique(notes),
+            provenance={
+                "generator": self.generator_id,
+                "cases": [c.case_id for c in cases],
+                "fid": self.fid.fingerprints if self.fid is not None else None,
+                "classifier": getattr(self.classifier, "fingerprint", None),
+            },
+            figure_rows=figure_rows,
+            real_rows=real_rows,
+        )
+
+    def _seed_metrics(
+        self,
+        method: MethodSpec,
+        seed: int,
+        cases: Sequence[Case],
+        samples: Sequence[GeneratedSample],
+        per_case: Sequence[dict[str, Any]],
+        real_feats: dict[str, np.ndarray] | None,
+        notes: list[str],
+    ) -> dict[str, Any]:
+        cfg = self.config
+        row: dict[str, Any] = {"method": method.key, "seed": seed}
+        if self.fid is not None and real_feats is not None:
+            fake = self.fid.features([s.ct for s in samples])
+            try:
+                res = self.fid.compare(real_feats, fake)
+                row.update(
+                    {
+                        "fid_axial": res.axial,
+                        "fid_coronal": res.coronal,
+                        "fid_sagittal": res.sagittal,
+                        "fid_avg": res.average,
+                        "fid_3d": res.fid_3d if res.fid_3d is not None else float("nan"),
+                    }
+                )
+            except InvalidInputError as exc:
+                notes.append(f"FID not computed: {exc}")
+        labelled = [(c, s) for c, s in zip(cases, samples, strict=True) if c.labels is not None]
+        if self.classifier is not None and labelled:
+            y = np.stack([np.asarray(c.labels) for c, _ in labelled])
+            prob = self.classifier.predict_proba([s.ct for _, s in labelled])
+            sc = classification_scores(y, prob, threshold=cfg.label_threshold)
+            row.update({k: getattr(sc, k) for k in CLINICAL_KEYS})
+            if not sc.auc_labels:
+                notes.append("AUC: n/a: no label has both positive and negative evaluated cases.")
+        mine = [r for r in per_case if r["method"] == method.key and r["seed"] == seed and "dice" in r]
+        if mine:
+            row["dice"] = _nan_mean([r["dice"] for r in mine])
+            row["hd95"] = _nan_mean([r["hd95"] for r in mine])
+            for name in COARSE_LABELS.values():
+                for prefix in ("dice", "hd95"):
+                    row[f"{prefix}_{name}"] = _nan_mean([r[f"{prefix}_{name}"] for r in mine])
+        return row
+
+    def _summarise(self, per_seed: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        cfg = self.config
+        by_method: dict[str, dict[int, dict[str, Any]]] = {}
+        for row in per_seed:
+            by_method.setdefault(row["method"], {})[row["seed"]] = row
+        ref = by_method.get(cfg.reference_method, {})
+        out: dict[str, dict[str, Any]] = {}
+        for m in self.methods:
+            rows = by_method.get(m.key, {})
+            metrics: dict[str, Any] = {}
+            for spec in METRICS:
+                vals = [rows[s].get(spec.key, float("nan")) for s in cfg.seeds if s in rows]
+                if not any(math.isfinite(v) for v in vals):
+                    continue
+                lo, hi = bootstrap_ci(vals, confidence=cfg.confidence, n_resamples=cfg.n_bootstrap)
+                entry: dict[str, Any] = {"mean": _nan_mean(vals), "ci_low": lo, "ci_high": hi, "per_seed": vals}
+                if m.key != cfg.reference_method:
+                    ref_vals = [ref.get(s, {}).get(spec.key, float("nan")) for s in cfg.seeds if s in rows]
+                    if any(math.isfinite(v) for v in ref_vals):
+                        test = wilcoxon_worse(ref_vals, vals, higher_is_better=spec.better == "higher", alpha=cfg.alpha)
+                        entry.update({"p_value": test.p_value, "significant": test.significant})
+                metrics[spec.key] = entry
+            out[m.key] = {"label": m.label, "metrics": metrics}
+        return out
+
+
+def _unique(items: Sequence[str]) -> list[str]:
+    seen: set[str] = set()
+    return [x for x in items if not (x in seen or seen.add(x))]  # type: ignore[func-returns-value]
+
+
+def jsonable(obj: Any) -> Any:
+    """Recursively replace NaN/inf by None and numpy scalars by Python ones (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    return _clean(obj)

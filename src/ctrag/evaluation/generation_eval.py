@@ -1,0 +1,115 @@
+"""``evaluate_generation``: wire corpus, generator, segmenter, classifier and FID into one ablation run.
+
+The runner (:mod:`ctrag.evaluation.ablation`) takes its components as arguments so tests can hand it small
+stand-ins; this module builds the real ones from a :class:`GenerationEvalConfig`:
+
+- the generator is ``ctrag.generation.pipeline.GenerationPipeline.from_pretrained(config.pipeline,
+  index_dir=config.index)``; its retriever's index is what the leakage guard inspects;
+- the segmenter is ``ctrag.segment.segment_volume`` with the preset's ``segment`` section (TotalSegmentator
+  when that section asks for it and its weights exist, otherwise the classical segmenter), returning coarse labels;
+  generated volumes skip the HU plausibility check (a poor generator must be scored, not refused);
+- the classifier is a folder from ``ctrag train classifier``; the default FID extractors (``ctnet-slice`` /
+  ``ctnet-volume``) take their weights from the same folder unless ``fid.weights_2d/3d`` say otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ctrag.data.case import Corpus
+from ctrag.data.nifti import Volume
+from ctrag.errors import ConfigError, InvalidInputError
+from ctrag.evaluation.ablation import AblationRunner, GenerationEvalConfig, select_cases
+from ctrag.evaluation.fid import FIDConfig, FIDEvaluator
+from ctrag.evaluation.tables import write_ablation_outputs
+from ctrag.utils.hashing import sha256_json
+
+
+def make_segmenter(segment_config: Any | None = None) -> Callable[[Volume], Volume]:
+    """Coarse-label segmenter for real and generated CTs (``ctrag.segment.segment_volume``)."""
+    from ctrag.segment import SegmentConfig, segment_volume
+
+    cfg = segment_config or SegmentConfig()
+    if cfg.labels != "coarse":
+        raise ConfigError("evaluation compares coarse labels: set segment.labels to 'coarse'")
+    lenient = dataclasses.replace(cfg, check_intensity=False)
+
+    def segment(volume: Volume) -> Volume:
+        out = segment_volume(volume, cfg if not volume.meta.get("generated") else lenient)
+        return out
+
+    return segment
+
+
+def resolve_fid_config(fid: FIDConfig, classifier_dir: str | None) -> FIDConfig:
+    """Fill the ``ctnet-*`` extractors' weights with the classifier folder when none are given."""
+    changes: dict[str, Any] = {}
+    if fid.extractor_2d.startswith("ctnet-") and fid.weights_2d is None and classifier_dir:
+        changes["weights_2d"] = classifier_dir
+    if fid.extractor_3d.startswith("ctnet-") and fid.weights_3d is None and classifier_dir:
+        changes["weights_3d"] = classifier_dir
+    return dataclasses.replace(fid, **changes) if changes else fid
+
+
+def evaluate_generation(
+    config: GenerationEvalConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    segment_config: Any | None = None,
+    pipeline: Any | None = None,
+    corpus: Corpus | None = None,
+    command: str = "",
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Path]:
+    """Run the ablation described by ``config`` and write tables and figures under ``out_dir``."""
+    from ctrag.evaluation.classifier import ClinicalClassifier
+
+    if corpus is None:
+        if not config.corpus:
+            raise ConfigError("evaluation.corpus: give the corpus folder written by `ctrag ingest`")
+        corpus = Corpus.load(config.corpus)
+    cases = select_cases(list(corpus), config)
+    ref_cases = [corpus.get(cid) for cid in config.spatial_reference_case_ids]
+    missing_masks = [c.case_id for c in ref_cases if not c.mask_path]
+    if missing_masks:
+        raise InvalidInputError(f"evaluation.spatial_reference_case_ids without a mask: {missing_masks}")
+    if pipeline is None:
+        if not config.pipeline:
+            raise ConfigError("evaluation.pipeline: give the generator run folder (`ctrag train ...` output)")
+        from ctrag.generation.pipeline import GenerationPipeline
+
+        pipeline = GenerationPipeline.from_pretrained(config.pipeline, index_dir=config.index, device=config.device)
+    retriever = getattr(pipeline, "retriever", None)
+    index = getattr(retriever, "index", None)
+    generator_id = sha256_json(
+        {
+            "weights": getattr(pipeline, "weights", repr(pipeline)),
+            "index_cases": sorted(index.case_ids) if index is not None else None,
+        }
+    )
+    classifier = ClinicalClassifier.load(config.classifier, device=config.device) if config.classifier else None
+    fid_cfg = resolve_fid_config(config.fid, config.classifier)
+    fid = FIDEvaluator.from_config(fid_cfg)
+    segmenter = make_segmenter(segment_config)
+    out = Path(out_dir)
+
+    def generate(report: str, **kwargs: Any) -> Any:
+        return pipeline(report, **kwargs)
+
+    runner = AblationRunner(
+        config,
+        generate,
+        segmenter=segmenter,
+        generator_id=generator_id,
+        cache_dir=out / "generated",
+        index=index,
+        classifier=classifier,
+        fid=fid,
+        progress=progress,
+    )
+    result = runner.run(cases, ref_cases)
+    return write_ablation_outputs(result, out, command=command, figures=config.figures)

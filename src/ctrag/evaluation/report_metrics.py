@@ -1,0 +1,267 @@
+"""Report-generation metrics: BLEU-1..4, METEOR, ROUGE-1/2/L, CIDEr and clinical efficacy over 18 labels.
+
+Language metrics come from the reference implementations: pycocoevalcap (BLEU with the "closest" reference
+length, METEOR 1.5, ROUGE-L with β = 1.2, CIDEr-D) and Google's ``rouge-score`` for ROUGE-1/2 (pycocoevalcap
+has only ROUGE-L). Texts are lower-cased and split into alphanumeric tokens by :func:`tokenize` first, the way
+report-generation papers feed the COCO scorers (their PTB tokenizer drops punctuation likewise).
+
+METEOR runs ``meteor-1.5.jar`` under Java; the jar bundles its WordNet synonym tables
+(``synonym/english.synsets``), so no system WordNet is needed. Without Java, METEOR is reported as ``None``
+with the reason in ``ReportScores.notes`` — never as 0.
+
+Clinical efficacy (CE) compares the 18 CT-RATE labels a text classifier reads from the reference and from the
+generated report: precision/recall/F1, micro (pooled over labels and reports, the usual CE figure) and macro
+(mean over labels with any positive). The label extractor is any object with ``predict_proba(texts) -> (N, 18)``,
+normally :mod:`ctrag.retrieval.label_model` trained on the shipped CT-RATE reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ctrag.data.labels import CT_RATE_LABELS
+from ctrag.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+_TOKEN = re.compile(r"[a-z0-9]+(?:[.'-][a-z0-9]+)*")
+
+
+class LabelExtractor(Protocol):
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def tokenize(text: str) -> str:
+    """Lower-case alphanumeric tokens joined by single spaces (decimals and hyphenated words kept whole)."""
+    return " ".join(_TOKEN.findall(str(text).lower()))
+
+
+@dataclass
+class ReportScores:
+    bleu_1: float
+    bleu_2: float
+    bleu_3: float
+    bleu_4: float
+    meteor: float | None
+    rouge_1: float
+    rouge_2: float
+    rouge_l: float
+    cider: float
+    n_reports: int
+    clinical_efficacy: dict[str, float] | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _check_pairs(references: Sequence[str], hypotheses: Sequence[str]) -> None:
+    if len(references) != len(hypotheses):
+        raise InvalidInputError(f"{len(references)} references but {len(hypotheses)} generated reports")
+    if not references:
+        raise InvalidInputError("no reports to score")
+
+
+def coco_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
+    """BLEU-1..4, ROUGE-L and CIDEr from pycocoevalcap on tokenized text (corpus-level scores)."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    _check_pairs(references, hypotheses)
+    gts = {i: [tokenize(r)] for i, r in enumerate(references)}
+    res = {i: [tokenize(h)] for i, h in enumerate(hypotheses)}
+    with contextlib.redirect_stdout(io.StringIO()):  # the scorers print diagnostics
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        rouge_l, _ = Rouge().compute_score(gts, res)
+        cider, _ = Cider().compute_score(gts, res)
+    out = {f"bleu_{n + 1}": float(b) for n, b in enumerate(bleu)}
+    out["rouge_l"] = float(rouge_l)
+    out["cider"] = float(cider)
+    return out
+
+
+def rouge_n_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1 and ROUGE-2 F-measures (``rouge-score``, no stemming) over report pairs."""
+    from rouge_score import rouge_scorer
+
+    _check_pairs(references, hypotheses)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2"], use_stemmer=False)
+    r1, r2 = [], []
+    for ref, hyp in zip(references, hypotheses, strict=True):
+        s = scorer.score(tokenize(ref), tokenize(hyp))
+        r1.append(s["rouge1"].fmeasure)
+        r2.append(s["rouge2"].fmeasure)
+    return {"rouge_1": float(np.mean(r1)), "rouge_2": float(np.mean(r2))}
+
+
+def meteor_available() -> tuple[bool, str]:
+    """Whether METEOR can run here, and why not."""
+    if shutil.which("java") is None:
+        return False, "METEOR needs Java (the `java` executable is not on PATH)"
+    try:
+        import pycocoevalcap.meteor.meteor as m
+    except ImportError as exc:
+        return False, f"pycocoevalcap is not installed ({exc})"
+    jar = Path(m.__file__).with_name(m.METEOR_JAR)
+    if not jar.is_file():
+        return False, f"METEOR jar missing at {jar}"
+    return True, ""
+
+
+def meteor_score(references: Sequence[str], hypotheses: Sequence[str]) -> tuple[float, list[float]]:
+    """Corpus METEOR 1.5 and per-pair scores (pycocoevalcap); the Java process is always stopped afterwards.
+
+    Starting the jar loads its paraphrase and synonym tables (10-30 s on 2 cores): score everything in one call.
+    """
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    _check_pairs(references, hypotheses)
+    gts = {i: [tokenize(r)] for i, r in enumerate(references)}
+    res = {i: [tokenize(h)] for i, h in enumerate(hypotheses)}
+    scorer = Meteor()
+    try:
+        score, per_pair = scorer.compute_score(gts, res)
+    finally:
+        proc = scorer.meteor_p
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        proc.kill()
+        proc.wait()  # Meteor.__del__ repeats these steps harmlessly on the reaped process
+    return float(score), [float(v) for v in per_pair]
+
+
+def clinical_efficacy(ref_labels: np.ndarray, hyp_labels: np.ndarray) -> dict[str, float]:
+    """CE precision/recall/F1 (micro and macro) between 0/1 label matrices ``(N, L)``."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    rt, ht = np.asarray(ref_labels).astype(int), np.asarray(hyp_labels).astype(int)
+    if rt.shape != ht.shape or rt.ndim != 2:
+        raise InvalidInputError(f"clinical efficacy: label matrices differ in shape {rt.shape} vs {ht.shape}")
+    out: dict[str, float] = {}
+    p, r, f, _ = precision_recall_fscore_support(rt, ht, average="micro", zero_division=0)
+    out.update({"precision_micro": float(p), "recall_micro": float(r), "f1_micro": float(f)})
+    cols = [i for i in range(rt.shape[1]) if rt[:, i].any() or ht[:, i].any()]
+    if cols:
+        p, r, f, _ = precision_recall_fscore_support(rt[:, cols], ht[:, cols], average="macro", zero_division=0)
+        out.update({"precision_macro": float(p), "recall_macro": float(r), "f1_macro": float(f)})
+    else:
+        out.update({"precision_macro": float("nan"), "recall_macro": float("nan"), "f1_macro": float("nan")})
+    out["n_labels_macro"] = float(len(cols))
+    return out
+
+
+def labels_from_text(extractor: LabelExtractor, texts: Sequence[str], threshold: float = 0.5) -> np.ndarray:
+    """0/1 ``(N, 18)`` labels read from reports by ``extractor``."""
+    prob = np.asarray(extractor.predict_proba(list(texts)), dtype=np.float64)
+    if prob.shape != (len(texts), len(CT_RATE_LABELS)):
+        raise InvalidInputError(
+            f"label extractor returned {prob.shape}, expected ({len(texts)}, {len(CT_RATE_LABELS)})"
+        )
+    return (prob >= threshold).astype(int)
+
+
+def evaluate_reports(
+    references: Sequence[str],
+    hypotheses: Sequence[str],
+    *,
+    label_extractor: LabelExtractor | None = None,
+    threshold: float = 0.5,
+    meteor: bool = True,
+) -> ReportScores:
+    """All report metrics for paired reference/generated reports."""
+    _check_pairs(references, hypotheses)
+    notes: dict[str, str] = {}
+    coco = coco_scores(references, hypotheses)
+    rouge = rouge_n_scores(references, hypotheses)
+    met: float | None = None
+    if meteor:
+        ok, why = meteor_available()
+        if ok:
+            met = meteor_score(references, hypotheses)[0]
+        else:
+            notes["meteor"] = f"not computed: {why}"
+            logger.warning("METEOR not computed: %s", why)
+    else:
+        notes["meteor"] = "not computed: disabled by the caller"
+    ce = None
+    if label_extractor is not None:
+        ce = clinical_efficacy(
+            labels_from_text(label_extractor, references, threshold),
+            labels_from_text(label_extractor, hypotheses, threshold),
+        )
+    else:
+        notes["clinical_efficacy"] = "not computed: no label extractor given"
+    return ReportScores(
+        bleu_1=coco["bleu_1"],
+        bleu_2=coco["bleu_2"],
+        bleu_3=coco["bleu_3"],
+        bleu_4=coco["bleu_4"],
+        meteor=met,
+        rouge_1=rouge["rouge_1"],
+        rouge_2=rouge["rouge_2"],
+        rouge_l=coco["rouge_l"],
+        cider=coco["cider"],
+        n_reports=len(references),
+        clinical_efficacy=ce,
+        notes=notes,
+    )
+
+
+def read_labelled_reports(path: str | os.PathLike[str]) -> tuple[list[str], np.ndarray]:
+    """Texts and (n, 18) labels from a CT-CLIP text-classifier CSV (``report_text`` + the 18 label columns)."""
+    import csv
+
+    file = Path(path)
+    if not file.is_file():
+        raise InvalidInputError(f"labelled report file not found: {file}")
+    with open(file, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in ("report_text", *CT_RATE_LABELS) if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InvalidInputError(f"{file}: missing column(s) {missing}")
+        rows = list(reader)
+    texts = [r["report_text"] for r in rows]
+    labels = np.array([[int(float(r[c])) for c in CT_RATE_LABELS] for r in rows], dtype=np.int64)
+    return texts, labels
+
+
+def fit_label_extractor(train_csv: str | os.PathLike[str], seed: int = 0) -> Any:
+    """The project's report label model (``ctrag.retrieval.label_model.LabelModel``) fitted on a labelled CSV,
+    e.g. the 800 shipped CT-RATE reports in ``sample_data/ct_rate_nc_sa/ct_clip_text_classifier/train.csv``."""
+    from ctrag.retrieval.label_model import LabelModel
+
+    texts, labels = read_labelled_reports(train_csv)
+    return LabelModel.fit(texts, labels, seed=seed)
+
+
+def label_extractor_quality(
+    extractor: LabelExtractor, val_csv: str | os.PathLike[str], threshold: float = 0.5
+) -> dict[str, float]:
+    """How well the label extractor reads labels from held-out reports: macro-F1 and macro-AUC (labels with both
+    classes), micro-F1; the figure that bounds how much a clinical-efficacy score can mean."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    texts, y = read_labelled_reports(val_csv)
+    prob = np.asarray(extractor.predict_proba(texts), dtype=np.float64)
+    pred = (prob >= threshold).astype(int)
+    cols = [j for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]
+    present = [j for j in range(y.shape[1]) if y[:, j].any() or pred[:, j].any()]
+    return {
+        "n_reports": float(len(texts)),
+        "macro_f1": float(f1_score(y[:, present], pred[:, present], average="macro", zero_division=0)),
+        "micro_f1": float(f1_score(y, pred, average="micro", zero_division=0)),
+        "macro_auc": float(roc_auc_score(y[:, cols], prob[:, cols], average="macro")) if cols else float("nan"),
+        "n_labels_auc": float(len(cols)),
+    }

@@ -1,0 +1,137 @@
+"""ControlNet branch: initialisation from the UNet, cached mask features, scaled residuals.
+
+The control branch is MONAI's ``ControlNet`` (or ``ControlNetMaisi``): a trainable copy of the UNet encoder, a
+mask encoder of strided convolutions (``controlnet_cond_embedding``) that brings the mask to the latent grid,
+and zero-initialised 1x1x1 convolutions on every skip connection and on the bottleneck. Zero initialisation means
+the frozen UNet's prediction is unchanged until training moves those convolutions (RAG-Text2CT, Sec. 2.0.4).
+
+``controlnet_residuals`` runs the same computation as ``ControlNet.forward`` but takes the mask features from
+``encode_control`` instead of recomputing them: the mask is identical at every sampling step and in both halves
+of classifier-free guidance, so encoding it once removes the most expensive full-resolution part of every step.
+A test checks it against ``ControlNet.forward`` bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ctrag.errors import CheckpointMismatchError
+from ctrag.generation.config import ControlNetConfig, DiffusionConfig
+from ctrag.generation.networks import build_controlnet
+
+logger = logging.getLogger(__name__)
+
+#: Parameters that exist only in the ControlNet (mask encoder and zero convolutions).
+CONTROL_ONLY_PREFIXES: tuple[str, ...] = (
+    "controlnet_cond_embedding.",
+    "controlnet_down_blocks.",
+    "controlnet_mid_block.",
+)
+#: UNet parameters with no counterpart in the ControlNet (decoder half, output head, MAISI spacing embedding).
+UNET_ONLY_PREFIXES: tuple[str, ...] = ("up_blocks.", "out.", "spacing_layer.")
+
+
+@dataclass
+class ControlInputs:
+    """Mask features on the latent grid, encoded once per generation (or per training batch)."""
+
+    features: torch.Tensor
+    class_labels: torch.Tensor | None = None
+
+    def repeat(self, times: int) -> ControlInputs:
+        if times == 1:
+            return self
+        labels = None if self.class_labels is None else torch.cat([self.class_labels] * times, dim=0)
+        return ControlInputs(torch.cat([self.features] * times, dim=0), labels)
+
+
+def encode_control(
+    controlnet: Any, mask_input: torch.Tensor, class_labels: torch.Tensor | None = None
+) -> ControlInputs:
+    """Run the mask encoder (strided convolutions) on an encoded mask (see ``masks.encode_mask``)."""
+    return ControlInputs(controlnet.controlnet_cond_embedding(mask_input), class_labels)
+
+
+def controlnet_residuals(
+    controlnet: Any,
+    x: torch.Tensor,
+    timesteps: torch.Tensor,
+    control: ControlInputs,
+    context: torch.Tensor | None = None,
+    scale: float = 1.0,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Skip and bottleneck residuals of ``controlnet`` for noisy latents ``x``, scaled by ``scale``.
+
+    Same operations as MONAI's ``ControlNet.forward`` with the conditioning embedding precomputed.
+    """
+    from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
+
+    cn = controlnet
+    emb = cn.time_embed(get_timestep_embedding(timesteps, cn.block_out_channels[0]).to(dtype=x.dtype))
+    if cn.num_class_embeds is not None:
+        if control.class_labels is None:
+            raise ValueError("this ControlNet is class-conditional; ControlInputs.class_labels is required")
+        emb = emb + cn.class_embedding(control.class_labels).to(dtype=x.dtype)
+    if control.features.shape[0] != x.shape[0] or control.features.shape[2:] != x.shape[2:]:
+        raise ValueError(
+            f"control features {tuple(control.features.shape)} do not match the latents {tuple(x.shape)} "
+            "(batch and latent grid must agree)"
+        )
+    h = cn.conv_in(x) + control.features.to(dtype=x.dtype)
+    skips: list[torch.Tensor] = [h]
+    for block in cn.down_blocks:
+        h, res = block(hidden_states=h, temb=emb, context=context)
+        skips.extend(res)
+    h = cn.middle_block(hidden_states=h, temb=emb, context=context)
+    down = [zero_conv(s) * scale for s, zero_conv in zip(skips, cn.controlnet_down_blocks, strict=True)]
+    mid = cn.controlnet_mid_block(h) * scale
+    return down, mid
+
+
+def controlnet_from_unet(
+    unet: nn.Module, unet_cfg: DiffusionConfig, cn_cfg: ControlNetConfig, num_labels: int
+) -> nn.Module:
+    """A ControlNet whose encoder starts as an exact copy of ``unet``'s; mask encoder and zero convs are new.
+
+    The copy is checked key by key: every ControlNet parameter must either come from the UNet or be one of the
+    control-only modules, every UNet parameter left over must belong to its decoder/head, and shapes must agree.
+    Anything else means the two configs describe different encoders and raises ``CheckpointMismatchError``.
+    """
+    controlnet = build_controlnet(unet_cfg, cn_cfg, num_labels)
+    unet_sd = unet.state_dict()
+    cn_sd = controlnet.state_dict()
+    shared = [k for k in cn_sd if k in unet_sd]
+    missing = [k for k in cn_sd if k not in unet_sd]
+    leftover = [k for k in unet_sd if k not in cn_sd]
+    bad_missing = [k for k in missing if not k.startswith(CONTROL_ONLY_PREFIXES)]
+    bad_leftover = [k for k in leftover if not k.startswith(UNET_ONLY_PREFIXES)]
+    mismatched = [k for k in shared if cn_sd[k].shape != unet_sd[k].shape]
+    # A MAISI UNet with a spacing input feeds (time + spacing) embeddings to its res-blocks, the ControlNet only
+    # the time embedding, so those projections cannot be copied and start fresh (as in MAISI's own training).
+    widened = unet_cfg.include_spacing_input
+    fresh = [k for k in mismatched if widened and k.endswith("time_emb_proj.weight")]
+    bad_shape = [k for k in mismatched if k not in fresh]
+    if bad_missing or bad_leftover or bad_shape:
+        raise CheckpointMismatchError(
+            "controlnet_from_unet: the UNet does not match the ControlNet encoder: "
+            f"ControlNet keys absent from the UNet {bad_missing[:8]}, unexpected UNet keys {bad_leftover[:8]}, "
+            f"shape mismatches {bad_shape[:8]}"
+        )
+    copied = [k for k in shared if k not in fresh]
+    if not copied:
+        raise CheckpointMismatchError("controlnet_from_unet: no parameter names in common with the UNet")
+    controlnet.load_state_dict({**cn_sd, **{k: unet_sd[k] for k in copied}}, strict=True)
+    logger.info(
+        "ControlNet initialised from the UNet: %d tensors copied, %d new (mask encoder + zero convs), "
+        "%d re-initialised (spacing-widened time projections), %d UNet decoder tensors not used",
+        len(copied),
+        len(missing),
+        len(fresh),
+        len(leftover),
+    )
+    return controlnet.to(next(unet.parameters()).device)

@@ -1,0 +1,124 @@
+"""CT-Net-like classifier: trains on real CTs with labels built here, saves/loads exactly, feeds FID extractors.
+
+No shipped CT carries CT-RATE labels, so these tests exercise the code path with labels the test constructs from
+annotations (Lung-PET-CT-Dx A0001/A0002 and LIDC-IDRI-0314 each have a lung lesion; the TotalSegmentator
+example is used as the lesion-free case). Nothing here measures clinical accuracy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctrag.data.labels import CT_RATE_LABELS
+from ctrag.errors import CheckpointMismatchError, InvalidInputError, WeightsNotFoundError
+from ctrag.evaluation.classification_metrics import classification_scores
+from ctrag.evaluation.classifier import ClassifierConfig, ClinicalClassifier, train_classifier
+from ctrag.evaluation.features import create_extractor
+from ctrag.evaluation.volumes import prepare_volume
+
+NODULE = CT_RATE_LABELS.index("Lung nodule")
+TINY = ClassifierConfig(
+    input_shape=(32, 32, 24),
+    trunk_channels=(8, 16, 16, 32),
+    reducer_channels=(16, 8),
+    dropout=0.0,
+    epochs=40,
+    batch_size=2,
+    lr=3e-3,
+)
+
+
+@pytest.fixture(scope="module")
+def trained(real_volumes) -> tuple[ClinicalClassifier, list[np.ndarray], np.ndarray, list[float]]:
+    names = ["A0001", "A0002", "LIDC0314", "TS_SM"]
+    arrays = [prepare_volume(real_volumes[n], TINY.input_shape, TINY.hu_window) for n in names]
+    labels = np.zeros((4, len(CT_RATE_LABELS)), dtype=np.float32)
+    labels[:3, NODULE] = 1.0  # annotation-derived: a lung lesion in the three lung-cancer CTs
+    losses: list[float] = []
+    clf = train_classifier(
+        arrays,
+        labels,
+        TINY,
+        metadata={"label_source": "annotation-derived (test)"},
+        progress=lambda e, n, loss: losses.append(loss),
+    )
+    return clf, arrays, labels, losses
+
+
+def test_training_fits_constructed_labels(trained) -> None:
+    clf, arrays, _, losses = trained
+    assert len(losses) == TINY.epochs
+    assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:3])
+    prob = clf.predict_proba(arrays)
+    assert prob.shape == (4, 18)
+    assert prob[:3, NODULE].min() > prob[3, NODULE]  # separates the training cases on the trained label
+    assert not any(p.requires_grad for p in clf.model.parameters())  # frozen for evaluation
+
+
+def test_training_is_reproducible_and_leaves_global_rng_alone(real_volumes) -> None:
+    cfg = ClassifierConfig(input_shape=(16, 16, 12), trunk_channels=(4, 8, 8, 8), reducer_channels=(8, 4), epochs=2)
+    arrays = [prepare_volume(real_volumes[n], cfg.input_shape) for n in ("A0001", "TS_SM")]
+    labels = np.zeros((2, 18), dtype=np.float32)
+    labels[0, NODULE] = 1
+    state = torch.random.get_rng_state()
+    p1 = train_classifier(arrays, labels, cfg).predict_proba(arrays)
+    p2 = train_classifier(arrays, labels, cfg).predict_proba(arrays)
+    np.testing.assert_array_equal(p1, p2)
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_save_load_roundtrip_and_extractors(trained, tmp_path: Path, real_volumes) -> None:
+    clf, arrays, _, _ = trained
+    folder = clf.save(tmp_path / "clf")
+    loaded = ClinicalClassifier.load(folder)
+    np.testing.assert_allclose(loaded.predict_proba(arrays), clf.predict_proba(arrays), rtol=1e-6)
+    # A Volume is prepared with the saved window/shape: same numbers as the prepared array.
+    np.testing.assert_allclose(loaded.predict_proba([real_volumes["A0001"]]), clf.predict_proba(arrays[:1]), rtol=1e-6)
+    assert loaded.metadata["label_source"] == "annotation-derived (test)"
+
+    vol = create_extractor("ctnet-volume", folder)
+    feats = vol(torch.from_numpy(np.stack(arrays))[:, None])
+    assert feats.shape == (4, TINY.reducer_channels[-1])
+    assert vol.fingerprint == f"ctnet-volume@{loaded.fingerprint[:16]}"
+    sl = create_extractor("ctnet-slice", folder)
+    assert sl.preferred_shape == (32, 32)
+    assert sl(torch.rand(3, 1, 32, 32)).shape == (3, TINY.trunk_channels[-1])
+
+    (folder / "classifier.pt").write_bytes((folder / "classifier.pt").read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(CheckpointMismatchError, match="sha256"):
+        ClinicalClassifier.load(folder)
+    with pytest.raises(WeightsNotFoundError, match="ctrag train classifier"):
+        ClinicalClassifier.load(tmp_path / "nothing")
+
+
+def test_bad_inputs_are_refused(trained) -> None:
+    clf, arrays, labels, _ = trained
+    with pytest.raises(InvalidInputError, match="prepared volumes of shape"):
+        clf.predict_proba([np.zeros((8, 8, 8), dtype=np.float32)])
+    with pytest.raises(InvalidInputError, match="labels must be"):
+        train_classifier(arrays, labels[:, :5], TINY)
+    with pytest.raises(InvalidInputError, match="one label row per volume"):
+        train_classifier(arrays[:2], labels, TINY)
+
+
+def test_classification_scores_match_hand_computed_values() -> None:
+    y = np.zeros((4, 18), dtype=int)
+    p = np.full((4, 18), 0.1)
+    y[:, 0] = [0, 0, 1, 1]
+    p[:, 0] = [0.1, 0.4, 0.35, 0.8]  # AUC: 3 of 4 positive/negative pairs ordered = 0.75
+    y[:, 1] = [0, 0, 0, 1]
+    p[:, 1] = [0.2, 0.6, 0.3, 0.7]  # AUC 1.0; thresholded at 0.5: TP 1, FP 1 → precision 0.5
+    y[:, 2] = 1  # single class: no AUC, but precision counts (prediction 0.1 < 0.5 → precision 0)
+    s = classification_scores(y, p)
+    assert s.auc_labels == [CT_RATE_LABELS[0], CT_RATE_LABELS[1]]
+    assert s.auc_macro == pytest.approx((0.75 + 1.0) / 2)
+    assert s.auc_weighted == pytest.approx((2 * 0.75 + 1 * 1.0) / 3)
+    # label 0: predicted positive at 0.8 only → TP 1, precision 1.0; label 1: 0.5; label 2: 0.
+    assert s.precision_macro == pytest.approx((1.0 + 0.5 + 0.0) / 3)
+    assert s.precision_weighted == pytest.approx((2 * 1.0 + 1 * 0.5 + 4 * 0.0) / 7)
+    with pytest.raises(InvalidInputError):
+        classification_scores(y[:, :3], p[:, :3])

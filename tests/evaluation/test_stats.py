@@ -1,0 +1,50 @@
+"""Wilcoxon marks a clearly worse method (one-sided, paired by seed) and never an identical one; bootstrap CIs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ctrag.errors import InvalidInputError
+from ctrag.evaluation.stats import bootstrap_ci, wilcoxon_worse
+
+REFERENCE_DICE = [0.77, 0.78, 0.76, 0.79, 0.77]
+
+
+def test_clearly_worse_method_is_marked_both_directions() -> None:
+    worse_dice = [d - 0.06 - 0.01 * i for i, d in enumerate(REFERENCE_DICE)]
+    res = wilcoxon_worse(REFERENCE_DICE, worse_dice, higher_is_better=True)
+    assert res.significant and res.p_value == pytest.approx(1 / 32)  # exact one-sided minimum for n = 5
+    assert res.mean_difference < 0
+    # HD95: lower is better, so larger values are worse.
+    ref_hd = [3.0, 3.1, 2.9, 3.2, 3.0]
+    res_hd = wilcoxon_worse(ref_hd, [h + 2.0 + 0.1 * i for i, h in enumerate(ref_hd)], higher_is_better=False)
+    assert res_hd.significant
+
+
+def test_identical_or_better_methods_are_not_marked() -> None:
+    same = wilcoxon_worse(REFERENCE_DICE, list(REFERENCE_DICE), higher_is_better=True)
+    assert not same.significant and same.p_value == 1.0
+    better = wilcoxon_worse(REFERENCE_DICE, [d + 0.05 for d in REFERENCE_DICE], higher_is_better=True)
+    assert not better.significant and better.p_value > 0.5
+    # Mixed signs: worse on some seeds, better on others.
+    mixed = wilcoxon_worse(REFERENCE_DICE, [0.70, 0.80, 0.75, 0.81, 0.76], higher_is_better=True)
+    assert not mixed.significant
+
+
+def test_nan_pairs_are_dropped_and_shapes_checked() -> None:
+    res = wilcoxon_worse([1.0, 2.0, float("nan")], [0.5, 1.0, 3.0], higher_is_better=True)
+    assert res.n_pairs == 2
+    with pytest.raises(InvalidInputError):
+        wilcoxon_worse([1.0, 2.0], [1.0], higher_is_better=True)
+
+
+def test_bootstrap_ci_brackets_the_mean() -> None:
+    values = [0.30, 0.31, 0.29, 0.33, 0.30]
+    lo, hi = bootstrap_ci(values, n_resamples=2000, seed=0)
+    assert min(values) <= lo < float(np.mean(values)) < hi <= max(values)
+    assert bootstrap_ci(values, seed=0) == bootstrap_ci(values, seed=0)  # seeded
+    assert bootstrap_ci([0.5, 0.5, 0.5]) == (0.5, 0.5)
+    assert all(math.isnan(v) for v in bootstrap_ci([0.5]))

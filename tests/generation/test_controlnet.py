@@ -1,0 +1,147 @@
+"""ControlNet: copy from the UNet, zero-init invariance, control scale, cached mask features."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from ctrag.errors import CheckpointMismatchError
+from ctrag.generation.config import ControlNetConfig, DiffusionConfig
+from ctrag.generation.controlnet import (
+    CONTROL_ONLY_PREFIXES,
+    controlnet_from_unet,
+    controlnet_residuals,
+    encode_control,
+)
+from ctrag.generation.masks import encode_mask
+from ctrag.generation.networks import build_unet, extra_unet_inputs
+
+UNET = DiffusionConfig(
+    channels=(16, 32),
+    attention_levels=(False, True),
+    num_res_blocks=(1, 1),
+    num_head_channels=(0, 16),
+    norm_num_groups=8,
+    cross_attention_dim=24,
+)
+MAISI_UNET = dataclasses.replace(
+    UNET, arch="maisi", num_class_embeds=4, include_spacing_input=True, resblock_updown=True
+)
+CN = ControlNetConfig(mask_pool=2, conditioning_embedding_num_channels=(8,))
+
+
+def _inputs(batch: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 4, 8, 8, 4, generator=g)
+    t = torch.tensor([700.0, 150.0][:batch])
+    ctx = torch.randn(batch, 1, 24, generator=g)
+    labels = torch.randint(0, 6, (batch, 1, 16, 16, 8), generator=g)
+    return x, t, ctx, labels
+
+
+def _randomised_unet(cfg: DiffusionConfig) -> torch.nn.Module:
+    torch.manual_seed(1)
+    unet = build_unet(cfg).eval()
+    # MONAI zero-initialises the output convolution: a fresh UNet predicts exactly 0 whatever its input, so any
+    # "the ControlNet changes nothing" test would pass trivially. Give the head real weights first.
+    for p in unet.out.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return unet
+
+
+@pytest.mark.parametrize("cfg", [UNET, MAISI_UNET], ids=["monai", "maisi"])
+def test_controlnet_from_unet_copies_encoder_exactly(cfg: DiffusionConfig) -> None:
+    unet = _randomised_unet(cfg)
+    cn = controlnet_from_unet(unet, cfg, CN, num_labels=5)
+    unet_sd, cn_sd = unet.state_dict(), cn.state_dict()
+    shared = [k for k in cn_sd if k in unet_sd and cn_sd[k].shape == unet_sd[k].shape]
+    widened = [k for k in cn_sd if k in unet_sd and cn_sd[k].shape != unet_sd[k].shape]
+    new = [k for k in cn_sd if k not in unet_sd]
+    assert shared and all(torch.equal(cn_sd[k], unet_sd[k]) for k in shared)
+    # only MAISI's spacing-widened time projections may differ in shape (they cannot be copied)
+    assert all(k.endswith("time_emb_proj.weight") for k in widened) and (bool(widened) == cfg.include_spacing_input)
+    assert new and all(k.startswith(CONTROL_ONLY_PREFIXES) for k in new)
+    # the zero convolutions on every skip and on the bottleneck start at exactly zero
+    zero_keys = [k for k in new if k.startswith(("controlnet_down_blocks.", "controlnet_mid_block."))]
+    assert len(zero_keys) == 2 * (len(cn.controlnet_down_blocks) + 1)  # weight + bias per skip and bottleneck
+    assert all(float(cn_sd[k].abs().max()) == 0.0 for k in zero_keys)
+
+
+def test_controlnet_from_unet_refuses_another_encoder() -> None:
+    unet = _randomised_unet(UNET)
+    other = DiffusionConfig(
+        channels=(16, 64), attention_levels=(False, True), num_res_blocks=(1, 1), num_head_channels=(0, 16),
+        norm_num_groups=8, cross_attention_dim=24,
+    )  # fmt: skip
+    with pytest.raises(CheckpointMismatchError, match="shape mismatches"):
+        controlnet_from_unet(unet, other, CN, num_labels=5)
+
+
+@pytest.mark.parametrize("cfg", [UNET, MAISI_UNET], ids=["monai", "maisi"])
+def test_zero_initialised_controlnet_leaves_unet_output_bit_identical(cfg: DiffusionConfig) -> None:
+    unet = _randomised_unet(cfg)
+    cn = controlnet_from_unet(unet, cfg, CN, num_labels=5).eval()
+    x, t, ctx, labels = _inputs()
+    extra = extra_unet_inputs(cfg, 2, (5.0, 5.0, 7.5), "cpu")
+    with torch.no_grad():
+        plain = unet(x, t, context=ctx, **extra)
+        control = encode_control(cn, encode_mask(labels, 5, pool=2), extra.get("class_labels"))
+        down, mid = controlnet_residuals(cn, x, t, control, context=ctx)
+        guided = unet(
+            x, t, context=ctx, down_block_additional_residuals=down, mid_block_additional_residual=mid, **extra
+        )
+    assert float(plain.abs().max()) > 0.01  # the head is not the zero layer any more
+    assert torch.equal(plain, guided)
+
+
+def _trained_like_controlnet(cfg: DiffusionConfig = UNET) -> tuple[torch.nn.Module, torch.nn.Module]:
+    unet = _randomised_unet(cfg)
+    cn = controlnet_from_unet(unet, cfg, CN, num_labels=5).eval()
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for name, p in cn.named_parameters():
+            if name.startswith(CONTROL_ONLY_PREFIXES):
+                p.normal_(std=0.05)
+    return unet, cn
+
+
+def test_control_scale_zero_equals_no_control_and_scale_matters() -> None:
+    unet, cn = _trained_like_controlnet()
+    x, t, ctx, labels = _inputs()
+    with torch.no_grad():
+        control = encode_control(cn, encode_mask(labels, 5, pool=2))
+        plain = unet(x, t, context=ctx)
+        outs = {}
+        for scale in (0.0, 1.0):
+            down, mid = controlnet_residuals(cn, x, t, control, context=ctx, scale=scale)
+            outs[scale] = unet(
+                x, t, context=ctx, down_block_additional_residuals=down, mid_block_additional_residual=mid
+            )
+    assert torch.equal(outs[0.0], plain)
+    assert float((outs[1.0] - plain).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("cfg", [UNET, MAISI_UNET], ids=["monai", "maisi"])
+def test_cached_mask_features_match_monai_forward(cfg: DiffusionConfig) -> None:
+    _, cn = _trained_like_controlnet(cfg)
+    x, t, ctx, labels = _inputs()
+    mask_input = encode_mask(labels, 5, pool=2)
+    labels_cls = extra_unet_inputs(cfg, 2, None if not cfg.include_spacing_input else (1, 1, 1), "cpu").get(
+        "class_labels"
+    )
+    with torch.no_grad():
+        ref_down, ref_mid = cn(x, t, mask_input, conditioning_scale=0.7, context=ctx, class_labels=labels_cls)
+        control = encode_control(cn, mask_input, labels_cls)
+        down, mid = controlnet_residuals(cn, x, t, control, context=ctx, scale=0.7)
+    assert all(torch.equal(a, b) for a, b in zip(ref_down, down, strict=True))
+    assert torch.equal(ref_mid, mid)
+
+
+def test_residuals_reject_features_on_another_grid() -> None:
+    _, cn = _trained_like_controlnet()
+    x, t, ctx, labels = _inputs()
+    control = encode_control(cn, encode_mask(labels[..., :8, :8, :4], 5, pool=2))  # half-size mask
+    with pytest.raises(ValueError, match="latent grid"):
+        controlnet_residuals(cn, x, t, control, context=ctx)

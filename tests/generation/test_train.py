@@ -1,0 +1,171 @@
+"""Training: interrupted + resumed runs repeat the uninterrupted loss curve; ControlNet training learns."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctrag.cli import main
+from ctrag.errors import CheckpointMismatchError, ConfigError, LeakageError
+from ctrag.generation.config import load_generator_config
+from ctrag.generation.data import select_training_cases
+from ctrag.generation.train import LOG_FILE, STATE_FILE, lr_at, train_diffusion
+from tests.generation.conftest import tiny_config
+
+VAE_RESUME = (
+    "train_vae.steps_per_epoch=6",
+    "train_vae.batch_size=2",
+    "train_vae.crop_shape=[32,32,16]",
+    "train_vae.save_every=2",
+    "train_vae.ema_decay=0.9",
+)
+
+
+def _losses(run: Path, component: str) -> list[float]:
+    return json.loads((run / component / LOG_FILE).read_text())["losses"]
+
+
+def test_vae_killed_and_resumed_repeats_the_loss_curve(tmp_path: Path, gen_corpus) -> None:  # type: ignore[no-untyped-def]
+    corpus_dir = str(gen_corpus.root)
+    sets = [a for o in VAE_RESUME for a in ("--set", o)]
+    common = ["train", "vae", "--corpus", corpus_dir, "--threads", "1", "--no-progress", *sets]
+    assert main([*common, "--out", str(tmp_path / "straight")]) == 0
+    # "kill" after 3 of 6 steps (a checkpoint was written at step 2 and at the stop), then resume
+    assert main([*common, "--out", str(tmp_path / "resumed"), "--stop-after", "3"]) == 0
+    assert (tmp_path / "resumed" / "vae" / STATE_FILE).is_file()
+    assert not (tmp_path / "resumed" / "vae" / "model.pt").exists()  # nothing published before the end
+    assert len(_losses(tmp_path / "resumed", "vae")) == 3
+    assert main([*common, "--out", str(tmp_path / "resumed")]) == 0
+    straight, resumed = _losses(tmp_path / "straight", "vae"), _losses(tmp_path / "resumed", "vae")
+    assert len(straight) == 6 and straight == resumed
+    a = torch.load(tmp_path / "straight" / "vae" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "vae" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # final (EMA) weights identical too
+    # another config cannot continue this run
+    assert main([*common, "--out", str(tmp_path / "resumed"), "--set", "train_vae.lr=0.5"]) == 3
+
+
+def test_diffusion_resume_is_exact(tmp_path: Path, trained_run: Path, training_cases, text_encoder) -> None:  # type: ignore[no-untyped-def]
+    cfg = tiny_config(
+        "train_diffusion.steps_per_epoch=4",
+        "train_diffusion.batch_size=2",
+        "train_diffusion.bank_crops=8",
+        "train_diffusion.save_every=1",
+    )
+    runs = {}
+    for name in ("straight", "resumed"):
+        run = tmp_path / name
+        shutil.copytree(trained_run / "vae", run / "vae")
+        kwargs = dict(cases=training_cases, encoder=text_encoder)
+        if name == "resumed":
+            train_diffusion(None, cfg, run, stop_after=2, **kwargs)
+        runs[name] = train_diffusion(None, cfg, run, **kwargs)
+    assert runs["resumed"].resumed_from == 2
+    assert runs["straight"].losses == runs["resumed"].losses and len(runs["straight"].losses) == 4
+    with pytest.raises(CheckpointMismatchError, match="other settings"):
+        train_diffusion(None, tiny_config("train_diffusion.steps_per_epoch=4", "train_diffusion.lr=0.1",
+                        "train_diffusion.batch_size=2", "train_diffusion.bank_crops=8"),
+                        tmp_path / "resumed", cases=training_cases, encoder=text_encoder)  # fmt: skip
+
+
+def test_short_controlnet_training_on_real_ct_and_masks_lowers_its_loss(trained_run: Path, training_cases) -> None:  # type: ignore[no-untyped-def]
+    """Fixed evaluation batch (same latents, noise, timesteps): zero-init ControlNet vs after 60 steps."""
+    from ctrag.generation.data import step_generator
+    from ctrag.generation.masks import num_labels
+    from ctrag.generation.pipeline_io import fresh_controlnet, load_controlnet_component, load_unet_component
+    from ctrag.generation.sampler import RectifiedFlowSampler
+    from ctrag.generation.train import FlowObjective, _bank, _contexts, _flow_prepare
+
+    cfg = tiny_config()
+    tc = cfg.train_controlnet
+    unet, null, scale, _ = load_unet_component(trained_run / "unet", cfg, "cpu")
+    from ctrag.generation.pipeline_io import load_vae_component
+
+    vae, _ = load_vae_component(trained_run / "vae", cfg, "cpu")
+    bank = _bank(trained_run, vae, trained_run / "vae", training_cases, tc, tc.bank_crops,
+                 {"label_set": "coarse", "mask_from": "segment"}, torch.device("cpu"), False)  # fmt: skip
+    assert bank.labels is not None and set(torch.unique(bank.labels).tolist()) >= {0, 1, 2, 3}
+    contexts = _contexts(training_cases, 384)
+    has_text = torch.tensor([c.context is not None for c in training_cases])
+    sampler = RectifiedFlowSampler.from_config(cfg.sampler.scheduler)
+    make, prepare = _flow_prepare(cfg, tc, bank, contexts, has_text, sampler, scale, True, torch.contiguous_format)
+    gen = step_generator(99, 0)
+    batches = [prepare(make(i, gen), torch.device("cpu"), gen) for i in range(4)]
+    trained, _ = load_controlnet_component(trained_run / "controlnet", cfg, "cpu")
+    losses = {}
+    for name, cn in (("zero-init", fresh_controlnet(unet, cfg)), ("trained", trained)):
+        objective = FlowObjective(unet, null, False, "l1", controlnet=cn).eval()
+        with torch.no_grad():
+            losses[name] = sum(float(objective(**b)) for b in batches) / len(batches)
+    assert num_labels("coarse") == 5
+    assert losses["trained"] < losses["zero-init"] - 0.005, losses
+    log = json.loads((trained_run / "controlnet" / LOG_FILE).read_text())
+    assert len(log["losses"]) == cfg.train_controlnet.total_steps
+
+
+def test_test_split_is_never_trained_on(gen_corpus) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(LeakageError, match="held out"):
+        select_training_cases(gen_corpus, ("train", "test"))
+    chosen = {c.case_id for c in select_training_cases(gen_corpus, ("train",))}
+    assert "lidc_idri_0314" not in chosen and "lung_pet_ct_dx_A0001" in chosen
+    with pytest.raises(ConfigError, match="test"):
+        load_generator_config("tiny-cpu", ["train_vae.splits=[train,test]"])
+
+
+def test_lr_schedule_warmup_and_cosine() -> None:
+    cfg = load_generator_config("tiny-cpu", ["train_vae.warmup_steps=10", "train_vae.steps_per_epoch=110"]).train_vae
+    assert lr_at(0, cfg) == pytest.approx(cfg.lr / 10)
+    assert lr_at(9, cfg) == pytest.approx(cfg.lr)
+    assert lr_at(109, cfg) < 0.1 * cfg.lr and lr_at(60, cfg) < lr_at(20, cfg)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_with_ddp(tmp_path: Path, gen_corpus) -> None:  # type: ignore[no-untyped-def]
+    """`torchrun --nproc-per-node 2 ctrag train vae ...` runs DDP (gloo on CPU) with no code change."""
+    import os
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    sets = ["train_vae.steps_per_epoch=2", "train_vae.batch_size=1", "train_vae.crop_shape=[32,32,16]"]
+    cmd = [str(bin_dir / "torchrun"), "--standalone", "--nproc-per-node", "2", str(bin_dir / "ctrag"), "train", "vae",
+           "--corpus", str(gen_corpus.root), "--out", str(tmp_path / "ddp"), "--threads", "1", "--no-progress",
+           *[a for o in sets for a in ("--set", o)]]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = json.loads((tmp_path / "ddp" / "vae" / LOG_FILE).read_text())
+    assert log["world_size"] == 2 and len(log["losses"]) == 2
+    assert (tmp_path / "ddp" / "vae" / "model.pt").is_file()
+
+
+def test_controlnet_training_updates_only_the_controlnet(trained_run: Path) -> None:
+    state = torch.load(trained_run / "controlnet" / STATE_FILE, weights_only=True)
+    names = list(state["params"])
+    assert names and all(n.startswith("controlnet.") for n in names)  # UNet (and VAE) stay frozen
+    assert any(n.startswith("controlnet.controlnet_cond_embedding.") for n in names)
+    assert any(n.startswith("controlnet.controlnet_down_blocks.") for n in names)
+
+
+def test_learned_null_embedding_is_trained_saved_and_loaded(
+    tmp_path: Path, trained_run: Path, training_cases, text_encoder
+) -> None:  # type: ignore[no-untyped-def]
+    from ctrag.generation.pipeline_io import load_unet_component
+
+    cfg = tiny_config(
+        "diffusion.null_embedding=learned",
+        "train_diffusion.steps_per_epoch=3",
+        "train_diffusion.batch_size=2",
+        "train_diffusion.bank_crops=8",
+        "train_diffusion.text_dropout=0.5",
+    )
+    shutil.copytree(trained_run / "vae", tmp_path / "vae")
+    train_diffusion(None, cfg, tmp_path, cases=training_cases, encoder=text_encoder)
+    assert (tmp_path / "unet" / "null_embedding.pt").is_file()
+    _, null, _, info = load_unet_component(tmp_path / "unet", cfg, "cpu")
+    assert info["null_embedding"] == "learned" and null.shape == (1, 1, 384)
+    assert float(null.abs().max()) > 0  # moved away from its zero start by the dropped-text samples
