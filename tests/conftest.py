@@ -7,6 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testsupport.index_data import (  # noqa: F401  fixtures shared by tests/index, tests/retrieval, tests/cli
+    all_cases,
+    all_embeddings,
+    support_module,
+    test_encoder,
+    train_index,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

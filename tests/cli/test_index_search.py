@@ -3,16 +3,14 @@ and real CTs with masks. Most runs use the MiniLM test adapter (loaded once); on
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
+from testsupport import index_data as support
 
 from ctrag.cli import commands_index, main
 from ctrag.data.case import Corpus
@@ -21,20 +19,6 @@ from ctrag.index import CaseIndex
 EFFUSION = "Bilateral pleural effusion with passive atelectasis in both lower lobes."
 
 
-def _load_support() -> ModuleType:
-    name = "_ctrag_index_test_support"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "index" / "_support.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-support = _load_support()
-test_encoder = support.test_encoder
 REAL_CREATE_ENCODER = commands_index._create_encoder
 
 
@@ -103,6 +87,8 @@ def test_search_filters_strategies_and_report_file(
     masked = _search_json(capsys, EFFUSION, "--index", str(index_dir), "--has-mask")["hits"]
     assert {h["case_id"] for h in masked} == {"ts_example_sm", "ts_chest_crop"}
     assert all(Path(h["mask_path"]).is_file() and Path(h["volume_path"]).is_file() for h in masked)
+    with_ct = _search_json(capsys, EFFUSION, "--index", str(index_dir), "--has-volume", "--k", "10")["hits"]
+    assert {h["case_id"] for h in with_ct} == {"ts_example_sm", "ts_chest_crop"}  # the only cases with a CT here
     labelled = _search_json(capsys, EFFUSION, "--index", str(index_dir), "--label", "Pleural effusion")["hits"]
     assert labelled and all("Pleural effusion" in h["labels"] for h in labelled)
 

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ctrag.cli._app import app, console, err_console
+from ctrag.cli._progress import progress_bar
 from ctrag.data.ingest import DEFAULT_MAX_REPORT_BYTES, REPORT_MD, ingest
 from ctrag.data.readers import LAYOUTS
 from ctrag.errors import InvalidInputError
@@ -44,17 +44,7 @@ def ingest_command(
     """
     if layout != "auto" and layout not in LAYOUTS:
         raise InvalidInputError(f"--layout must be auto or one of {list(LAYOUTS)}, got {layout!r}")
-    bar = Progress(
-        TextColumn("[bold]ingest[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-        console=err_console,
-        disable=not progress,
-        transient=True,
-    )
-    with bar:
+    with progress_bar(progress, title="ingest", detail=True) as bar:
         task = bar.add_task("", total=None)
 
         def on_case(done: int, total: int, case_id: str) -> None:

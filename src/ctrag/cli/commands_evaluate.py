@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import TaskID
 from rich.table import Table
 
 from ctrag.cli._app import app, console, err_console, evaluate_app, train_app  # noqa: F401
+from ctrag.cli._progress import progress_bar
 from ctrag.config import load_config
 
 DEFAULT_CTCLIP_DIR = Path("sample_data/ct_rate_nc_sa/ct_clip_text_classifier")
-
-
-@contextmanager
-def _progress_bar(enabled: bool) -> Iterator[Progress]:
-    bar = Progress(
-        TextColumn("[bold]{task.description}[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        disable=not enabled,
-        transient=True,
-    )
-    with bar:
-        yield bar
 
 
 @evaluate_app.command("retrieval")
@@ -86,7 +70,7 @@ def evaluate_retrieval_command(
     made = create_encoder(encoder, weights=weights, device=device)
     enc = made[0] if isinstance(made, tuple) else made
 
-    with _progress_bar(progress) as bar:
+    with progress_bar(progress) as bar:
         tasks: dict[str, TaskID] = {}
 
         def report(name: str, done: int, total: int) -> None:

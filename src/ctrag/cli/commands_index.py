@@ -5,16 +5,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ctrag.cli._app import app, console, err_console
+from ctrag.cli._progress import progress_bar
 from ctrag.config import load_config
 from ctrag.errors import InvalidInputError
 
@@ -70,21 +69,6 @@ def _split_list(values: Sequence[str] | None, default: Sequence[str]) -> list[st
     return out or list(default)
 
 
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Progress]:
-    bar = Progress(
-        TextColumn("[bold]{task.description}[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        disable=not enabled,
-        transient=True,
-    )
-    with bar:
-        yield bar
-
-
 @app.command("index")
 def index_command(
     corpus_dir: Annotated[Path, typer.Argument(help="Corpus folder (manifest.jsonl written by `ctrag ingest`).")],
@@ -127,7 +111,7 @@ def index_command(
         from ctrag.encoders.cache import EmbeddingCache
 
         embedding_cache = EmbeddingCache(cache)
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         embed_task = bar.add_task("embed reports", total=None)
         add_task = bar.add_task(f"build {index_cfg.kind} index", total=None, visible=False)
         index, emb = build_text_index(
@@ -246,6 +230,7 @@ def search_command(
     strategy: Annotated[str, typer.Option(help="nearest, topk, mmr, farthest or random.")] = "nearest",
     seed: Annotated[int, typer.Option(help="Seed for the random strategy.")] = 0,
     has_mask: Annotated[bool, typer.Option("--has-mask", help="Only cases with a segmentation mask.")] = False,
+    has_volume: Annotated[bool, typer.Option("--has-volume", help="Only cases with a CT volume.")] = False,
     label: Annotated[
         list[str] | None, typer.Option("--label", help="Only cases carrying this CT-RATE label (repeat: all).")
     ] = None,
@@ -294,6 +279,7 @@ def search_command(
     filters = CaseFilter(
         splits=tuple(_split_list(split, ["train"])),
         has_mask=True if has_mask else None,
+        has_volume=True if has_volume else None,
         labels_all=tuple(label or ()),
         labels_any=tuple(any_label or ()),
     )
@@ -317,7 +303,12 @@ def search_command(
             "strategy": strategy,
             "seed": seed,
             "scorer": retriever.scorer_name,
-            "filters": {"splits": list(filters.splits or ()), "has_mask": filters.has_mask, "labels": label or []},
+            "filters": {
+                "splits": list(filters.splits or ()),
+                "has_mask": filters.has_mask,
+                "has_volume": filters.has_volume,
+                "labels": label or [],
+            },
             "hits": [_hit_record(h) for h in hits],
         }
         if query_source is not None:

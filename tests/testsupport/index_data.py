@@ -1,6 +1,7 @@
 """Test support shared by tests/index, tests/retrieval and tests/cli/test_index_search.py.
 
-Loaded by path (``load_support()`` in each conftest) because test folders are not packages. Builds ``Case``
+Imported as ``testsupport.index_data`` (``tests/`` is on pytest's ``pythonpath``); its fixtures are registered in
+the root ``tests/conftest.py``. Builds ``Case``
 objects straight from the shipped CT-RATE CSVs (real radiology reports and labels, real patient ids from the
 accession -> volume-name map) plus two real CTs with their real TotalSegmentator masks, and embeds the reports
 with the packaged MiniLM through a minimal ``Encoder`` adapter. Results are cached per process so the model
@@ -169,7 +170,7 @@ def train_part() -> tuple[list[Case], np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
-# Re-exported by tests/index, tests/retrieval and tests/cli conftests.
+# Registered for every test folder by the root tests/conftest.py.
 @pytest.fixture(scope="session")
 def test_encoder() -> MiniLMTestEncoder:
     return encoder()
