@@ -21,24 +21,14 @@ import pytest
 
 from ctrag.cli import main
 from ctrag.data.case import Corpus
+from ctrag.data.folder import KNOWN_COLUMNS
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_data"
 CT = SAMPLE / "ct" / "lowres" / "lung_pet_ct_dx_A0002_ct_128.nii.gz"
 CROP_CT = SAMPLE / "ct" / "lowres" / "ts_chest_crop_ct_3mm.nii.gz"
 CROP_MASK = SAMPLE / "ct" / "lowres" / "ts_chest_crop_ct_3mm_seg_total_subset.nii.gz"
 OTHER_MASK = SAMPLE / "ct" / "lowres" / "ts_example_ct_sm_3mm_seg_total.nii.gz"
-COLUMNS = [
-    "case_id",
-    "patient_id",
-    "split",
-    "volume",
-    "mask",
-    "mask_source",
-    "findings",
-    "impression",
-    "report_source",
-    "dataset",
-]
+COLUMNS = list(KNOWN_COLUMNS)
 TEXT = "A mass is present in the middle zone of the right lung."
 
 

@@ -19,7 +19,7 @@ from ctrag.data.ct_rate import (
     read_ct_rate,
     read_ctclip_classifier,
 )
-from ctrag.data.folder import read_folder
+from ctrag.data.folder import KNOWN_COLUMNS, read_folder
 from ctrag.data.labels import CT_RATE_LABELS
 from ctrag.data.readers import SkippedCase, detect_layouts, read_csv_rows
 from ctrag.data.reports import split_joined_report
@@ -67,19 +67,7 @@ def test_sample_folder_corpus(sample_dir: Path) -> None:
 
 
 def _write_cases_csv(path: Path, rows: list[dict[str, str]], extra_cols: tuple[str, ...] = ()) -> Path:
-    cols = [
-        "case_id",
-        "patient_id",
-        "split",
-        "volume",
-        "mask",
-        "mask_source",
-        "findings",
-        "impression",
-        "report_source",
-        "dataset",
-        *extra_cols,
-    ]
+    cols = [*KNOWN_COLUMNS, *extra_cols]
     path.mkdir(parents=True, exist_ok=True)
     with open(path / "cases.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, cols)

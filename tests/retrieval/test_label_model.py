@@ -11,7 +11,7 @@ import pytest
 from ctrag.data.case import Case
 from ctrag.data.ct_rate import read_ctclip_classifier
 from ctrag.data.labels import CT_RATE_LABELS
-from ctrag.errors import ConfigError, InvalidInputError
+from ctrag.errors import ConfigError, DataValidationError, InvalidInputError
 from ctrag.retrieval.label_model import LabelModel, LabelModelConfig
 
 
@@ -83,3 +83,17 @@ def test_bad_input() -> None:
         LabelModel.fit(["a b c", "d e f"], np.full((2, 18), 2))
     with pytest.raises(ConfigError, match="c must be"):
         LabelModelConfig(c=0)
+
+
+def test_load_refuses_other_components_and_newer_formats(model: LabelModel, tmp_path: Path) -> None:
+    import json
+
+    folder = model.save(tmp_path / "lm")
+    meta_path = folder / "label_model.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "format_version": meta["format_version"] + 1}))
+    with pytest.raises(DataValidationError, match=r"format \d+ is too new"):
+        LabelModel.load(folder)
+    meta_path.write_text(json.dumps({**meta, "kind": "ctrag-hybrid-scorer"}))
+    with pytest.raises(DataValidationError, match="does not hold a ctrag-label-model"):
+        LabelModel.load(folder)

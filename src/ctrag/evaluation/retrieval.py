@@ -223,30 +223,25 @@ class _MemoMixin:
         return False
 
     def _encode_new(self, texts: list[str], batch_size: int) -> np.ndarray:
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        from ctrag.index.build import embed_texts
+
         cache = None
         if self._cache_path is not None:
-            from ctrag.encoders.cache import EmbeddingCache, encode_text_cached
+            from ctrag.encoders.cache import EmbeddingCache
 
             cache = EmbeddingCache(self._cache_path)
+        progress = self.progress
         try:
-            for start in range(0, len(texts), batch_size):
-                chunk = texts[start : start + batch_size]
-                if cache is not None:
-                    vectors = encode_text_cached(self.inner, chunk, cache, batch_size)
-                else:
-                    vectors = np.asarray(self.inner.encode_text(chunk, batch_size=batch_size), dtype=np.float32)
-                if vectors.shape != (len(chunk), self.dim):
-                    raise InvalidInputError(
-                        f"encoder {self.name} returned shape {vectors.shape} for {len(chunk)} texts (dim {self.dim})"
-                    )
-                out[start : start + len(chunk)] = vectors
-                if self.progress is not None:
-                    self.progress("encode reports", start + len(chunk), len(texts))
+            return embed_texts(
+                self.inner,
+                texts,
+                batch_size=batch_size,
+                cache=cache,
+                progress=None if progress is None else lambda done, total: progress("encode reports", done, total),
+            )
         finally:
             if cache is not None:
                 cache.close()
-        return out
 
     def encode_text(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         items = list(texts)

@@ -49,7 +49,7 @@ from ctrag.retrieval.lexical import (
     BM25Scorer,
     TfidfScorer,
     lcs_f1_many,
-    read_json,
+    read_meta,
     read_npz,
     tokens_alnum,
     write_json,
@@ -731,11 +731,7 @@ class HybridScorer:
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> HybridScorer:
         folder = Path(directory)
-        meta = read_json(folder / "hybrid.json")
-        if not isinstance(meta, dict) or meta.get("kind") != KIND:
-            raise DataValidationError(f"{folder} does not hold a ctrag hybrid scorer")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise DataValidationError(f"{folder}: hybrid scorer format {meta.get('format_version')} is too new")
+        meta = read_meta(folder / "hybrid.json", KIND, FORMAT_VERSION)
         if list(meta.get("labels", [])) != list(CT_RATE_LABELS):
             raise DataValidationError(f"{folder}: scorer was fitted on another label set")
         config = from_dict(HybridConfig, meta["config"])

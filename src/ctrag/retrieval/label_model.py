@@ -25,7 +25,7 @@ import numpy as np
 from ctrag.config import config_to_dict, from_dict
 from ctrag.data.labels import CT_RATE_LABELS
 from ctrag.errors import ConfigError, DataValidationError, InvalidInputError
-from ctrag.retrieval.lexical import TfidfConfig, TfidfVectors, read_json, read_npz, write_json, write_npz
+from ctrag.retrieval.lexical import TfidfConfig, TfidfVectors, read_meta, read_npz, write_json, write_npz
 
 KIND = "ctrag-label-model"
 FORMAT_VERSION = 1
@@ -182,11 +182,7 @@ class LabelModel:
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> LabelModel:
         folder = Path(directory)
-        meta = read_json(folder / "label_model.json")
-        if not isinstance(meta, dict) or meta.get("kind") != KIND:
-            raise DataValidationError(f"{folder} does not hold a ctrag label model")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise DataValidationError(f"{folder}: label model format {meta.get('format_version')} is too new")
+        meta = read_meta(folder / "label_model.json", KIND, FORMAT_VERSION)
         arrays = read_npz(folder / "label_model.npz")
         vectors = TfidfVectors.from_state(arrays, meta["vectors"])
         return cls(

@@ -195,10 +195,14 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
-def _check_kind(meta: Any, kind: str, folder: Path) -> dict[str, Any]:
+def read_meta(path: Path, kind: str, max_version: int | None = None) -> dict[str, Any]:
+    """The JSON header of a saved component, checked to be of ``kind`` and not newer than this code reads."""
+    meta = read_json(path)
     if not isinstance(meta, dict) or meta.get("kind") != kind:
         got = meta.get("kind") if isinstance(meta, dict) else type(meta).__name__
-        raise DataValidationError(f"{folder} does not hold a {kind} (found {got!r})")
+        raise DataValidationError(f"{path.parent} does not hold a {kind} (found {got!r})")
+    if max_version is not None and int(meta.get("format_version", 0)) > max_version:
+        raise DataValidationError(f"{path.parent}: {kind} format {meta.get('format_version')} is too new")
     return meta
 
 
@@ -297,7 +301,7 @@ class BM25Scorer:
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> BM25Scorer:
         folder = Path(directory)
-        meta = _check_kind(read_json(folder / "bm25.json"), cls.kind, folder)
+        meta = read_meta(folder / "bm25.json", cls.kind)
         arrays = read_npz(folder / "bm25.npz")
         vocab = {t: i for i, t in enumerate(meta["terms"])}
         return cls(vocab, load_csr("weights", arrays), arrays["idf"], from_dict(BM25Config, meta["config"]))
@@ -422,7 +426,7 @@ class TfidfScorer:
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> TfidfScorer:
         folder = Path(directory)
-        meta = _check_kind(read_json(folder / "tfidf.json"), cls.kind, folder)
+        meta = read_meta(folder / "tfidf.json", cls.kind)
         arrays = read_npz(folder / "tfidf.npz")
         return cls(TfidfVectors.from_state(arrays, meta), load_csr("docs", arrays))
 
