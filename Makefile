@@ -35,8 +35,12 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The 1 M-vector index run takes ~10 min and 2 GB: `$(BIN)/python benchmarks/bench_index.py --sizes 1000000 --name index_1m`.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py --out benchmarks/results
+	$(BIN)/python benchmarks/bench_index.py --sizes 100000 --name index_100k --out benchmarks/results
+	$(BIN)/python benchmarks/bench_text_encoding.py --out benchmarks/results
+	$(BIN)/python benchmarks/bench_sampler.py --out benchmarks/results
+	$(BIN)/python benchmarks/bench_segment.py --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache

@@ -21,7 +21,7 @@ from ctrag.data.case import Case
 from ctrag.data.labels import CT_RATE_LABELS, to_coarse
 from ctrag.data.nifti import Volume, load_volume
 from ctrag.errors import LeakageError
-from ctrag.evaluation.ablation import AblationRunner, GenerationEvalConfig, select_cases
+from ctrag.evaluation.ablation import AblationRunner, GenerationEvalConfig, select_cases, select_report_cases
 from ctrag.evaluation.features import FeatureExtractor
 from ctrag.evaluation.fid import FIDConfig, FIDEvaluator
 from ctrag.evaluation.tables import write_ablation_outputs
@@ -344,3 +344,69 @@ def test_leakage_guard_refuses_index_with_evaluated_case_or_patient(tmp_path, co
         _runner(config, leaking_painter, _index([corpus["ts_example"]]), tmp_path).run(cases)
     with pytest.raises(Exception, match="index to check it for leakage"):
         _runner(config, painter, None, tmp_path).run(cases)
+
+
+def _val_report_cases(sample_dir: Path, n: int) -> list[Case]:
+    """Real held-out CT-RATE validation reports; their CTs are not shipped, so these cases have none."""
+    path = sample_dir / "ct_rate_nc_sa" / "ct_clip_text_classifier" / "val.csv"
+    with path.open(encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))[:n]
+    return [
+        Case(
+            case_id=f"val_report_{i}",
+            patient_id=f"val_patient_{i}",
+            split="val",
+            report_findings=row["report_text"],
+            report_source="radiologist",
+        )
+        for i, row in enumerate(rows)
+    ]
+
+
+def test_report_only_cases_join_every_method_but_the_gt_mask(tmp_path, sample_dir, corpus, proxies) -> None:
+    reports = _val_report_cases(sample_dir, 3)
+    everything = [*corpus.values(), *reports]
+    config = GenerationEvalConfig(
+        seeds=(0, 1), methods=("none", "nearest", "gt_mask"), report_split="val", max_report_cases=2, figures=False
+    )
+    cases = select_cases(everything, config)
+    report_cases = select_report_cases(everything, config)
+    assert [c.case_id for c in report_cases] == ["val_report_0", "val_report_1"]
+    painter = Painter(proxies)
+    index = _index([corpus["ts_example"], corpus["A0001"]])
+    result = _runner(config, painter, index, tmp_path).run(cases, [corpus["ts_sm"]], report_cases)
+    # none/nearest: 2 CT cases + 2 reports; gt_mask: the 2 CT cases only; 2 seeds each.
+    assert painter.calls == (4 + 4 + 2) * 2
+    nearest_rows = [r for r in result.per_case if r["method"] == "nearest" and r["seed"] == 0]
+    assert {r["case_id"]: r["has_ct"] for r in nearest_rows} == {
+        "lidc": True,
+        "A0002": True,
+        "val_report_0": False,
+        "val_report_1": False,
+    }
+    assert all(np.isfinite(r["dice"]) for r in nearest_rows)
+    assert {r["case_id"] for r in result.per_case if r["method"] == "gt_mask"} == {"lidc", "A0002"}
+    assert result.provenance["report_cases"] == ["val_report_0", "val_report_1"]
+    assert any("without a CT" in n for n in result.notes)
+    assert np.isfinite(result.methods["none"]["metrics"]["fid_avg"]["mean"])
+    paths = write_ablation_outputs(result, tmp_path / "tables", figures=False)
+    assert "held-out reports without a CT: 2 (val_report_0, val_report_1)" in paths["markdown"].read_text()
+    # A report split holding a case that the index was built on is refused like any other leak.
+    leaky = _index([corpus["ts_example"], reports[0].evolve(split="train")])
+    with pytest.raises(LeakageError):
+        _runner(config, Painter(proxies), leaky, tmp_path / "leak").run(cases, (), report_cases)
+
+
+def test_report_split_settings_are_checked(sample_dir, corpus) -> None:
+    from ctrag.errors import ConfigError, InvalidInputError
+
+    with pytest.raises(ConfigError, match="held-out split"):
+        GenerationEvalConfig(report_split="train")
+    with pytest.raises(ConfigError, match=r"needs evaluation\.report_split"):
+        GenerationEvalConfig(report_case_ids=("x",))
+    everything = [*corpus.values(), *_val_report_cases(sample_dir, 1)]
+    with pytest.raises(InvalidInputError, match="not report-only"):
+        select_report_cases(everything, GenerationEvalConfig(report_split="test", report_case_ids=("lidc",)))
+    with pytest.raises(InvalidInputError, match="no report-only case"):
+        select_report_cases(list(corpus.values()), GenerationEvalConfig(report_split="val"))
+    assert select_report_cases(everything, GenerationEvalConfig()) == []

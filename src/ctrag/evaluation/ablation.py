@@ -117,6 +117,14 @@ class GenerationEvalConfig:
     case_ids: tuple[str, ...] = ()
     """Evaluate only these cases (default: every case of ``split`` with a report and a CT)."""
     max_cases: int | None = None
+    report_split: str | None = None
+    """Also generate for held-out reports of this split that have no CT (CT-RATE validation reports ship without
+    theirs). Every method except ``gt_mask`` (which needs the case's own mask) runs on them: their volumes join the
+    generated side of FID and are scored for spatial agreement with their proxy (and, with labels and a
+    classifier, for clinical consistency). Never ``train``: the index is built from it."""
+    report_case_ids: tuple[str, ...] = ()
+    """Only these report-only cases (default: the first ``max_report_cases`` of ``report_split`` in corpus order)."""
+    max_report_cases: int | None = None
     methods: tuple[str, ...] = ("none", "farthest", "random", "nearest", "gt_mask")
     reference_method: str = "nearest"
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -150,6 +158,13 @@ class GenerationEvalConfig:
             raise ConfigError(f"evaluation.seeds must be distinct non-negative integers, got {list(self.seeds)}")
         if self.split not in SPLITS:
             raise ConfigError(f"evaluation.split must be one of {SPLITS}, got {self.split!r}")
+        if self.report_split is not None and (self.report_split not in SPLITS or self.report_split == "train"):
+            raise ConfigError(
+                f"evaluation.report_split must be a held-out split ({[s for s in SPLITS if s != 'train']}), "
+                f"got {self.report_split!r}"
+            )
+        if self.report_case_ids and self.report_split is None:
+            raise ConfigError("evaluation.report_case_ids needs evaluation.report_split")
         if not 0 < self.alpha < 1 or not 0 < self.confidence < 1:
             raise ConfigError("evaluation.alpha and evaluation.confidence must lie in (0, 1)")
 
@@ -218,6 +233,34 @@ def select_cases(cases: Sequence[Case], config: GenerationEvalConfig) -> list[Ca
             f"no case of split {config.split!r} has both a report and a CT volume to evaluate against"
         )
     return usable
+
+
+def select_report_cases(cases: Sequence[Case], config: GenerationEvalConfig) -> list[Case]:
+    """Held-out report-only cases (a report, no CT) of ``config.report_split``; empty when none is configured."""
+    if config.report_split is None:
+        return []
+    if config.report_case_ids:
+        by_id = {c.case_id: c for c in cases}
+        missing = [cid for cid in config.report_case_ids if cid not in by_id]
+        if missing:
+            raise InvalidInputError(f"evaluation.report_case_ids not in the corpus: {missing}")
+        chosen = [by_id[cid] for cid in config.report_case_ids]
+        wrong = [c.case_id for c in chosen if c.split != config.report_split]
+        if wrong:
+            raise LeakageError(f"cases {wrong} are not in the report split {config.report_split!r}")
+        unusable = [c.case_id for c in chosen if not c.has_report or c.has_volume]
+        if unusable:
+            raise InvalidInputError(
+                f"evaluation.report_case_ids {unusable} are not report-only cases (a report and no CT); "
+                "cases with a CT belong to the evaluated split"
+            )
+    else:
+        chosen = [c for c in cases if c.split == config.report_split and c.has_report and not c.has_volume]
+    if config.max_report_cases is not None:
+        chosen = chosen[: config.max_report_cases]
+    if not chosen:
+        raise InvalidInputError(f"evaluation.report_split {config.report_split!r} has no report-only case")
+    return chosen
 
 
 def coarse_reference_mask(case: Case, ct: Volume, segmenter: Segmenter) -> tuple[Volume, str]:
@@ -307,7 +350,8 @@ class AblationRunner:
             )
         from ctrag.retrieval.guard import assert_no_leakage
 
-        assert_no_leakage(self.index, cases, eval_split=self.config.split)
+        splits = sorted({self.config.split, *([self.config.report_split] if self.config.report_split else [])})
+        assert_no_leakage(self.index, cases, eval_split=splits)
 
     def _check_retrieved(self, sample: GeneratedSample, cases: Sequence[Case]) -> None:
         ids = {c.case_id for c in cases}
@@ -372,10 +416,25 @@ class AblationRunner:
         return self.cache.get_or_create(method.key, seed, case.case_id, key, create)
 
     # 3. the whole run ------------------------------------------------------------------------------
-    def run(self, cases: Sequence[Case], reference_cases: Sequence[Case] = ()) -> AblationResult:
+    def run(
+        self, cases: Sequence[Case], reference_cases: Sequence[Case] = (), report_cases: Sequence[Case] = ()
+    ) -> AblationResult:
+        """Generate and score ``cases`` (held-out, with CT) and ``report_cases`` (held-out reports without CT)."""
         cfg = self.config
         notes: list[str] = []
-        self.check_leakage(cases)
+        no_ct = [c.case_id for c in cases if not c.volume_path]
+        if no_ct:
+            raise InvalidInputError(f"evaluated cases need a real CT (pass report-only cases separately): {no_ct}")
+        report_cases = list(report_cases)
+        evaluated = [*cases, *report_cases]
+        self.check_leakage(evaluated)
+        if report_cases:
+            notes.append(
+                f"{len(report_cases)} held-out report(s) without a CT (split {cfg.report_split}) are generated for "
+                f"every method but the GT mask; their volumes join the generated side of FID and the spatial "
+                f"scores. The GT-mask method rests on the {len(cases)} case(s) with a CT only, so its FID and "
+                "Dice are not computed on the same reports as the other rows."
+            )
 
         # Real references: CTs, coarse masks, FID features, classifier scores, segmentation vs own mask.
         real_ct = {c.case_id: load_volume(c.volume_path) for c in cases if c.volume_path}
@@ -458,20 +517,26 @@ class AblationRunner:
         per_case: list[dict[str, Any]] = []
         per_seed: list[dict[str, Any]] = []
         figure_rows: dict[str, list[tuple[str, GeneratedSample]]] = {m.key: [] for m in self.methods}
-        total = len(self.methods) * len(cfg.seeds) * len(cases)
+
+        def cases_of(method: MethodSpec) -> list[Case]:
+            return list(cases) if method.uses_gt_mask else evaluated
+
+        total = sum(len(cases_of(m)) for m in self.methods) * len(cfg.seeds)
         done = 0
         for method in self.methods:
+            method_cases = cases_of(method)
             for seed in cfg.seeds:
                 samples: list[GeneratedSample] = []
-                for case in cases:
+                for case in method_cases:
                     gt_mask = gt[case.case_id][0] if method.uses_gt_mask else None
                     sample = self._generate_one(method, seed, case, gt_mask)
-                    self._check_retrieved(sample, cases)
+                    self._check_retrieved(sample, evaluated)
                     samples.append(sample)
                     row: dict[str, Any] = {
                         "method": method.key,
                         "seed": seed,
                         "case_id": case.case_id,
+                        "has_ct": case.volume_path is not None,
                         "retrieved": ";".join(sample.retrieved_ids),
                         "from_cache": sample.from_cache,
                     }
@@ -486,7 +551,7 @@ class AblationRunner:
                     done += 1
                     if self.progress is not None:
                         self.progress("generate", done, total)
-                per_seed.append(self._seed_metrics(method, seed, cases, samples, per_case, real_feats, notes))
+                per_seed.append(self._seed_metrics(method, seed, method_cases, samples, per_case, real_feats, notes))
         methods = self._summarise(per_seed)
         for m in self.methods:
             if not m.structural:
@@ -510,6 +575,7 @@ class AblationRunner:
             provenance={
                 "generator": self.generator_id,
                 "cases": [c.case_id for c in cases],
+                "report_cases": [c.case_id for c in report_cases],
                 "fid": self.fid.fingerprints if self.fid is not None else None,
                 "classifier": getattr(self.classifier, "fingerprint", None),
             },

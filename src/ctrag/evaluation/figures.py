@@ -46,10 +46,15 @@ def draw_triplanar(
     mask: Volume | None = None,
     *,
     hu_window: tuple[float, float] = (-1000.0, 600.0),
-    alpha: float = 0.4,
+    alpha: float = 0.35,
     centre_labels: tuple[int, ...] = (2, 3),
+    outline_labels: tuple[int, ...] = (1,),
 ) -> None:
-    """Axial, coronal and sagittal views of ``ct`` (with ``mask`` overlaid) on three matplotlib axes."""
+    """Axial, coronal and sagittal views of ``ct`` (with ``mask`` overlaid) on three matplotlib axes.
+
+    ``outline_labels`` (the body, by default) are not filled; the envelope of the whole mask is drawn as a contour
+    instead: a filled body would wash out the CT and hide what the generator made of the organs inside it.
+    """
     from matplotlib.colors import ListedColormap
 
     from ctrag.segment.grid import CanonicalView
@@ -78,8 +83,14 @@ def draw_triplanar(
     for ax, (ct2d, lab2d, aspect) in zip(axes, views, strict=True):
         ax.imshow(ct2d, cmap="gray", vmin=hu_window[0], vmax=hu_window[1], origin="lower", aspect=aspect)
         if mask is not None:
+            outline = np.isin(lab2d, outline_labels)
+            if outline.any():  # the envelope of every label: the body's skin line, not its holes around organs
+                colour = COARSE_COLOURS.get(outline_labels[0], (1.0, 1.0, 0.0))
+                ax.contour(
+                    (lab2d > 0).astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.0, origin="lower"
+                )
             ax.imshow(
-                np.ma.masked_where(lab2d == 0, lab2d),
+                np.ma.masked_where((lab2d == 0) | outline, lab2d),
                 cmap=cmap,
                 vmin=0,
                 vmax=n_colours - 1,

@@ -23,7 +23,7 @@ from typing import Any
 from ctrag.data.case import Corpus
 from ctrag.data.nifti import Volume
 from ctrag.errors import ConfigError, InvalidInputError
-from ctrag.evaluation.ablation import AblationRunner, GenerationEvalConfig, select_cases
+from ctrag.evaluation.ablation import AblationRunner, GenerationEvalConfig, select_cases, select_report_cases
 from ctrag.evaluation.fid import FIDConfig, FIDEvaluator
 from ctrag.evaluation.tables import write_ablation_outputs
 from ctrag.utils.hashing import sha256_json
@@ -68,18 +68,20 @@ def evaluate_generation(
     """Run the ablation described by ``config`` and write tables and figures under ``out_dir``."""
     from ctrag.evaluation.classifier import ClinicalClassifier
 
+    if pipeline is None and not config.pipeline:
+        raise ConfigError("evaluation.pipeline: give the generator run folder (`ctrag train ...` output)")
     if corpus is None:
         if not config.corpus:
             raise ConfigError("evaluation.corpus: give the corpus folder written by `ctrag ingest`")
         corpus = Corpus.load(config.corpus)
     cases = select_cases(list(corpus), config)
+    report_cases = select_report_cases(list(corpus), config)
     ref_cases = [corpus.get(cid) for cid in config.spatial_reference_case_ids]
     missing_masks = [c.case_id for c in ref_cases if not c.mask_path]
     if missing_masks:
         raise InvalidInputError(f"evaluation.spatial_reference_case_ids without a mask: {missing_masks}")
     if pipeline is None:
-        if not config.pipeline:
-            raise ConfigError("evaluation.pipeline: give the generator run folder (`ctrag train ...` output)")
+        assert config.pipeline is not None
         from ctrag.generation.pipeline import GenerationPipeline
 
         pipeline = GenerationPipeline.from_pretrained(config.pipeline, index_dir=config.index, device=config.device)
@@ -111,5 +113,5 @@ def evaluate_generation(
         fid=fid,
         progress=progress,
     )
-    result = runner.run(cases, ref_cases)
+    result = runner.run(cases, ref_cases, report_cases)
     return write_ablation_outputs(result, out, command=command, figures=config.figures)

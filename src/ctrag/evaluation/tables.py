@@ -72,9 +72,16 @@ def render_markdown(
     if command:
         lines += ["Command:", "", "```", command, "```", ""]
     cases = result.provenance.get("cases", [])
+    report_cases = result.provenance.get("report_cases", [])
+    reports_only = (
+        f"held-out reports without a CT: {len(report_cases)} ({', '.join(report_cases[:8])}"
+        f"{' ...' if len(report_cases) > 8 else ''}); "
+        if report_cases
+        else ""
+    )
     lines += [
-        f"Held-out cases: {len(cases)} ({', '.join(cases[:8])}{' ...' if len(cases) > 8 else ''}); "
-        f"seeds: {list(cfg.get('seeds', []))}; reference method: {ref_label}.",
+        f"Held-out cases with a CT: {len(cases)} ({', '.join(cases[:8])}{' ...' if len(cases) > 8 else ''}); "
+        f"{reports_only}seeds: {list(cfg.get('seeds', []))}; reference method: {ref_label}.",
         "",
         f"Cells: mean over seeds; `*` = significantly worse than {ref_label} (one-sided paired Wilcoxon signed-rank "
         f"test over seeds, p < {cfg.get('alpha', 0.05)}); [low, high] = bootstrap "
