@@ -209,17 +209,23 @@ class AblationResult:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
+def _cases_by_id(cases: Sequence[Case], ids: Sequence[str], split: str, field_name: str) -> list[Case]:
+    """The cases named by ``evaluation.<field_name>``, all of which must exist and belong to ``split``."""
+    by_id = {c.case_id: c for c in cases}
+    missing = [cid for cid in ids if cid not in by_id]
+    if missing:
+        raise InvalidInputError(f"evaluation.{field_name} not in the corpus: {missing}")
+    chosen = [by_id[cid] for cid in ids]
+    wrong = [c.case_id for c in chosen if c.split != split]
+    if wrong:
+        raise LeakageError(f"cases {wrong} are not in the evaluated split {split!r}")
+    return chosen
+
+
 def select_cases(cases: Sequence[Case], config: GenerationEvalConfig) -> list[Case]:
     """Held-out cases to evaluate: the configured split (or ids), each with a report and a real CT."""
     if config.case_ids:
-        by_id = {c.case_id: c for c in cases}
-        missing = [cid for cid in config.case_ids if cid not in by_id]
-        if missing:
-            raise InvalidInputError(f"evaluation.case_ids not in the corpus: {missing}")
-        chosen = [by_id[cid] for cid in config.case_ids]
-        wrong = [c.case_id for c in chosen if c.split != config.split]
-        if wrong:
-            raise LeakageError(f"cases {wrong} are not in the evaluated split {config.split!r}")
+        chosen = _cases_by_id(cases, config.case_ids, config.split, "case_ids")
     else:
         chosen = [c for c in cases if c.split == config.split]
     usable = [c for c in chosen if c.has_report and c.has_volume]
@@ -240,14 +246,7 @@ def select_report_cases(cases: Sequence[Case], config: GenerationEvalConfig) -> 
     if config.report_split is None:
         return []
     if config.report_case_ids:
-        by_id = {c.case_id: c for c in cases}
-        missing = [cid for cid in config.report_case_ids if cid not in by_id]
-        if missing:
-            raise InvalidInputError(f"evaluation.report_case_ids not in the corpus: {missing}")
-        chosen = [by_id[cid] for cid in config.report_case_ids]
-        wrong = [c.case_id for c in chosen if c.split != config.report_split]
-        if wrong:
-            raise LeakageError(f"cases {wrong} are not in the report split {config.report_split!r}")
+        chosen = _cases_by_id(cases, config.report_case_ids, config.report_split, "report_case_ids")
         unusable = [c.case_id for c in chosen if not c.has_report or c.has_volume]
         if unusable:
             raise InvalidInputError(

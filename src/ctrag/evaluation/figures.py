@@ -55,32 +55,14 @@ def draw_triplanar(
     ``outline_labels`` (the body, by default) are not filled; the envelope of the whole mask is drawn as a contour
     instead: a filled body would wash out the CT and hide what the generator made of the organs inside it.
     """
-    from matplotlib.colors import ListedColormap
+    from ctrag.segment.overlay import COARSE_COLOURS, coarse_colormap, triplanar_views
 
-    from ctrag.segment.grid import CanonicalView
-    from ctrag.segment.overlay import COARSE_COLOURS
-
-    view = CanonicalView.of(ct.shape, ct.affine)
-    img = view.to_canonical(np.asarray(ct.array, dtype=np.float32))
-    lab = np.zeros(img.shape, dtype=np.int32)
     if mask is not None:
         check_same_grid(mask, ct)
-        lab = view.to_canonical(np.asarray(mask.array)).astype(np.int32)
-    sx, sy, sz = view.spacing
-    sel = np.isin(lab, centre_labels)
-    centre = np.argwhere(sel).mean(axis=0).round().astype(int) if sel.any() else np.array(lab.shape) // 2
-    ci, cj, ck = (int(c) for c in centre)
-    n_colours = max(COARSE_COLOURS) + 1
-    colours = np.zeros((n_colours, 4))
-    for code, rgb in COARSE_COLOURS.items():
-        colours[code] = (*rgb, 1.0)
-    cmap = ListedColormap(colours)
-    views = (
-        (img[::-1, :, ck].T, lab[::-1, :, ck].T, sy / sx),
-        (img[::-1, cj, :].T, lab[::-1, cj, :].T, sz / sx),
-        (img[ci, :, :].T, lab[ci, :, :].T, sz / sy),
-    )
-    for ax, (ct2d, lab2d, aspect) in zip(axes, views, strict=True):
+    labels = None if mask is None else np.asarray(mask.array)
+    views = triplanar_views(np.asarray(ct.array), labels, ct.affine, centre_labels)
+    cmap, n_colours = coarse_colormap()
+    for ax, (_, ct2d, lab2d, aspect) in zip(axes, views, strict=True):
         ax.imshow(ct2d, cmap="gray", vmin=hu_window[0], vmax=hu_window[1], origin="lower", aspect=aspect)
         if mask is not None:
             outline = np.isin(lab2d, outline_labels)

@@ -77,22 +77,10 @@ def write_overlay_png(path: str | os.PathLike[str], result: GenerationResult) ->
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from ctrag.segment.grid import CanonicalView
-    from ctrag.segment.overlay import COARSE_COLOURS
+    from ctrag.segment.overlay import COARSE_COLOURS, triplanar_views
 
-    view = CanonicalView.of(result.volume.shape, result.affine)
-    img = view.to_canonical(np.asarray(result.volume, dtype=np.float32))
     mask = result.mask if result.mask is not None else np.zeros(result.volume.shape, dtype=np.uint8)
-    lab = view.to_canonical(as_coarse(mask, result.label_set)).astype(np.int32)
-    sx, sy, sz = view.spacing
-    lungs = np.isin(lab, (2, 3))
-    centre = np.argwhere(lungs).mean(axis=0).round().astype(int) if lungs.any() else np.array(lab.shape) // 2
-    ci, cj, ck = (int(c) for c in centre)
-    views = [
-        ("axial", img[::-1, :, ck].T, lab[::-1, :, ck].T, sy / sx),
-        ("coronal", img[::-1, cj, :].T, lab[::-1, cj, :].T, sz / sx),
-        ("sagittal", img[ci, :, :].T, lab[ci, :, :].T, sz / sy),
-    ]
+    views = triplanar_views(np.asarray(result.volume), as_coarse(mask, result.label_set), result.affine)
     rows = 2 if result.mask is not None else 1
     fig, axes = plt.subplots(rows, 3, figsize=(12, 4.2 * rows), squeeze=False)
     for col, (name, ct2d, lab2d, aspect) in enumerate(views):
@@ -113,6 +101,7 @@ def write_overlay_png(path: str | os.PathLike[str], result: GenerationResult) ->
     fig.suptitle(title)
     fig.tight_layout()
     final = Path(path)
-    fig.savefig(final, dpi=70, format="png")
+    with atomic_path(final, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=70, format="png")
     plt.close(fig)
     return final

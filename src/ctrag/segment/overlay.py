@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,44 @@ COARSE_COLOURS: dict[int, tuple[float, float, float]] = {
     4: (1.0, 0.2, 0.8),  # airway
     5: (1.0, 0.35, 0.1),  # bone
 }
+
+
+TriplanarView = tuple[str, np.ndarray, np.ndarray, float]
+"""(plane name, 2-D CT slice, 2-D labels, pixel aspect), rows = the displayed vertical axis."""
+
+
+def triplanar_views(
+    ct: np.ndarray, labels: np.ndarray | None, affine: np.ndarray, centre_labels: tuple[int, ...] = (2, 3)
+) -> list[TriplanarView]:
+    """Axial, coronal and sagittal slices in the closest-RAS view, radiological convention (patient left on the
+    image's right, anterior / superior up), through the centroid of ``centre_labels`` (else the volume centre).
+
+    One function for every tri-planar figure in ctrag, so all of them agree on orientation.
+    """
+    view = CanonicalView.of(ct.shape, affine)
+    img = view.to_canonical(np.asarray(ct, dtype=np.float32))
+    lab = np.zeros(img.shape, dtype=np.int32) if labels is None else view.to_canonical(np.asarray(labels))
+    lab = lab.astype(np.int32)
+    sx, sy, sz = view.spacing
+    sel = np.isin(lab, centre_labels)
+    centre = np.argwhere(sel).mean(axis=0).round().astype(int) if sel.any() else np.array(lab.shape) // 2
+    ci, cj, ck = (int(c) for c in centre)
+    return [
+        ("axial", img[::-1, :, ck].T, lab[::-1, :, ck].T, sy / sx),
+        ("coronal", img[::-1, cj, :].T, lab[::-1, cj, :].T, sz / sx),
+        ("sagittal", img[ci, :, :].T, lab[ci, :, :].T, sz / sy),
+    ]
+
+
+def coarse_colormap() -> tuple[Any, int]:
+    """A matplotlib colormap indexed by coarse label code (``COARSE_COLOURS``) and its number of entries."""
+    from matplotlib.colors import ListedColormap
+
+    n_colours = max(COARSE_COLOURS) + 1
+    colours = np.zeros((n_colours, 4))
+    for code, rgb in COARSE_COLOURS.items():
+        colours[code] = (*rgb, 1.0)
+    return ListedColormap(colours), n_colours
 
 
 def save_overlay_png(
@@ -40,27 +79,10 @@ def save_overlay_png(
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
 
     check_same_grid(mask, ct)
-    view = CanonicalView.of(ct.shape, ct.affine)
-    img = view.to_canonical(np.asarray(ct.array, dtype=np.float32))
-    lab = view.to_canonical(np.asarray(mask.array)).astype(np.int32)
-    sx, sy, sz = view.spacing
-    sel = np.isin(lab, centre_labels)
-    centre = np.argwhere(sel).mean(axis=0).round().astype(int) if sel.any() else np.array(lab.shape) // 2
-    ci, cj, ck = (int(c) for c in centre)
-    n_colours = max(COARSE_COLOURS) + 1
-    colours = np.zeros((n_colours, 4))
-    for code, rgb in COARSE_COLOURS.items():
-        colours[code] = (*rgb, 1.0)
-    cmap = ListedColormap(colours)
-    # (2-D CT slice, 2-D labels, pixel aspect) with rows = displayed vertical axis.
-    views = [
-        ("axial", img[::-1, :, ck].T, lab[::-1, :, ck].T, sy / sx),  # patient left on the right, anterior up
-        ("coronal", img[::-1, cj, :].T, lab[::-1, cj, :].T, sz / sx),
-        ("sagittal", img[ci, :, :].T, lab[ci, :, :].T, sz / sy),
-    ]
+    views = triplanar_views(np.asarray(ct.array), np.asarray(mask.array), ct.affine, centre_labels)
+    cmap, n_colours = coarse_colormap()
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
     for ax, (name, ct2d, lab2d, aspect) in zip(axes, views, strict=True):
         ax.imshow(ct2d, cmap="gray", vmin=hu_window[0], vmax=hu_window[1], origin="lower", aspect=aspect)
