@@ -38,6 +38,7 @@ from ctrag.encoders.hf_text import load_linear_strict
 from ctrag.encoders.text import TextEncoderBase
 from ctrag.encoders.volume import check_volume_batch
 from ctrag.errors import CheckpointMismatchError, InvalidInputError, WeightsNotFoundError
+from ctrag.utils.checkpoints import load_checkpoint_file
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +59,11 @@ class CTCLIPTextConfig:
 
 def load_checkpoint_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a CT-CLIP ``.pt`` state dict on the CPU with ``weights_only=True`` (no pickled code runs)."""
-    file = Path(path)
-    if not file.is_file():
-        raise WeightsNotFoundError(f"CT-CLIP checkpoint not found: {file}")
-    obj = torch.load(str(file), map_location="cpu", weights_only=True)
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+    obj: Any = load_checkpoint_file(path)
+    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointMismatchError(f"{file}: expected a CT-CLIP state dict (name -> tensor)")
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointMismatchError(f"{path}: expected a CT-CLIP state dict (name -> tensor)")
     return {str(k).removeprefix("module."): v for k, v in obj.items()}
 
 

@@ -18,22 +18,16 @@ import torch
 
 from ctrag.encoders.text import TextEncoderBase
 from ctrag.errors import CheckpointMismatchError, InvalidInputError, WeightsNotFoundError
+from ctrag.utils.checkpoints import load_checkpoint_file
 
 Pooling = Literal["mean", "cls"]
 
 
 def load_tensor_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.safetensors`` or a torch file (``weights_only=True``: no pickled code runs)."""
-    file = Path(path)
-    if not file.is_file():
-        raise WeightsNotFoundError(f"weights file not found: {file}")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return dict(load_file(str(file), device="cpu"))
-    obj = torch.load(str(file), map_location="cpu", weights_only=True)
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointMismatchError(f"{file}: expected a flat state dict of tensors")
+    obj = load_checkpoint_file(path)
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointMismatchError(f"{path}: expected a flat state dict of tensors")
     return dict(obj)
 
 

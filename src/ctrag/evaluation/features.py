@@ -44,6 +44,7 @@ from torch import nn
 
 from ctrag.data.nifti import Volume
 from ctrag.errors import CheckpointMismatchError, ConfigError, InvalidInputError, WeightsNotFoundError
+from ctrag.utils.checkpoints import load_checkpoint_file, load_strict
 from ctrag.utils.hashing import sha256_file, sha256_text
 
 logger = logging.getLogger(__name__)
@@ -224,23 +225,13 @@ def create_extractor(
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Tensors from a ``.safetensors`` or torch file (``weights_only``); unwraps ``{"state_dict": ...}``."""
-    file = Path(path)
-    if not file.is_file():
-        raise WeightsNotFoundError(f"weights file not found: {file}")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return dict(load_file(str(file)))
-    try:
-        obj: Any = torch.load(str(file), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for bad/unsafe pickles
-        raise CheckpointMismatchError(f"{file}: not a loadable weights file ({type(exc).__name__}: {exc})") from exc
+    obj: Any = load_checkpoint_file(path)
     for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+        if key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
             break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointMismatchError(f"{file}: expected a state dict of tensors")
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointMismatchError(f"{path}: expected a state dict of tensors")
     return dict(obj)
 
 
@@ -270,23 +261,7 @@ def load_backbone_weights(
         if any(k.startswith(p) for p in ignore_prefixes):
             continue
         cleaned[k] = value
-    own = model.state_dict()
-    missing = [k for k in own if k not in cleaned and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in cleaned if k not in own]
-    wrong_shape = [
-        f"{k}: {tuple(cleaned[k].shape)} vs {tuple(own[k].shape)}"
-        for k in cleaned
-        if k in own and tuple(cleaned[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or wrong_shape:
-        raise CheckpointMismatchError(
-            f"{source}: does not match {type(model).__name__}: {len(missing)} missing {missing[:5]}, "
-            f"{len(unexpected)} unexpected {unexpected[:5]}, {len(wrong_shape)} shape mismatches {wrong_shape[:3]}"
-        )
-    for k in own:
-        if k.endswith("num_batches_tracked") and k not in cleaned:
-            cleaned[k] = own[k]
-    model.load_state_dict(cleaned, strict=True)
+    load_strict(model, cleaned, source, optional=lambda k: k.endswith("num_batches_tracked"))
 
 
 def _file_fingerprint(name: str, path: Path) -> str:

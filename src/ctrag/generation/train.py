@@ -36,7 +36,7 @@ from torch import nn
 from ctrag.config import config_to_dict
 from ctrag.data.case import Case, Corpus
 from ctrag.errors import CheckpointMismatchError, ConfigError, InvalidInputError
-from ctrag.generation.config import GeneratorConfig, TrainConfig
+from ctrag.generation.config import GeneratorConfig, TrainConfig, TrainDiffusionConfig
 from ctrag.generation.controlnet import controlnet_from_unet, controlnet_residuals, encode_control
 from ctrag.generation.data import (
     CropSampler,
@@ -60,8 +60,9 @@ from ctrag.generation.pipeline_io import (
     update_pipeline_index,
 )
 from ctrag.generation.sampler import RectifiedFlowSampler
-from ctrag.generation.weights import component_hash, load_checkpoint_file, save_component, save_state_dict
+from ctrag.generation.weights import component_hash, save_component, save_state_dict
 from ctrag.utils.atomic import atomic_write_text
+from ctrag.utils.checkpoints import load_checkpoint_file
 from ctrag.utils.hashing import sha256_json
 
 logger = logging.getLogger(__name__)
@@ -654,6 +655,25 @@ def _load_flow_cases(
     )
 
 
+def _flow_data(
+    run: Path,
+    vae: nn.Module,
+    cases: list[TrainingCase],
+    config: GeneratorConfig,
+    cfg: TrainDiffusionConfig,
+    mask_from: str,
+    device: torch.device,
+    progress: bool,
+) -> tuple[LatentBank, int | None, torch.Tensor | None, torch.Tensor]:
+    """What both latent-flow trainings sample from: the latent crop bank of the frozen VAE, the text-embedding
+    width (None without conditioning), per-case text contexts and which cases have text."""
+    label_key = {"label_set": config.controlnet.label_set, "mask_from": mask_from}
+    bank = _bank(run, vae, run / VAE_DIR, cases, cfg, cfg.bank_crops, label_key, device, progress)
+    dim = config.diffusion.cross_attention_dim if config.diffusion.with_conditioning else None
+    has_text = torch.tensor([c.context is not None for c in cases])
+    return bank, dim, _contexts(cases, dim), has_text
+
+
 def train_diffusion(
     corpus: Corpus | Sequence[Case] | None,
     config: GeneratorConfig,
@@ -676,13 +696,10 @@ def train_diffusion(
     vae, _ = load_vae_component(run / VAE_DIR, config, device)
     if cases is None:
         cases = _load_flow_cases(corpus, config, cfg, encoder, mask_from, segment_config)
-    label_key = {"label_set": config.controlnet.label_set, "mask_from": mask_from}
-    bank = _bank(run, vae, run / VAE_DIR, cases, cfg, cfg.bank_crops, label_key, device, progress and dist.is_main)
+    show = progress and dist.is_main
+    bank, dim, contexts, has_text = _flow_data(run, vae, cases, config, cfg, mask_from, device, show)
     scale_factor = float(1.0 / bank.latents.std().clamp_min(1e-6))
     logger.info("latent scale factor %.4f (1 / std of %d latent crops)", scale_factor, len(bank))
-    dim = config.diffusion.cross_attention_dim if config.diffusion.with_conditioning else None
-    contexts = _contexts(cases, dim)
-    has_text = torch.tensor([c.context is not None for c in cases])
     with seeded_init(cfg.seed):
         unet = build_unet(config.diffusion).to(device)
     memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
@@ -752,12 +769,9 @@ def train_controlnet(
         cases = _load_flow_cases(corpus, config, cfg, encoder, mask_from, segment_config)
     if any(c.labels is None for c in cases):
         raise InvalidInputError("ControlNet training needs a label map for every training case")
-    label_key = {"label_set": config.controlnet.label_set, "mask_from": mask_from}
-    bank = _bank(run, vae, run / VAE_DIR, cases, cfg, cfg.bank_crops, label_key, device, progress and dist.is_main)
+    show = progress and dist.is_main
+    bank, _, contexts, has_text = _flow_data(run, vae, cases, config, cfg, mask_from, device, show)
     del vae
-    dim = config.diffusion.cross_attention_dim if config.diffusion.with_conditioning else None
-    contexts = _contexts(cases, dim)
-    has_text = torch.tensor([c.context is not None for c in cases])
     with seeded_init(cfg.seed):
         controlnet = controlnet_from_unet(
             unet, config.diffusion, config.controlnet, num_labels(config.controlnet.label_set)

@@ -27,6 +27,7 @@ from torch import nn
 
 from ctrag.errors import CheckpointMismatchError, WeightsNotFoundError
 from ctrag.utils.atomic import atomic_path, atomic_write_text
+from ctrag.utils.checkpoints import load_checkpoint_file, load_strict
 
 logger = logging.getLogger(__name__)
 
@@ -62,29 +63,6 @@ def save_state_dict(state: Mapping[str, Any], path: str | os.PathLike[str]) -> P
     with atomic_path(final, suffix=final.suffix) as tmp, open(tmp, "wb") as fh:
         torch.save(dict(state), fh)
     return final
-
-
-def load_checkpoint_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint on the CPU with ``weights_only=True`` (safetensors files through safetensors)."""
-    file = Path(path)
-    if not file.is_file():
-        raise WeightsNotFoundError(f"checkpoint not found: {file}")
-    if file.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError as exc:  # pragma: no cover - optional
-            raise WeightsNotFoundError(f"{file}: reading .safetensors needs the 'safetensors' package") from exc
-        return dict(load_file(str(file), device="cpu"))
-    try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors have no common base class
-        raise CheckpointMismatchError(
-            f"{file}: not loadable with torch.load(weights_only=True) ({type(exc).__name__}: {exc}); "
-            "only plain tensor checkpoints are accepted"
-        ) from exc
-    if not isinstance(obj, dict):
-        raise CheckpointMismatchError(f"{file}: expected a dict checkpoint, got {type(obj).__name__}")
-    return obj
 
 
 # ------------------------------------------------------------------------------------------------ key mapping
@@ -160,25 +138,6 @@ def map_state_dict(state: Mapping[str, torch.Tensor], model_keys: Iterable[str])
     if renamed:
         logger.info("mapped %d legacy parameter names onto the current MONAI names", renamed)
     return out
-
-
-def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``model`` only if keys and shapes match exactly; otherwise say what differs."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        raise CheckpointMismatchError(
-            f"{source}: checkpoint does not fit {type(model).__name__} ({len(missing)} missing, {len(unexpected)} "
-            f"unexpected, {len(shapes)} shape mismatches); missing {missing[:6]}, unexpected {unexpected[:6]}, "
-            f"shapes {shapes[:4]}. Check that the config matches the checkpoint's architecture."
-        )
-    model.load_state_dict(dict(state), strict=True)
 
 
 def load_external_weights(
