@@ -19,3 +19,21 @@ def test_import_is_light_and_pipeline_is_lazy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0.1.0"
+
+
+def test_library_modules_read_the_version_without_importing_the_package_root() -> None:
+    """``import ctrag`` inside a submodule would run the root's lazy attributes from below (an upward import)."""
+    import ast
+    from pathlib import Path
+
+    import ctrag
+    from ctrag._version import __version__
+
+    assert ctrag.__version__ == __version__
+    offenders = []
+    for path in Path(ctrag.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if "ctrag" in names or (isinstance(node, ast.ImportFrom) and node.module == "ctrag"):
+                offenders.append(str(path))
+    assert offenders == []

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from testsupport import index_data as support
 
-from ctrag.cli import commands_index, main
+from ctrag.cli import _shared, main
 from ctrag.data.case import Corpus
 from ctrag.index import CaseIndex
 
 EFFUSION = "Bilateral pleural effusion with passive atelectasis in both lower lobes."
 
 
-REAL_CREATE_ENCODER = commands_index._create_encoder
+REAL_CREATE_ENCODER = _shared.load_encoder
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def patched(test_encoder: Any) -> Iterator[None]:
     """Route the CLI's encoder factory to the session MiniLM adapter (the real factory is tested separately)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(commands_index, "_create_encoder", lambda name, weights, device: test_encoder)
+        mp.setattr(_shared, "load_encoder", lambda name, weights, device: test_encoder)
         yield
 
 
@@ -184,7 +184,7 @@ def test_real_encoder_factory_end_to_end_and_refusal(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """No adapter: `--encoder minilm` goes through ctrag.encoders.factory for both commands."""
-    monkeypatch.setattr(commands_index, "_create_encoder", REAL_CREATE_ENCODER)
+    monkeypatch.setattr(_shared, "load_encoder", REAL_CREATE_ENCODER)
     small = tmp_path / "small"
     Corpus(Corpus.load(corpus_dir).split("train")[:6]).save(small)
     out = tmp_path / "real"

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import ctrag.cli.commands_eval_generation  # noqa: F401  registers the commands (until the lead imports it in cli)
 from ctrag.cli import main
 from ctrag.data.case import Case, Corpus
 from ctrag.data.labels import CT_RATE_LABELS

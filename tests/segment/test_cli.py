@@ -9,7 +9,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import ctrag.cli.commands_segment  # noqa: F401  registers the command (also imported by ctrag.cli)
 from ctrag.cli import main
 from ctrag.data.nifti import load_volume, save_volume
 

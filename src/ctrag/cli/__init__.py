@@ -12,14 +12,15 @@ from ctrag.cli import _app
 from ctrag.cli._app import app, err_console
 from ctrag.errors import CtragError
 
-# Command modules register themselves on the apps when imported.
-from ctrag.cli import commands_data  # noqa: F401  isort: skip
-from ctrag.cli import commands_index  # noqa: F401  isort: skip
-from ctrag.cli import commands_encoders  # noqa: F401  isort: skip
-from ctrag.cli import commands_evaluate  # noqa: F401  isort: skip
-from ctrag.cli import commands_generation  # noqa: F401  isort: skip
-from ctrag.cli import commands_segment  # noqa: F401  isort: skip
-from ctrag.cli import commands_eval_generation  # noqa: F401  isort: skip
+# Command modules register themselves on the apps when imported; one module per command group.
+from ctrag.cli import cmd_ingest  # noqa: F401  isort: skip
+from ctrag.cli import cmd_index  # noqa: F401  isort: skip
+from ctrag.cli import cmd_search  # noqa: F401  isort: skip
+from ctrag.cli import cmd_train  # noqa: F401  isort: skip
+from ctrag.cli import cmd_generate  # noqa: F401  isort: skip
+from ctrag.cli import cmd_segment  # noqa: F401  isort: skip
+from ctrag.cli import cmd_evaluate  # noqa: F401  isort: skip
+from ctrag.cli import cmd_encoders  # noqa: F401  isort: skip
 
 try:  # typer >= 0.20 vendors click as typer._click; older releases use the click package itself
     from typer._click import exceptions as _click_exceptions

@@ -10,7 +10,7 @@ compared after ``to_coarse``.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
 
@@ -121,17 +121,3 @@ def to_coarse(mask: npt.NDArray[np.integer], body: npt.NDArray[np.bool_] | None 
     for group in ("bone", "airway", "lung_right", "lung_left"):
         out[np.isin(mask, ANATOMY_GROUPS[group])] = inv[group]
     return out
-
-
-def labels_to_vector(labels: Mapping[str, int | bool]) -> np.ndarray:
-    """18-vector (uint8) in ``CT_RATE_LABELS`` order from a name -> 0/1 mapping; missing names are errors."""
-    missing = [name for name in CT_RATE_LABELS if name not in labels]
-    if missing:
-        raise KeyError(f"labels missing for {missing}")
-    return np.array([int(bool(labels[name])) for name in CT_RATE_LABELS], dtype=np.uint8)
-
-
-def vector_to_labels(vector: Sequence[int] | np.ndarray) -> dict[str, int]:
-    if len(vector) != len(CT_RATE_LABELS):
-        raise ValueError(f"expected {len(CT_RATE_LABELS)} label values, got {len(vector)}")
-    return {name: int(v) for name, v in zip(CT_RATE_LABELS, vector, strict=True)}

@@ -239,8 +239,3 @@ def save_volume(
     with atomic_path(final, suffix=suffix) as tmp:
         nib.save(img, str(tmp))
     return final
-
-
-def save_like(path: str | os.PathLike[str], array: np.ndarray, like: Volume, **kwargs: Any) -> Path:
-    """Write ``array`` on the grid of ``like``."""
-    return save_volume(path, array, like.affine, **kwargs)

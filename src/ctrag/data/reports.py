@@ -31,7 +31,7 @@ normal.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -577,9 +577,3 @@ def organ_sentences(
     else:
         raise TypeError(f"organ_sentences: expected ParsedReport, Case or str, got {type(report).__name__}")
     return parsed.organ_sentences(abnormal=abnormal, section=section)
-
-
-def report_flags(parsed: Sequence[ParsedReport], organs: Iterable[str] | None = None) -> list[bool]:
-    """Report-level abnormal flags, optionally restricted to sentences of ``organs``."""
-    wanted = tuple(organs) if organs is not None else None
-    return [p.abnormal if wanted is None else p.abnormal_in(wanted) for p in parsed]

@@ -39,7 +39,8 @@ from ctrag.data.case import Case
 from ctrag.data.labels import CT_RATE_LABELS
 from ctrag.errors import InvalidInputError
 from ctrag.retrieval.hybrid import HybridConfig, HybridScorer
-from ctrag.retrieval.lexical import BM25Config, BM25Scorer, TfidfConfig, TfidfScorer, write_json
+from ctrag.retrieval.lexical import BM25Config, BM25Scorer, TfidfConfig, TfidfScorer
+from ctrag.utils.serialization import write_json
 
 if TYPE_CHECKING:
     from ctrag.encoders.base import Encoder

@@ -4,7 +4,7 @@ Definitions are Lin (2004), "ROUGE: A Package for Automatic Evaluation of Summar
 Google's ``rouge-score`` package (lower-case, non-alphanumerics -> spaces, Porter stemming of tokens longer than 3
 characters when ``stem=True``), so the values equal ``rouge_score.rouge_scorer.RougeScorer(["rougeL"],
 use_stemmer=stem)`` F-measures (checked in tests/evaluation/test_text_metrics.py). The longest common subsequence
-uses the bit-parallel algorithm in :func:`ctrag.retrieval.lexical.lcs_length`, and each distinct text is
+uses the bit-parallel algorithm in :func:`ctrag.utils.sequences.lcs_length`, and each distinct text is
 tokenised once, which makes a 100-query table ~100x faster than calling ``RougeScorer.score`` pair by pair.
 
 Note that pycocoevalcap's ROUGE-L (used for report generation in :mod:`ctrag.evaluation.report_metrics`) is a
@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ctrag.errors import InvalidInputError, MissingDependencyError
-from ctrag.retrieval.lexical import lcs_length
+from ctrag.utils.sequences import lcs_length
 
 
 def _rouge_tokenizer(stem: bool) -> Callable[[str], list[str]]:

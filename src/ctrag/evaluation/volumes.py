@@ -70,8 +70,3 @@ def prepare_volume(volume: Volume, shape: Sequence[int], window: tuple[float, fl
         raise DataValidationError(f"{volume.path or 'volume'}: CT contains NaN or infinite values")
     ras = to_ras(volume)
     return resize_array(normalise_hu(ras.array, window), shape)
-
-
-def prepare_mask(mask: Volume) -> Volume:
-    """A label mask in RAS orientation (labels untouched; no interpolation)."""
-    return to_ras(mask)

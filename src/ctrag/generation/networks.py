@@ -168,7 +168,3 @@ def seeded_init(seed: int) -> Iterator[None]:
 def to_channels_last(module: nn.Module) -> nn.Module:
     """channels-last (NDHWC) weights: faster 3-D convolutions on CPUs and tensor cores alike."""
     return module.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
-
-
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

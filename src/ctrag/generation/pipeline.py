@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-import ctrag
+from ctrag._version import __version__
 from ctrag.data.nifti import Volume, load_volume
 from ctrag.errors import CheckpointMismatchError, ConfigError, InvalidInputError, LeakageError, WeightsNotFoundError
 from ctrag.generation.config import GeneratorConfig, load_generator_config
@@ -112,7 +112,7 @@ class GenerationResult:
     def provenance(self) -> dict[str, Any]:
         """JSON-ready record of how this volume was made (no report text, only its hash)."""
         return {
-            "ctrag_version": ctrag.__version__,
+            "ctrag_version": __version__,
             "report_sha256": self.report_sha256,
             "strategy": self.strategy,
             "retrieved": self.retrieved,

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-import ctrag
+from ctrag._version import __version__
 from ctrag.config import config_to_dict
 from ctrag.errors import CheckpointMismatchError, WeightsNotFoundError
 from ctrag.generation.config import GeneratorConfig, TrainConfig
@@ -131,7 +131,7 @@ def update_pipeline_index(
     components[SAMPLER_DIR] = SAMPLER_DIR if (root / SAMPLER_DIR / "sampler.json").is_file() else None
     payload = {
         "_class_name": "GenerationPipeline",
-        "ctrag_version": ctrag.__version__,
+        "ctrag_version": __version__,
         "components": components,
         "config": config.to_dict(),
         "encoder": encoder if encoder is not None else previous.get("encoder"),

@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -827,10 +827,3 @@ def _check_same_encoder(run: Path, encoder: Any | None) -> None:
         raise CheckpointMismatchError(
             f"the UNet in {run} was trained with text encoder {recorded}, but {given} was given"
         )
-
-
-def iter_losses(result: TrainResult, every: int) -> Iterator[tuple[int, float]]:
-    """(step, mean loss) over windows of ``every`` steps, for summaries."""
-    for start in range(0, len(result.losses), every):
-        window = result.losses[start : start + every]
-        yield start + len(window), sum(window) / len(window)

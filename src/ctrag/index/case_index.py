@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-import ctrag
+from ctrag._version import __version__
 from ctrag.config import config_to_dict, from_dict
 from ctrag.data.case import SPLITS, Case
 from ctrag.data.labels import CT_RATE_LABELS
@@ -103,7 +103,7 @@ class CaseIndex:
         self.config = config
         self.effective = dict(effective or {"kind": config.kind})
         self.created = created or time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.ctrag_version = ctrag_version or ctrag.__version__
+        self.ctrag_version = ctrag_version or __version__
         self.source = dict(source or {})
         self._components: dict[str, SavableComponent] = {}
         self._component_dirs: dict[str, Path] = dict(component_dirs or {})
@@ -395,7 +395,7 @@ class CaseIndex:
         if int(meta.get("format_version", -1)) > FORMAT_VERSION:
             raise IncompatibleIndexError(
                 f"index {directory} has format version {meta.get('format_version')}; this ctrag "
-                f"({ctrag.__version__}) reads up to {FORMAT_VERSION}"
+                f"({__version__}) reads up to {FORMAT_VERSION}"
             )
         return meta
 

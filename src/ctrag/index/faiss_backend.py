@@ -145,11 +145,6 @@ def search_params(index: Any, kind: str) -> dict[str, int]:
     return {}
 
 
-def index_nbytes(index: Any) -> int:
-    """Size of the serialised index in bytes (what it occupies on disk and, roughly, in memory)."""
-    return int(_faiss().serialize_index(index).nbytes)
-
-
 def write_index(index: Any, path: str) -> None:
     _faiss().write_index(index, path)
 

@@ -44,18 +44,10 @@ from ctrag.data.case import Case
 from ctrag.data.labels import CT_RATE_LABELS
 from ctrag.errors import ConfigError, DataValidationError, IncompatibleIndexError, InvalidInputError
 from ctrag.retrieval.label_model import LabelModel, LabelModelConfig
-from ctrag.retrieval.lexical import (
-    BM25Config,
-    BM25Scorer,
-    TfidfScorer,
-    lcs_f1_many,
-    read_meta,
-    read_npz,
-    tokens_alnum,
-    write_json,
-    write_npz,
-)
+from ctrag.retrieval.lexical import BM25Config, BM25Scorer, TfidfScorer, tokens_alnum
 from ctrag.utils.hashing import sha256_json
+from ctrag.utils.sequences import lcs_f1_many
+from ctrag.utils.serialization import read_meta, read_npz, write_json, write_npz
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ import numpy as np
 from ctrag.config import config_to_dict, from_dict
 from ctrag.data.labels import CT_RATE_LABELS
 from ctrag.errors import ConfigError, DataValidationError, InvalidInputError
-from ctrag.retrieval.lexical import TfidfConfig, TfidfVectors, read_meta, read_npz, write_json, write_npz
+from ctrag.retrieval.lexical import TfidfConfig, TfidfVectors
+from ctrag.utils.serialization import read_meta, read_npz, write_json, write_npz
 
 KIND = "ctrag-label-model"
 FORMAT_VERSION = 1

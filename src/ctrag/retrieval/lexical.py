@@ -19,7 +19,6 @@ saved and reloaded exactly:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter
@@ -34,7 +33,7 @@ import scipy.sparse as sp
 
 from ctrag.config import config_to_dict, from_dict
 from ctrag.errors import ConfigError, DataValidationError, InvalidInputError
-from ctrag.utils.atomic import atomic_open, atomic_path
+from ctrag.utils.serialization import load_csr, read_meta, read_npz, save_csr, write_json, write_npz
 
 TokenizerName = Literal["whitespace", "word", "alnum", "negation"]
 
@@ -151,59 +150,6 @@ def count_matrix(token_lists: Sequence[Sequence[str]], vocab: dict[str, int]) ->
     )
     m.sort_indices()
     return m
-
-
-def save_csr(prefix: str, m: sp.csr_matrix) -> dict[str, np.ndarray]:
-    return {
-        f"{prefix}_data": m.data,
-        f"{prefix}_indices": m.indices,
-        f"{prefix}_indptr": m.indptr,
-        f"{prefix}_shape": np.asarray(m.shape, dtype=np.int64),
-    }
-
-
-def load_csr(prefix: str, arrays: Any) -> sp.csr_matrix:
-    shape = tuple(int(v) for v in arrays[f"{prefix}_shape"])
-    return sp.csr_matrix((arrays[f"{prefix}_data"], arrays[f"{prefix}_indices"], arrays[f"{prefix}_indptr"]), shape)
-
-
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` through a temporary file, so a reader never sees half an archive."""
-    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, allow_pickle=False, **arrays)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    with atomic_open(path, "w") as fh:
-        json.dump(obj, fh, indent=1, ensure_ascii=False)
-        fh.write("\n")
-
-
-def read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise DataValidationError(f"missing {path.name} in {path.parent}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataValidationError(f"{path}: not valid JSON ({exc})") from exc
-
-
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise DataValidationError(f"missing {path.name} in {path.parent}")
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
-
-
-def read_meta(path: Path, kind: str, max_version: int | None = None) -> dict[str, Any]:
-    """The JSON header of a saved component, checked to be of ``kind`` and not newer than this code reads."""
-    meta = read_json(path)
-    if not isinstance(meta, dict) or meta.get("kind") != kind:
-        got = meta.get("kind") if isinstance(meta, dict) else type(meta).__name__
-        raise DataValidationError(f"{path.parent} does not hold a {kind} (found {got!r})")
-    if max_version is not None and int(meta.get("format_version", 0)) > max_version:
-        raise DataValidationError(f"{path.parent}: {kind} format {meta.get('format_version')} is too new")
-    return meta
 
 
 # --------------------------------------------------------------------------------------------------------- BM25
@@ -429,52 +375,3 @@ class TfidfScorer:
         meta = read_meta(folder / "tfidf.json", cls.kind)
         arrays = read_npz(folder / "tfidf.npz")
         return cls(TfidfVectors.from_state(arrays, meta), load_csr("docs", arrays))
-
-
-# ------------------------------------------------------------------------------------------------ LCS similarity
-
-
-def lcs_length(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common subsequence of two token-id sequences.
-
-    Bit-parallel algorithm of Hyyrö (2004) / Allison & Dix (1986): one bit per position of ``a`` in a Python
-    integer, updated once per token of ``b``; ~100x faster than the textbook dynamic programme in pure Python.
-    """
-    if not a or not b:
-        return 0
-    masks: dict[int, int] = {}
-    for i, tok in enumerate(a):
-        masks[tok] = masks.get(tok, 0) | (1 << i)
-    full = (1 << len(a)) - 1
-    v = full
-    for tok in b:
-        u = v & masks.get(tok, 0)
-        v = ((v + u) | (v - u)) & full
-    return len(a) - bin(v).count("1")
-
-
-def lcs_f1(a: Sequence[int], b: Sequence[int]) -> float:
-    """ROUGE-L F1 of two token sequences: ``2 * LCS / (len(a) + len(b))`` (precision and recall combined)."""
-    total = len(a) + len(b)
-    return 0.0 if total == 0 else 2.0 * lcs_length(a, b) / total
-
-
-def lcs_f1_many(query: Sequence[int], docs: Sequence[Sequence[int]]) -> np.ndarray:
-    """``lcs_f1(query, d)`` for every ``d``; the query's bit masks are built once."""
-    out = np.zeros(len(docs), dtype=np.float64)
-    m = len(query)
-    if m == 0:
-        return out
-    masks: dict[int, int] = {}
-    for i, tok in enumerate(query):
-        masks[tok] = masks.get(tok, 0) | (1 << i)
-    full = (1 << m) - 1
-    for j, doc in enumerate(docs):
-        if len(doc) == 0:
-            continue
-        v = full
-        for tok in doc:
-            u = v & masks.get(tok, 0)
-            v = ((v + u) | (v - u)) & full
-        out[j] = 2.0 * (m - bin(v).count("1")) / (m + len(doc))
-    return out

@@ -103,12 +103,8 @@ def load_encoder(spec: Mapping[str, Any], device: str = "cpu") -> Encoder:
         raise InvalidInputError(
             "the index does not record how to recreate its encoder (encoder.spec.name_or_path); pass an encoder"
         )
-    try:
-        from ctrag.encoders.factory import create_encoder
-    except ImportError as exc:
-        raise InvalidInputError(
-            f"cannot create encoder {name!r}: ctrag.encoders.factory is unavailable ({exc})"
-        ) from exc
+    from ctrag.encoders.factory import create_encoder
+
     made = create_encoder(str(name), weights=spec.get("weights"), device=device)
     encoder = made[0] if isinstance(made, tuple) else made  # the factory may return (encoder, preprocess)
     return encoder

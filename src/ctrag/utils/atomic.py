@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,13 +65,3 @@ def atomic_open(final: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -
 def atomic_write_text(final: str | os.PathLike[str], text: str) -> None:
     with atomic_open(final, "w") as fh:
         fh.write(text)
-
-
-def atomic_write_bytes(final: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_open(final, "wb") as fh:
-        fh.write(data)
-
-
-def atomic_copy(src: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
-    with atomic_path(final) as tmp:
-        shutil.copyfile(src, tmp)

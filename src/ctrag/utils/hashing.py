@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 
@@ -24,13 +23,3 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 def sha256_json(obj: Any) -> str:
     """Hash a JSON-serialisable object independent of key order."""
     return sha256_text(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str))
-
-
-def sha256_dir(path: str | os.PathLike[str]) -> str:
-    """Hash every regular file under ``path`` (relative names + contents), in sorted order."""
-    root = Path(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(root)).encode())
-        digest.update(sha256_file(file).encode())
-    return digest.hexdigest()

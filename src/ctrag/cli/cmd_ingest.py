@@ -1,4 +1,4 @@
-"""``ctrag ingest``: read corpus folders, validate every case, write manifest + validation report."""
+"""``ctrag ingest``: corpus folders -> validated manifest."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``ctrag segment``: anatomy mask for one CT (classical or TotalSegmentator), written atomically."""
+"""``ctrag segment``: CT -> anatomy label map (TotalSegmentator from local weights, or the classical fallback)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from ctrag.config import config_to_dict, load_config
 from ctrag.errors import InvalidInputError
 from ctrag.utils.atomic import atomic_write_text
 
-METHODS = ("classical", "totalsegmentator")
 LABEL_SETS = ("coarse", "total")
+METHODS = ("classical", "totalsegmentator")
 
 
 def _sidecar(out: Path) -> Path:

@@ -1,6 +1,5 @@
-"""``ctrag train classifier``, ``ctrag evaluate generation`` and ``ctrag evaluate reports``.
-
-Argument parsing and presentation only; the work is in ``ctrag.evaluation``.
+"""``ctrag evaluate retrieval|generation|reports``: argument parsing and presentation; the work is in
+``ctrag.evaluation``.
 """
 
 from __future__ import annotations
@@ -8,94 +7,121 @@ from __future__ import annotations
 import csv
 import json
 import shlex
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from ctrag.cli._app import console, err_console, evaluate_app, train_app
+from ctrag.cli import _shared
+from ctrag.cli._app import console, evaluate_app
+from ctrag.cli._progress import progress_bar, stage_callback, stage_progress
+from ctrag.cli._shared import ConfigOpt, ProgressOpt, SetOpt, ThreadsOpt, command_line, set_threads
 from ctrag.config import load_config
 from ctrag.errors import InvalidInputError
+from ctrag.utils.atomic import atomic_write_text
 
-ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="Preset name or YAML file.")]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a field of the command's config section, e.g. --set seeds=[0,1]."),
-]
-ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="torch CPU threads (default: torch's choice).")]
+DEFAULT_CTCLIP_DIR = Path("sample_data/ct_rate_nc_sa/ct_clip_text_classifier")
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads is None:
-        return
-    if threads < 1:
-        raise InvalidInputError(f"--threads must be >= 1, got {threads}")
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def _command(*parts: Any) -> str:
-    return "ctrag " + " ".join(shlex.quote(str(p)) for p in parts if p is not None and p != "")
-
-
-@contextmanager
-def _bar(enabled: bool, description: str) -> Iterator[Any]:
-    """A rich progress bar driven by ``update(stage, done, total)``; a no-op callback when disabled."""
-    if not enabled:
-        yield None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=False) as progress:
-        tasks: dict[str, Any] = {}
-
-        def update(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = progress.add_task(f"{description}: {stage}", total=total)
-            progress.update(tasks[stage], completed=done, total=total)
-
-        yield update
-
-
-@train_app.command("classifier")
-def train_classifier_command(
-    corpus: Annotated[Path, typer.Option("--corpus", help="Corpus folder (from `ctrag ingest`).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (classifier.pt + classifier.json).")],
-    config: ConfigOpt = "tiny-cpu",
-    labels: Annotated[
-        Path | None,
-        typer.Option("--labels", help="CSV: case_id, the 18 CT-RATE label columns, label_source (optional)."),
+@evaluate_app.command("retrieval")
+def evaluate_retrieval_command(
+    data: Annotated[
+        Path,
+        typer.Argument(help="CT-CLIP classifier folder with train.csv (index) and val.csv (queries) + 18 labels."),
+    ] = DEFAULT_CTCLIP_DIR,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for retrieval_eval.{json,md} + figure.")] = Path(
+        "results"
+    ),
+    config: Annotated[
+        str | None, typer.Option(help="Preset or YAML; its index:, retrieval: and hybrid: sections are used.")
     ] = None,
-    split: Annotated[str, typer.Option("--split", help="Split to train on.")] = "train",
-    set_: SetOpt = None,
-    threads: ThreadsOpt = None,
-    progress: ProgressOpt = True,
+    index: Annotated[
+        Path | None, typer.Option(help="Evaluate this saved index (`ctrag index`) instead of building one.")
+    ] = None,
+    encoder: Annotated[str, typer.Option(help="Text encoder name or local model folder.")] = "minilm",
+    weights: Annotated[str | None, typer.Option(help="Pretrained tag or local weights for the encoder.")] = None,
+    cache: Annotated[
+        Path | None, typer.Option(help="SQLite embedding cache file (created if missing); speeds up reruns.")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a hybrid: setting, e.g. --set rerank_k=50.")
+    ] = None,
+    k: Annotated[int, typer.Option(help="Reports retrieved per query (metrics at 1 and k).")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed for the random baseline, weight search and bootstrap.")] = 0,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for 95 % CIs (0: none).")] = 2000,
+    ablations: Annotated[bool, typer.Option("--ablations/--no-ablations", help="Also fit ablations.")] = True,
+    device: Annotated[str, typer.Option(help="Device for the encoder (cpu, cuda, ...).")] = "cpu",
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
-    """Train the CT-Net-like 18-label classifier used for clinical consistency (and as FID backbone)."""
-    from ctrag.data.case import Corpus
-    from ctrag.evaluation.classifier import ClassifierConfig, train_from_corpus
-
-    _set_threads(threads)
-    cfg = load_config(ClassifierConfig, config, set_ or [], section="classifier")
-    cases = Corpus.load(corpus)
-    with _bar(progress, "classifier") as update:
-
-        def on_epoch(epoch: int, total: int, loss: float) -> None:
-            if update is not None:
-                update("epochs", epoch, total)
-
-        clf = train_from_corpus(cases, cfg, split=split, label_file=labels, progress=on_epoch)
-    clf.metadata["command"] = _command("train", "classifier", "--corpus", corpus, "--out", out, "--config", config)
-    folder = clf.save(out)
-    meta = clf.metadata
-    console.print(
-        f"[bold]classifier[/] written to {folder}: {meta['n_train']} CT(s), label sources {meta['label_sources']}, "
-        f"final training loss {meta['final_train_loss']:.4f}"
+    """Label and text agreement of retrieved reports: default retriever vs random, TF-IDF, BM25, MiniLM, oracle."""
+    from ctrag.evaluation.retrieval import (
+        RetrievalEvalConfig,
+        evaluate_retrieval,
+        load_ctclip_eval_data,
+        memo_encoder,
+        summary_rows,
+        write_outputs,
     )
+    from ctrag.index import IndexConfig
+    from ctrag.retrieval.hybrid import HybridConfig
+    from ctrag.retrieval.retriever import RetrievalConfig, Retriever
+
+    eval_cfg = RetrievalEvalConfig(k=k, ks=(1, k) if k > 1 else (1,), bootstrap=bootstrap, seed=seed,
+                                   ablations=ablations)  # fmt: skip
+    hybrid_cfg = load_config(HybridConfig, config, overrides or [], section="hybrid")
+    index_cfg = load_config(IndexConfig, config, section="index")
+    retrieval_cfg = load_config(RetrievalConfig, config, section="retrieval")
+    dataset = load_ctclip_eval_data(data)
+    enc = _shared.load_encoder(encoder, weights, device)
+
+    with progress_bar(progress) as bar:
+        report = stage_callback(bar)
+
+        memo = memo_encoder(enc, cache_path=cache, progress=report)
+        loaded_index, scorer = None, None
+        if index is not None:
+            retriever = Retriever.from_dir(index, memo, config=retrieval_cfg)
+            loaded_index, scorer = retriever.index, retriever.scorer
+        result = evaluate_retrieval(
+            dataset,
+            memo,
+            index_config=index_cfg,
+            hybrid_config=hybrid_cfg,
+            retrieval_config=retrieval_cfg,
+            config=eval_cfg,
+            index=loaded_index,
+            scorer=scorer,  # type: ignore[arg-type]
+            encoder_spec={"name_or_path": encoder, "weights": weights},
+            progress=report,
+        )
+    argv = ["ctrag", "evaluate", "retrieval", str(data), "--out", str(out), "--k", str(k), "--seed", str(seed)]
+    argv += ["--config", config] if config else []
+    argv += ["--index", str(index)] if index else []
+    argv += ["--encoder", encoder] if encoder != "minilm" else []
+    argv += ["--bootstrap", str(bootstrap)] + ([] if ablations else ["--no-ablations"])
+    argv += [part for item in overrides or [] for part in ("--set", item)]
+    command = " ".join(shlex.quote(a) for a in argv)
+    written = write_outputs(result, out, command=command)
+
+    table = Table(
+        title=f"report -> case retrieval ({result.data['queries']} queries, {result.data['index_rows']} rows)"
+    )
+    cols = ("method", "J@1", f"J@{k}", "EM-P@1", "hit@1", "ROUGE-L@1", "fit s")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for row in summary_rows(result, eval_cfg.ks, ci=False):
+        table.add_row(*(row[c] for c in cols), style="bold" if row["group"] == "default" else None)
+    console.print(table)
+    for c in result.comparisons:
+        lo, hi = c["ci95"]
+        console.print(f"default - {c['b']}: {c['metric']} {c['mean_difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    if result.label_model:
+        lm = result.label_model
+        console.print(f"label model on queries: macro-F1 {lm['macro_f1']:.3f}, macro AUC {lm['macro_auc']:.3f}")
+    for note in result.setup.get("notes", []):
+        console.print(f"[dim]note: {note}[/]")
+    console.print("wrote " + ", ".join(str(p) for p in written))
 
 
 @evaluate_app.command("generation")
@@ -118,14 +144,14 @@ def evaluate_generation_command(
     from ctrag.evaluation.generation_eval import evaluate_generation
     from ctrag.segment import SegmentConfig
 
-    _set_threads(threads)
+    set_threads(threads)
     overrides = list(set_ or [])
     for key, value in (("corpus", corpus), ("pipeline", pipeline), ("index", index), ("classifier", classifier)):
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_config(GenerationEvalConfig, config, overrides, section="evaluation")
     seg_cfg = load_config(SegmentConfig, config, section="segment")
-    command = _command(
+    command = command_line(
         "evaluate",
         "generation",
         "--config",
@@ -134,7 +160,7 @@ def evaluate_generation_command(
         out,
         *[x for o in overrides for x in ("--set", o)],
     )
-    with _bar(progress, "evaluation") as update:
+    with stage_progress(progress, "evaluation") as update:
         paths = evaluate_generation(cfg, out, segment_config=seg_cfg, command=command, progress=update)
     console.print(paths["markdown"].read_text(encoding="utf-8"), markup=False, highlight=False)
     console.print(f"[bold]written[/] {', '.join(str(p) for p in paths.values())}")
@@ -191,7 +217,6 @@ def evaluate_reports_command(
     """BLEU-1..4, METEOR, ROUGE-1/2/L, CIDEr and clinical efficacy of generated reports against references."""
     from ctrag.evaluation.ablation import jsonable
     from ctrag.evaluation.report_metrics import evaluate_reports, fit_label_extractor, label_extractor_quality
-    from ctrag.utils.atomic import atomic_write_text
 
     refs = _read_texts(references, id_column, text_column)
     hyps = _read_texts(hypotheses, id_column, text_column)

@@ -1,151 +1,26 @@
-"""``ctrag index`` (corpus -> saved case index) and ``ctrag search`` (report text -> ranked cases)."""
+"""``ctrag search``: report text or a held-out case -> ranked training cases."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
+from ctrag.cli import _shared
 from ctrag.cli._app import app, console, err_console
-from ctrag.cli._progress import progress_bar
-from ctrag.config import load_config
+from ctrag.cli._shared import SCORERS, split_list
 from ctrag.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from ctrag.data.case import Case
-    from ctrag.encoders.base import Encoder
     from ctrag.retrieval.types import Hit
 
-DEFAULT_ENCODER = "minilm"
-#: ``--scorer auto`` means hybrid when ``ctrag.retrieval.hybrid`` is installed, else dense. Set this to "dense"
-#: (or "hybrid") to pin the default.
-DEFAULT_SCORER = "auto"
-SCORERS = ("auto", "hybrid", "dense")
+
 EXCERPT_CHARS = 90
-
-
-def _create_encoder(name_or_path: str, weights: str | None, device: str) -> Encoder:
-    """The encoder factory, imported lazily (tests replace this function with a small adapter)."""
-    from ctrag.encoders.factory import create_encoder
-
-    made: Any = create_encoder(name_or_path, weights=weights, device=device)
-    return made[0] if isinstance(made, tuple) else made
-
-
-def hybrid_available() -> bool:
-    return importlib.util.find_spec("ctrag.retrieval.hybrid") is not None
-
-
-def _resolve_scorer(choice: str) -> str:
-    if choice not in SCORERS:
-        raise InvalidInputError(f"--scorer must be one of {list(SCORERS)}, got {choice!r}")
-    if choice == "auto":
-        return "hybrid" if hybrid_available() else "dense"
-    if choice == "hybrid" and not hybrid_available():
-        raise InvalidInputError("--scorer hybrid needs ctrag.retrieval.hybrid, which is not installed; use dense")
-    return choice
-
-
-def _fit_hybrid(cases: Sequence[Any], embeddings: Any, config_source: str | None, seed: int) -> Any:
-    """Fit the hybrid scorer (contract: ``HybridScorer.fit(cases, embeddings, config, seed)``)."""
-    from ctrag.retrieval import hybrid
-
-    config = None
-    config_cls = getattr(hybrid, "HybridConfig", None)
-    if config_cls is not None:
-        config = load_config(config_cls, config_source, section="hybrid")
-    return hybrid.HybridScorer.fit(cases, embeddings, config, seed)
-
-
-def _split_list(values: Sequence[str] | None, default: Sequence[str]) -> list[str]:
-    """Repeated options and comma lists both work: ``--splits train --splits val`` or ``--splits train,val``."""
-    out = [part.strip() for v in (values or []) for part in v.split(",") if part.strip()]
-    return out or list(default)
-
-
-@app.command("index")
-def index_command(
-    corpus_dir: Annotated[Path, typer.Argument(help="Corpus folder (manifest.jsonl written by `ctrag ingest`).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write (replaced atomically).")],
-    kind: Annotated[str | None, typer.Option(help="FAISS structure: flat (exact, default), hnsw or ivfpq.")] = None,
-    encoder: Annotated[
-        str, typer.Option(help="Encoder name or local model folder (see `ctrag.encoders.factory`).")
-    ] = DEFAULT_ENCODER,
-    weights: Annotated[str | None, typer.Option(help="Pretrained tag or local weights path for the encoder.")] = None,
-    splits: Annotated[
-        list[str] | None, typer.Option("--splits", help="Splits to index (repeat or comma-separate). Default: train.")
-    ] = None,
-    scorer: Annotated[
-        str, typer.Option(help="auto (hybrid when available), hybrid (dense + BM25 + labels) or dense.")
-    ] = DEFAULT_SCORER,
-    config: Annotated[
-        str | None, typer.Option(help="Preset name or YAML file; its index: (and hybrid:) sections are used.")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for index training samples and the scorer.")] = 0,
-    device: Annotated[str, typer.Option(help="Device for the encoder (cpu, cuda, cuda:1, ...).")] = "cpu",
-    batch_size: Annotated[int, typer.Option(help="Reports embedded per batch.")] = 64,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
-    cache: Annotated[
-        Path | None,
-        typer.Option(help="SQLite embedding cache (text hash + encoder fingerprint); re-runs embed only new reports."),
-    ] = None,
-) -> None:
-    """Embed the reports of a corpus (train split by default) and save a searchable case index."""
-    from ctrag.data.case import Corpus
-    from ctrag.index import IndexConfig, build_text_index
-
-    chosen_splits = _split_list(splits, ["train"])
-    overrides = [f"kind={kind}"] if kind is not None else []
-    index_cfg = load_config(IndexConfig, config, overrides, section="index")
-    scorer_kind = _resolve_scorer(scorer)
-    corpus = Corpus.load(corpus_dir)
-    enc = _create_encoder(encoder, weights, device)
-    embedding_cache = None
-    if cache is not None:
-        from ctrag.encoders.cache import EmbeddingCache
-
-        embedding_cache = EmbeddingCache(cache)
-    with progress_bar(progress) as bar:
-        embed_task = bar.add_task("embed reports", total=None)
-        add_task = bar.add_task(f"build {index_cfg.kind} index", total=None, visible=False)
-        index, emb = build_text_index(
-            list(corpus),
-            enc,
-            splits=chosen_splits,
-            config=index_cfg,
-            seed=seed,
-            encoder_spec={"name_or_path": encoder, "weights": weights},
-            source={"corpus": str(Path(corpus_dir).resolve())},
-            batch_size=batch_size,
-            cache=embedding_cache,
-            embed_progress=lambda done, total: bar.update(embed_task, completed=done, total=total),
-            index_progress=lambda done, total: bar.update(add_task, completed=done, total=total, visible=True),
-        )
-        if scorer_kind == "hybrid":
-            fit_task = bar.add_task("fit hybrid scorer", total=None)
-            index.attach_component("hybrid", _fit_hybrid(index.cases, emb, config, seed))
-            bar.update(fit_task, total=1, completed=1)
-    version = index.save(out)
-    table = Table(title=f"index written to {out}", show_header=False)
-    table.add_column("field", style="bold")
-    table.add_column("value")
-    for key, value in (
-        ("cases", str(len(index))),
-        ("splits", ", ".join(f"{s} ({n})" for s, n in index.split_counts().items())),
-        ("kind", index.kind),
-        ("dimension", str(index.dim)),
-        ("encoder", f"{index.encoder_name} ({index.encoder_fingerprint})"),
-        ("scorer", scorer_kind),
-        ("version", version.name),
-    ):
-        table.add_row(key, value)
-    console.print(table)
 
 
 def _read_query(query: str | None, report_file: Path | None) -> str:
@@ -277,18 +152,18 @@ def search_command(
     if scorer not in SCORERS:
         raise InvalidInputError(f"--scorer must be one of {list(SCORERS)}, got {scorer!r}")
     filters = CaseFilter(
-        splits=tuple(_split_list(split, ["train"])),
+        splits=tuple(split_list(split, ["train"])),
         has_mask=True if has_mask else None,
         has_volume=True if has_volume else None,
         labels_all=tuple(label or ()),
         labels_any=tuple(any_label or ()),
     )
-    enc = _create_encoder(encoder, weights, device) if encoder else None
+    enc = _shared.load_encoder(encoder, weights, device) if encoder else None
     retriever = Retriever.from_dir(
         index,
         enc,
         scorer=scorer,  # type: ignore[arg-type]
-        encoder_factory=lambda spec: _create_encoder(str(spec.get("name_or_path")), spec.get("weights"), device),
+        encoder_factory=lambda spec: _shared.load_encoder(str(spec.get("name_or_path")), spec.get("weights"), device),
     )
     if query_source is not None:
         from ctrag.retrieval.guard import assert_no_leakage

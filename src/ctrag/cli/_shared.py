@@ -1,0 +1,82 @@
+"""Option types and helpers shared by several command groups, stated once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ctrag.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from ctrag.encoders.base import Encoder
+
+
+import shlex
+
+ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="Preset name (tiny-cpu, text2ct-512) or YAML file.")]
+
+
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config field, e.g. --set train_vae.steps_per_epoch=50 (repeatable)."),
+]
+
+
+CorpusOpt = Annotated[Path, typer.Option("--corpus", help="Corpus folder (manifest.jsonl from `ctrag ingest`).")]
+
+
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: from the config).")]
+
+
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="torch CPU threads (default: torch's choice).")]
+
+
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise InvalidInputError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def command_line(*parts: Any) -> str:
+    return "ctrag " + " ".join(shlex.quote(str(p)) for p in parts if p is not None and p != "")
+
+
+def load_corpus(corpus: Path) -> Any:
+    from ctrag.data.case import Corpus
+
+    return Corpus.load(corpus)
+
+
+DEFAULT_ENCODER = "minilm"
+
+
+#: ``--scorer auto`` means hybrid when ``ctrag.retrieval.hybrid`` is installed, else dense. Set this to "dense"
+#: (or "hybrid") to pin the default.
+DEFAULT_SCORER = "auto"
+
+
+SCORERS = ("auto", "hybrid", "dense")
+
+
+def load_encoder(name_or_path: str, weights: str | None, device: str) -> Encoder:
+    """The encoder factory, imported lazily (tests replace this function with a small adapter)."""
+    from ctrag.encoders.factory import create_encoder
+
+    made: Any = create_encoder(name_or_path, weights=weights, device=device)
+    return made[0] if isinstance(made, tuple) else made
+
+
+def split_list(values: Sequence[str] | None, default: Sequence[str]) -> list[str]:
+    """Repeated options and comma lists both work: ``--splits train --splits val`` or ``--splits train,val``."""
+    out = [part.strip() for v in (values or []) for part in v.split(",") if part.strip()]
+    return out or list(default)

@@ -1,0 +1,265 @@
+"""``ctrag train encoder|vae|diffusion|controlnet|classifier``.
+
+Generator trainings write into one run folder (``--out``): ``vae/``, ``unet/``, ``controlnet/``, ``sampler/`` and a
+``pipeline.json`` naming them, which ``ctrag generate --weights RUN`` loads. Each command resumes from the
+last checkpoint in its component folder unless ``--no-resume`` is given.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ctrag.cli._app import console, err_console, train_app
+from ctrag.cli._progress import stage_progress
+from ctrag.cli._shared import (
+    ConfigOpt,
+    CorpusOpt,
+    DeviceOpt,
+    ProgressOpt,
+    SetOpt,
+    ThreadsOpt,
+    command_line,
+    load_corpus,
+    set_threads,
+)
+from ctrag.config import load_config
+from ctrag.errors import InvalidInputError
+
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run folder (shared by the three training commands).")]
+
+
+ResumeOpt = Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from the last checkpoint.")]
+
+
+StopOpt = Annotated[
+    int | None, typer.Option("--stop-after", hidden=True, help="Stop after N steps (simulates an interruption).")
+]
+
+
+MaskFromOpt = Annotated[
+    str,
+    typer.Option(
+        "--mask-from",
+        help="Label maps for training: segment (ctrag.segment on each CT), case (the corpus masks), case-or-segment.",
+    ),
+]
+
+
+def _setup(config: str, overrides: list[str] | None, section: str, device: str | None, threads: int | None) -> Any:
+    import torch
+
+    from ctrag.generation.config import load_generator_config
+
+    items = list(overrides or [])
+    if device is not None:
+        items.append(f"{section}.device={device}")
+    if threads is not None:
+        if threads < 1:
+            raise InvalidInputError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    cfg = load_generator_config(config, items)
+    train_cfg = getattr(cfg, section)
+    if threads is None and train_cfg.num_threads > 0:
+        torch.set_num_threads(train_cfg.num_threads)
+    return cfg
+
+
+def _report(kind: str, result: Any, out: Path, started: float) -> None:
+    losses = result.losses
+    first = sum(losses[:10]) / max(1, len(losses[:10]))
+    last = sum(losses[-10:]) / max(1, len(losses[-10:]))
+    status = "done" if result.info.get("complete", True) else "stopped"
+    console.print(
+        f"[bold]{kind}[/]: {status} at step {result.steps} (resumed from {result.resumed_from}); "
+        f"loss {first:.4f} -> {last:.4f}; {time.perf_counter() - started:.1f} s; run folder {out}"
+    )
+
+
+def _encoder(config: str, device: str) -> tuple[Any, dict[str, Any]]:
+    from ctrag.generation.pipeline import create_text_encoder, encoder_spec_from_config
+
+    spec = encoder_spec_from_config(config)
+    return create_text_encoder(spec, device), spec
+
+
+@train_app.command("encoder")
+def train_encoder_command(
+    corpus: Annotated[Path, typer.Option("--corpus", help="Corpus folder (manifest.jsonl from `ctrag ingest`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: checkpoint, trained encoder, summary.")],
+    config: Annotated[str, typer.Option("--config", "-c", help="Preset name or YAML file.")] = "tiny-cpu",
+    epochs: Annotated[int | None, typer.Option(help="Total epochs (overrides encoder.train.epochs).")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device, e.g. cpu or cuda (default: from config).")] = None,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from OUT/checkpoint.pt.")] = True,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override an encoder field, e.g. --set train.lr=5e-4.")
+    ] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Train the volume tower CLIP-style against frozen report embeddings on cases with a CT and a report."""
+    from ctrag.config import load_config
+    from ctrag.data.case import Corpus
+    from ctrag.encoders.config import EncoderConfig
+    from ctrag.encoders.train import load_preprocess_section, train_encoder
+
+    items = list(overrides or [])
+    if epochs is not None:
+        items.append(f"train.epochs={epochs}")
+    if device is not None:
+        items.append(f"train.device={device}")
+    cfg = load_config(EncoderConfig, config, items, section="encoder")
+    preprocess = load_preprocess_section(config)
+    cases = Corpus.load(corpus)
+    result = train_encoder(cases, out, cfg, preprocess, resume=resume, progress=progress)
+
+    table = Table(title=f"encoder trained -> {out}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("pairs (CT + text)", str(int(result.retrieval_after["n"])))
+    table.add_row("text sources", ", ".join(f"{k}: {v}" for k, v in sorted(result.report_sources.items())))
+    table.add_row("epochs (resumed from)", f"{result.epochs_done} ({result.resumed_from_epoch})")
+    if result.epoch_losses:
+        table.add_row("loss first -> last epoch", f"{result.epoch_losses[0]:.4f} -> {result.epoch_losses[-1]:.4f}")
+    before = result.retrieval_before or {}
+    table.add_row(
+        "train top-1 before -> after (chance)",
+        f"{before.get('top1', float('nan')):.2f} -> {result.retrieval_after['top1']:.2f} "
+        f"({result.retrieval_after['chance_top1']:.2f})",
+    )
+    table.add_row("fingerprint", result.fingerprint)
+    console.print(table)
+    if result.report_sources.get("annotation-derived"):
+        err_console.print(
+            "[yellow]note:[/] training texts include annotation-derived captions (not radiologist reports); "
+            "train-set retrieval shows the code path works, not that the encoder generalises."
+        )
+
+
+@train_app.command("vae")
+def train_vae_command(
+    corpus: CorpusOpt,
+    out: OutOpt,
+    config: ConfigOpt = "tiny-cpu",
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
+    resume: ResumeOpt = True,
+    progress: ProgressOpt = True,
+    stop_after: StopOpt = None,
+) -> None:
+    """Train the VAE on random crops of the corpus's training CTs (writes OUT/vae)."""
+    from ctrag.generation.train import train_vae
+
+    started = time.perf_counter()
+    cfg = _setup(config, set_, "train_vae", device, threads)
+    result = train_vae(load_corpus(corpus), cfg, out, progress=progress, resume=resume, stop_after=stop_after)
+    result.info["complete"] = result.steps == cfg.train_vae.total_steps
+    _report("vae", result, out, started)
+
+
+@train_app.command("diffusion")
+def train_diffusion_command(
+    corpus: CorpusOpt,
+    out: OutOpt,
+    config: ConfigOpt = "tiny-cpu",
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
+    mask_from: MaskFromOpt = "segment",
+    resume: ResumeOpt = True,
+    progress: ProgressOpt = True,
+    stop_after: StopOpt = None,
+) -> None:
+    """Train the text-conditioned diffusion UNet on latents of the frozen VAE in OUT (writes OUT/unet)."""
+    from ctrag.generation.train import train_diffusion
+
+    started = time.perf_counter()
+    cfg = _setup(config, set_, "train_diffusion", device, threads)
+    encoder, spec = _encoder(config, cfg.train_diffusion.device) if cfg.diffusion.with_conditioning else (None, None)
+    result = train_diffusion(
+        load_corpus(corpus),
+        cfg,
+        out,
+        encoder=encoder,
+        encoder_spec=spec,
+        mask_from=mask_from,
+        progress=progress,
+        resume=resume,
+        stop_after=stop_after,
+    )
+    result.info["complete"] = result.steps == cfg.train_diffusion.total_steps
+    _report("diffusion", result, out, started)
+
+
+@train_app.command("controlnet")
+def train_controlnet_command(
+    corpus: CorpusOpt,
+    out: OutOpt,
+    config: ConfigOpt = "tiny-cpu",
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
+    mask_from: MaskFromOpt = "segment",
+    resume: ResumeOpt = True,
+    progress: ProgressOpt = True,
+    stop_after: StopOpt = None,
+) -> None:
+    """Train the ControlNet on (CT, mask) pairs with the VAE and UNet in OUT frozen (writes OUT/controlnet)."""
+    from ctrag.generation.train import train_controlnet
+
+    started = time.perf_counter()
+    cfg = _setup(config, set_, "train_controlnet", device, threads)
+    encoder, _ = _encoder(config, cfg.train_controlnet.device) if cfg.diffusion.with_conditioning else (None, None)
+    result = train_controlnet(
+        load_corpus(corpus),
+        cfg,
+        out,
+        encoder=encoder,
+        mask_from=mask_from,
+        progress=progress,
+        resume=resume,
+        stop_after=stop_after,
+    )
+    result.info["complete"] = result.steps == cfg.train_controlnet.total_steps
+    _report("controlnet", result, out, started)
+
+
+@train_app.command("classifier")
+def train_classifier_command(
+    corpus: Annotated[Path, typer.Option("--corpus", help="Corpus folder (from `ctrag ingest`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (classifier.pt + classifier.json).")],
+    config: ConfigOpt = "tiny-cpu",
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="CSV: case_id, the 18 CT-RATE label columns, label_source (optional)."),
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="Split to train on.")] = "train",
+    set_: SetOpt = None,
+    threads: ThreadsOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Train the CT-Net-like 18-label classifier used for clinical consistency (and as FID backbone)."""
+    from ctrag.data.case import Corpus
+    from ctrag.evaluation.classifier import ClassifierConfig, train_from_corpus
+
+    set_threads(threads)
+    cfg = load_config(ClassifierConfig, config, set_ or [], section="classifier")
+    cases = Corpus.load(corpus)
+    with stage_progress(progress, "classifier") as update:
+
+        def on_epoch(epoch: int, total: int, loss: float) -> None:
+            if update is not None:
+                update("epochs", epoch, total)
+
+        clf = train_from_corpus(cases, cfg, split=split, label_file=labels, progress=on_epoch)
+    clf.metadata["command"] = command_line("train", "classifier", "--corpus", corpus, "--out", out, "--config", config)
+    folder = clf.save(out)
+    meta = clf.metadata
+    console.print(
+        f"[bold]classifier[/] written to {folder}: {meta['n_train']} CT(s), label sources {meta['label_sources']}, "
+        f"final training loss {meta['final_train_loss']:.4f}"
+    )
