@@ -4,6 +4,7 @@ and real CTs with masks. Most runs use the MiniLM test adapter (loaded once); on
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from ctrag.cli import _shared, main
 from ctrag.data.case import Corpus
 from ctrag.index import CaseIndex
 
+SAMPLE_CT = Path(__file__).resolve().parents[2] / "sample_data" / "ct"
 EFFUSION = "Bilateral pleural effusion with passive atelectasis in both lower lobes."
 
 
@@ -82,11 +84,15 @@ def test_search_json_matches_the_library(
 
 
 def test_search_filters_strategies_and_report_file(
-    index_dir: Path, patched: None, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    corpus_dir: Path, index_dir: Path, patched: None, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    masked = _search_json(capsys, EFFUSION, "--index", str(index_dir), "--has-mask")["hits"]
+    payload = _search_json(capsys, EFFUSION, "--index", str(index_dir), "--has-mask")
+    masked = payload["hits"]
     assert {h["case_id"] for h in masked} == {"ts_example_sm", "ts_chest_crop"}
-    assert all(Path(h["mask_path"]).is_file() and Path(h["volume_path"]).is_file() for h in masked)
+    # paths are printed relative to the corpus the index was built from, like the manifest stores them
+    assert payload["corpus"] == str(corpus_dir.resolve())
+    assert not any(Path(h["mask_path"]).is_absolute() or Path(h["volume_path"]).is_absolute() for h in masked)
+    assert all((corpus_dir / h["mask_path"]).is_file() and (corpus_dir / h["volume_path"]).is_file() for h in masked)
     with_ct = _search_json(capsys, EFFUSION, "--index", str(index_dir), "--has-volume", "--k", "10")["hits"]
     assert {h["case_id"] for h in with_ct} == {"ts_example_sm", "ts_chest_crop"}  # the only cases with a CT here
     labelled = _search_json(capsys, EFFUSION, "--index", str(index_dir), "--label", "Pleural effusion")["hits"]
@@ -115,11 +121,19 @@ def test_search_filters_strategies_and_report_file(
     assert [h["case_id"] for h in from_file] == [h["case_id"] for h in inline]
 
 
-def test_search_prints_a_table(index_dir: Path, patched: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_search_prints_a_table(
+    index_dir: Path, patched: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ctrag.cli import _app
+
+    monkeypatch.setattr(_app.console, "width", 400)  # wide enough that no path is folded over lines
     capsys.readouterr()
     assert main(["search", EFFUSION, "--index", str(index_dir), "--has-mask"]) == 0
     out = capsys.readouterr().out
     assert "rank" in out and "ts_example_sm" in out and "ts_chest_crop" in out and "mask" in out
+    # mask paths relative to the corpus folder (here a temporary folder, so they climb out of it), never absolute
+    assert f" {SAMPLE_CT}" not in out
+    assert re.search(r"│ (\.\./)+\S*/sample_data/ct/lowres/ts_example_ct_sm_3mm_seg_total\.nii\.gz", out)
 
 
 def test_index_kind_and_splits_options(
@@ -182,6 +196,7 @@ def test_real_encoder_factory_end_to_end_and_refusal(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """No adapter: `--encoder minilm` goes through ctrag.encoders.factory for both commands."""
     monkeypatch.setattr(_shared, "load_encoder", REAL_CREATE_ENCODER)
@@ -195,6 +210,11 @@ def test_real_encoder_factory_end_to_end_and_refusal(
     assert meta["encoder"]["name"] == "minilm" and meta["count"] == 6
     hits = _search_json(capsys, EFFUSION, "--index", str(out), "--k", "2")["hits"]
     assert len(hits) == 2 and hits[0]["score"] > 0
+    # a real CT-RATE report is longer than MiniLM's 256-token window: the search says how much it cut
+    long_report = support.read_ct_rate("train", 0, ("train_175",))[0].report_text
+    with caplog.at_level("WARNING", logger="ctrag.encoders.text"):
+        assert _search_json(capsys, long_report, "--index", str(out), "--k", "2")["hits"]
+    assert "text cut for encoder minilm" in caplog.text and "token(s) dropped" in caplog.text
     # `index_dir` was built by the test adapter: the real MiniLM has another fingerprint, so search refuses.
     capsys.readouterr()
     assert main(["search", EFFUSION, "--index", str(index_dir)]) == 3

@@ -16,9 +16,10 @@ from ctrag.errors import DataValidationError
 
 
 def test_ingest_ct_rate_folder_applies_raw_rescale(ct_rate_root: Path, tmp_path: Path) -> None:
-    calls: list[tuple[int, int, str]] = []
-    result = ingest([ct_rate_root], tmp_path / "out", progress=lambda d, t, c: calls.append((d, t, c)))
-    assert [c[0] for c in calls] == [1, 2, 3, 4] and {c[1] for c in calls} == {4}
+    calls: list[tuple[str, int, int]] = []
+    result = ingest([ct_rate_root], tmp_path / "out", progress=lambda s, d, t: calls.append((s, d, t)))
+    assert [c[1] for c in calls] == [1, 2, 3, 4] and {c[2] for c in calls} == {4}
+    assert {c[0] for c in calls} == {"validate"}  # one stage, ctrag.utils.progress.ProgressFn
     corpus = Corpus.load(tmp_path / "out")
     assert corpus.counts() == {"train": 3, "val": 0, "test": 1}
     raw = corpus.get("train_2_a_1")

@@ -103,3 +103,28 @@ def test_unknown_long_text_mode_is_rejected():
 
     with pytest.raises(InvalidInputError, match="long_text must be one of"):
         create_encoder("minilm", long_text="summarise")
+
+
+def test_truncation_is_logged_with_the_dropped_token_count(minilm, minilm_chunk, ct_rate_reports, caplog):
+    """Real CT-RATE reports are longer than MiniLM's window: truncate mode says so (and how much it cut)."""
+    counts = minilm.count_tokens(ct_rate_reports)
+    limit = minilm.max_tokens
+    long = [t for t, n in zip(ct_rate_reports, counts, strict=True) if n > limit]
+    assert long, "the shipped sample should hold reports over the window"
+    n = minilm.count_tokens(long[:1])[0]
+    with caplog.at_level("WARNING", logger="ctrag.encoders.text"):
+        minilm.encode_text(long[:1])
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert f"the text has {n} tokens, it reads {limit}; {n - limit} token(s) dropped" in message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ctrag.encoders.text"):
+        minilm.encode_text(ct_rate_reports)  # one warning per call, summing what every text lost
+    dropped = sum(c - limit for c in counts if c > limit)
+    assert len(caplog.records) == 1 and f"{len(long)} of {len(ct_rate_reports)} texts" in caplog.text
+    assert f"{dropped} token(s) dropped" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ctrag.encoders.text"):
+        minilm.encode_text(["Bilateral pleural effusion."])  # fits: nothing to say
+        minilm_chunk.encode_text(long)  # chunk-mean reads all of every report: nothing is cut
+    assert caplog.records == []

@@ -76,6 +76,33 @@ def load_encoder(name_or_path: str, weights: str | None, device: str) -> Encoder
     return made[0] if isinstance(made, tuple) else made
 
 
+def read_report_file(path: Path, *, option: str = "--report-file") -> str:
+    """The report text in ``path``, checked like every report ctrag accepts (one reader for search and generate).
+
+    A missing file, a folder, a file that is not UTF-8, an empty file, NUL bytes or a report over
+    :data:`ctrag.data.report_text.MAX_REPORT_BYTES` end in an ``InvalidInputError`` that names ``option`` and
+    the file, so the CLI prints one line and exits non-zero instead of a traceback.
+    """
+    from ctrag.data.readers import read_text_utf8
+
+    if path.is_dir():
+        raise InvalidInputError(f"{option} {path} is a folder; give the text file that holds the report")
+    if not path.is_file():
+        raise InvalidInputError(f"{option} {path} does not exist")
+    try:
+        text = read_text_utf8(path)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{option} {exc}") from None
+    return check_report(text, what=f"{option} {path}")
+
+
+def check_report(text: str, *, what: str) -> str:
+    """``text`` when it passes :func:`ctrag.data.report_text.check_report_text` (same limit as ``ctrag ingest``)."""
+    from ctrag.data.report_text import check_report_text
+
+    return check_report_text(text, what=what)
+
+
 def split_list(values: Sequence[str] | None, default: Sequence[str]) -> list[str]:
     """Repeated options and comma lists both work: ``--splits train --splits val`` or ``--splits train,val``."""
     out = [part.strip() for v in (values or []) for part in v.split(",") if part.strip()]

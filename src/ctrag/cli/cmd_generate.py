@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from ctrag.cli._app import app, console
-from ctrag.cli._shared import ConfigOpt, DeviceOpt, ProgressOpt, SetOpt, ThreadsOpt
+from ctrag.cli._shared import ConfigOpt, DeviceOpt, ProgressOpt, SetOpt, ThreadsOpt, check_report, read_report_file
 from ctrag.errors import InvalidInputError
 
 
@@ -65,12 +65,9 @@ def generate_command(
     if (report is None) == (report_file is None):
         raise InvalidInputError("give exactly one of --report TEXT or --report-file FILE")
     if report_file is not None:
-        if not report_file.is_file():
-            raise InvalidInputError(f"--report-file {report_file} not found")
-        report = report_file.read_text(encoding="utf-8")
+        report = read_report_file(report_file)
     assert report is not None
-    if not report.strip():
-        raise InvalidInputError("the report is empty")
+    report = check_report(report, what="--report")
     output_paths(out)  # validate the name before loading models
     if threads is not None:
         if threads < 1:

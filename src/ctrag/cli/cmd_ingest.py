@@ -10,8 +10,9 @@ from rich.table import Table
 
 from ctrag.cli._app import app, console, err_console
 from ctrag.cli._progress import progress_bar
-from ctrag.data.ingest import DEFAULT_MAX_REPORT_BYTES, REPORT_MD, ingest
+from ctrag.data.ingest import REPORT_MD, ingest
 from ctrag.data.readers import LAYOUTS
+from ctrag.data.report_text import MAX_REPORT_BYTES
 from ctrag.errors import InvalidInputError
 
 
@@ -34,7 +35,15 @@ def ingest_command(
     ] = "auto",
     max_report_bytes: Annotated[
         int, typer.Option(help="Refuse reports larger than this (UTF-8 bytes).")
-    ] = DEFAULT_MAX_REPORT_BYTES,
+    ] = MAX_REPORT_BYTES,
+    include_report_only: Annotated[
+        bool,
+        typer.Option(
+            "--include-report-only",
+            help="CT-RATE: also ingest report rows without a volume (report-only cases; needed when a copy "
+            "holds the report CSVs but no volume folders).",
+        ),
+    ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Ingest corpus folders into OUT (manifest.jsonl, validation_report.json/.md).
@@ -47,8 +56,8 @@ def ingest_command(
     with progress_bar(progress, title="ingest", detail=True) as bar:
         task = bar.add_task("", total=None)
 
-        def on_case(done: int, total: int, case_id: str) -> None:
-            bar.update(task, completed=done, total=total, description=case_id)
+        def on_case(stage: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=stage)
 
         result = ingest(
             sources,
@@ -59,6 +68,7 @@ def ingest_command(
             seed=seed,
             rescale=rescale,
             max_report_bytes=max_report_bytes,
+            include_report_only=include_report_only,
             progress=on_case,
         )
     counts = result.report["counts"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -27,18 +28,27 @@ def _read_query(query: str | None, report_file: Path | None) -> str:
     if query is not None and report_file is not None:
         raise InvalidInputError("give either QUERY or --report-file, not both")
     if report_file is not None:
-        if not report_file.is_file():
-            raise InvalidInputError(f"--report-file {report_file} does not exist")
-        try:
-            query = report_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidInputError(f"--report-file {report_file}: cannot read it as UTF-8 text ({exc})") from exc
+        return _shared.read_report_file(report_file)
     if query is None or not query.strip():
         raise InvalidInputError("empty query: give report text (QUERY argument or --report-file FILE)")
-    return query
+    return _shared.check_report(query, what="the query")
 
 
-def _hit_record(hit: Hit) -> dict[str, Any]:
+def _corpus_root(index: Any) -> Path | None:
+    """The corpus folder an index was built from (``ctrag index`` records it), or None when unknown."""
+    folder = (getattr(index, "source", None) or {}).get("corpus")
+    return Path(folder) if folder else None
+
+
+def _relative_path(path: str | None, corpus_root: Path | None) -> str | None:
+    """``path`` relative to the corpus folder, as the manifest stores it; unchanged when no root is known."""
+    if path is None or corpus_root is None:
+        return path
+    return os.path.relpath(path, corpus_root)
+
+
+def _hit_record(hit: Hit, corpus_root: Path | None = None) -> dict[str, Any]:
+    """One hit as JSON; volume and mask paths relative to ``corpus_root`` (no absolute paths of this machine)."""
     from ctrag.data.labels import CT_RATE_LABELS
 
     case = hit.case
@@ -56,8 +66,8 @@ def _hit_record(hit: Hit) -> dict[str, Any]:
         "labels": None
         if case.labels is None
         else [name for name, v in zip(CT_RATE_LABELS, case.labels, strict=True) if v],
-        "volume_path": case.volume_path,
-        "mask_path": case.mask_path,
+        "volume_path": _relative_path(case.volume_path, corpus_root),
+        "mask_path": _relative_path(case.mask_path, corpus_root),
         "dataset": case.dataset,
     }
 
@@ -184,7 +194,8 @@ def search_command(
                 "has_volume": filters.has_volume,
                 "labels": label or [],
             },
-            "hits": [_hit_record(h) for h in hits],
+            "corpus": None if _corpus_root(retriever.index) is None else str(_corpus_root(retriever.index)),
+            "hits": [_hit_record(h, _corpus_root(retriever.index)) for h in hits],
         }
         if query_source is not None:
             payload["query_case"] = query_source.case_id
@@ -221,7 +232,7 @@ def search_command(
             f"{h.score:.4f}",
             h.case.split,
             _excerpt(h.case.report_text),
-            h.case.mask_path or "—",
+            _relative_path(h.case.mask_path, _corpus_root(retriever.index)) or "—",
         ]
         if query_source is not None:
             row.append(_label_jaccard(query_source, h.case))

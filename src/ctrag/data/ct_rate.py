@@ -55,7 +55,8 @@ from ctrag.data.readers import (
     CTCLIP_CSV_HEADER,
     SkippedCase,
     csv_header,
-    read_csv_rows,
+    index_unique,
+    read_csv_lines,
     record_or_raise,
 )
 from ctrag.data.reports import clean_section, split_joined_report
@@ -211,8 +212,7 @@ def needs_rescale(array: np.ndarray, rescale: dict[str, float] | None, policy: s
 def _index_by_volume(path: Path | None, required: tuple[str, ...]) -> dict[str, dict[str, str]]:
     if path is None:
         return {}
-    rows = read_csv_rows(path, ("VolumeName", *required))
-    return {_volume_key(r["VolumeName"]): r for r in rows}
+    return index_unique(read_csv_lines(path, ("VolumeName", *required)), "VolumeName", path, key=_volume_key)
 
 
 def _volume_key(name: str) -> str:
@@ -253,8 +253,8 @@ def read_ct_rate(
     if not include_report_only and not any(p in layout.volume_dirs for p in parts):
         raise InvalidInputError(
             f"no CT-RATE volume folder for {list(parts)} under {layout.root} "
-            f"(found reports for {sorted(layout.reports)}); pass include_report_only=True for reports only.\n"
-            + _expected_layout(layout.root)
+            f"(found reports for {sorted(layout.reports)}); to ingest the reports alone, run `ctrag ingest "
+            "--include-report-only` (Python: include_report_only=True).\n" + _expected_layout(layout.root)
         )
     cases: list[Case] = []
     for part in parts:
@@ -337,8 +337,8 @@ def _map_for(csv_path: Path) -> dict[str, str]:
     ]
     for cand in candidates:
         if cand.is_file():
-            rows = read_csv_rows(cand, ("AccessionNo", "NameinCTRATE"))
-            return {r["AccessionNo"]: r["NameinCTRATE"] for r in rows}
+            rows = index_unique(read_csv_lines(cand, ("AccessionNo", "NameinCTRATE")), "AccessionNo", cand)
+            return {accession: r["NameinCTRATE"] for accession, r in rows.items()}
     return {}
 
 
@@ -370,9 +370,9 @@ def read_ctclip_classifier(
     cases: list[Case] = []
     for csv_path in ctclip_csv_files(folder):
         split = _split_of_csv(csv_path)
-        rows = read_csv_rows(csv_path, (*CTCLIP_CSV_HEADER, *CT_RATE_LABELS))
+        rows = read_csv_lines(csv_path, (*CTCLIP_CSV_HEADER, *CT_RATE_LABELS))
         mapping = _map_for(csv_path)
-        for lineno, row in enumerate(rows, start=2):
+        for lineno, row in rows:
             accession = row["AccessionNo"]
             try:
                 cases.append(_ctclip_case(row, split, mapping.get(accession, "")))

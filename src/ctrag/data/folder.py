@@ -32,7 +32,7 @@ from typing import Any
 
 from ctrag.data.case import Case
 from ctrag.data.labels import CT_RATE_LABELS
-from ctrag.data.readers import FOLDER_CSV_NAME, SkippedCase, read_csv_rows, record_or_raise
+from ctrag.data.readers import FOLDER_CSV_NAME, SkippedCase, read_csv_lines, record_or_raise
 from ctrag.errors import InvalidInputError
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("case_id", "patient_id", "split")
@@ -114,15 +114,15 @@ def read_folder(path: str | os.PathLike[str], errors: list[SkippedCase] | None =
         csv_path = csv_path / FOLDER_CSV_NAME
     if not csv_path.is_file():
         raise InvalidInputError(f"no {FOLDER_CSV_NAME} at {csv_path}")
-    rows = read_csv_rows(csv_path, REQUIRED_COLUMNS)
-    header = set(rows[0]) if rows else set()
+    rows = read_csv_lines(csv_path, REQUIRED_COLUMNS)
+    header = set(rows[0][1]) if rows else set()
     present = [n for n in CT_RATE_LABELS if n in header]
     if present and len(present) != len(CT_RATE_LABELS):
         missing = [n for n in CT_RATE_LABELS if n not in header]
         raise InvalidInputError(f"{csv_path}: has {len(present)} of the 18 CT-RATE label columns; missing {missing}")
     base = csv_path.parent.resolve()
     cases = []
-    for lineno, row in enumerate(rows, start=2):
+    for lineno, row in rows:
         try:
             cases.append(row_to_case(row, base))
         except InvalidInputError as exc:

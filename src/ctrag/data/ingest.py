@@ -42,13 +42,12 @@ from ctrag.data.folder import read_folder
 from ctrag.data.labels import COARSE_LABELS, totalseg_v2_labels
 from ctrag.data.nifti import Volume, check_ct_intensity, check_label_mask, check_same_grid, load_volume
 from ctrag.data.readers import LAYOUTS, DetectedSource, SkippedCase, detect_layouts
+from ctrag.data.report_text import MAX_REPORT_BYTES, check_report_text
 from ctrag.errors import DataValidationError, InvalidInputError
 from ctrag.utils.atomic import atomic_write_text
+from ctrag.utils.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_REPORT_BYTES = 32_768
-"""Largest accepted report (findings + impression, UTF-8). CT-RATE reports are below 8 kB."""
 
 REPORT_JSON = "validation_report.json"
 REPORT_MD = "validation_report.md"
@@ -66,8 +65,8 @@ MASK_LABEL_SETS: dict[str, frozenset[int]] = {
 }
 """``mask_source`` -> allowed label ids (0 = background is always allowed)."""
 
-ProgressFn = Callable[[int, int, str], None]
-"""``progress(done, total, case_id)``, called after each case is validated."""
+VALIDATE_STAGE = "validate"
+"""``progress(VALIDATE_STAGE, done, total)`` is called after each case is validated (the case id is logged)."""
 
 
 @dataclass(frozen=True)
@@ -108,8 +107,12 @@ def collect_cases(
     val_fraction: float = 0.0,
     seed: int = 0,
     rescale: str = "auto",
+    include_report_only: bool = False,
 ) -> tuple[list[Case], list[SkippedCase], list[DetectedSource]]:
-    """Read every source (detecting layouts when ``layout="auto"``); file-level problems raise."""
+    """Read every source (detecting layouts when ``layout="auto"``); file-level problems raise.
+
+    ``include_report_only`` makes CT-RATE report rows without a volume cases of their own (``--include-report-only``).
+    """
     if layout != "auto" and layout not in LAYOUTS:
         raise InvalidInputError(f"unknown layout {layout!r}; choose auto or one of {list(LAYOUTS)}")
     if not sources:
@@ -130,7 +133,14 @@ def collect_cases(
             cases.extend(read_folder(found.path, errors=skipped))
         elif found.layout == "ct-rate":
             cases.extend(
-                read_ct_rate(found.path, val_fraction=val_fraction, seed=seed, rescale=rescale, errors=skipped)  # type: ignore[arg-type]
+                read_ct_rate(
+                    found.path,
+                    val_fraction=val_fraction,
+                    seed=seed,
+                    rescale=rescale,  # type: ignore[arg-type]
+                    include_report_only=include_report_only,
+                    errors=skipped,
+                )
             )
         else:
             cases.extend(read_ctclip_classifier(found.path, errors=skipped))
@@ -184,7 +194,7 @@ def check_corpus_consistency(cases: Sequence[Case]) -> tuple[list[Case], list[Sk
 # --------------------------------------------------------------------------------------------------------------
 
 
-def check_report(case: Case, max_report_bytes: int = DEFAULT_MAX_REPORT_BYTES) -> None:
+def check_report(case: Case, max_report_bytes: int = MAX_REPORT_BYTES) -> None:
     """Text rules of the module docstring; raises ``DataValidationError``."""
     text = case.report_text
     if not text:
@@ -199,14 +209,11 @@ def check_report(case: Case, max_report_bytes: int = DEFAULT_MAX_REPORT_BYTES) -
         return
     if case.report_source == "none":
         raise DataValidationError("report text is given but report_source is 'none'; say where the text came from")
-    size = len(text.encode("utf-8"))
-    if size > max_report_bytes:
-        raise DataValidationError(
-            f"report is {size} bytes, over the limit of {max_report_bytes} bytes (findings + impression, UTF-8); "
-            "raise it with --max-report-bytes if this is a genuine report"
-        )
-    if "\x00" in text:
-        raise DataValidationError("report text contains NUL bytes (binary data in a text column?)")
+    try:
+        check_report_text(text, what="report", max_bytes=max_report_bytes)
+    except InvalidInputError as exc:
+        hint = "; raise it with --max-report-bytes if this is a genuine report" if "over the limit" in str(exc) else ""
+        raise DataValidationError(f"{exc}{hint}") from None
 
 
 def _apply_rescale(volume: Volume, case: Case) -> tuple[Volume, bool]:
@@ -219,7 +226,7 @@ def _apply_rescale(volume: Volume, case: Case) -> tuple[Volume, bool]:
     return Volume(arr, volume.affine, volume.path, dict(volume.meta)), True
 
 
-def validate_case(case: Case, *, max_report_bytes: int = DEFAULT_MAX_REPORT_BYTES) -> tuple[Case, list[IngestWarning]]:
+def validate_case(case: Case, *, max_report_bytes: int = MAX_REPORT_BYTES) -> tuple[Case, list[IngestWarning]]:
     """Validate one case; return it with geometry and intensity facts recorded, or raise ``DataValidationError``."""
     check_report(case, max_report_bytes)
     warnings: list[IngestWarning] = []
@@ -404,13 +411,15 @@ def ingest(
     val_fraction: float = 0.0,
     seed: int = 0,
     rescale: str = "auto",
-    max_report_bytes: int = DEFAULT_MAX_REPORT_BYTES,
+    max_report_bytes: int = MAX_REPORT_BYTES,
+    include_report_only: bool = False,
     progress: ProgressFn | None = None,
 ) -> IngestResult:
     """Read, validate and write a corpus (see the module docstring for the checks and outputs).
 
     Raises ``InvalidInputError`` for file-level problems (nothing is written) and ``DataValidationError`` when
     cases were skipped and ``allow_skips`` is false (the previous manifest in ``out`` is left as it was).
+    ``progress("validate", done, total)`` is called after each case is checked.
     """
     if max_report_bytes <= 0:
         raise InvalidInputError(f"max_report_bytes must be positive, got {max_report_bytes}")
@@ -426,9 +435,15 @@ def ingest(
         "seed": seed,
         "rescale": rescale,
         "max_report_bytes": max_report_bytes,
+        "include_report_only": include_report_only,
     }
     cases, skipped, detected = collect_cases(
-        sources, layout=layout, val_fraction=val_fraction, seed=seed, rescale=rescale
+        sources,
+        layout=layout,
+        val_fraction=val_fraction,
+        seed=seed,
+        rescale=rescale,
+        include_report_only=include_report_only,
     )
     cases, corpus_skips = check_corpus_consistency(cases)
     skipped.extend(corpus_skips)
@@ -441,8 +456,9 @@ def ingest(
             warnings.extend(case_warnings)
         except InvalidInputError as exc:
             skipped.append(SkippedCase(case.case_id, case.dataset or "-", str(exc)))
+        logger.debug("validated %s (%d/%d)", case.case_id, i + 1, len(cases))
         if progress is not None:
-            progress(i + 1, len(cases), case.case_id)
+            progress(VALIDATE_STAGE, i + 1, len(cases))
     corpus = Corpus(valid, root=out_dir)
     report = build_report(corpus, skipped, warnings, detected, options)
     result = IngestResult(corpus, skipped, warnings, detected, out_dir, report=report)

@@ -17,7 +17,7 @@ import csv
 import io
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -78,22 +78,59 @@ def read_csv_rows(path: str | os.PathLike[str], required: tuple[str, ...] = ()) 
     The csv module (not pandas) keeps every cell a string, so empty cells stay ``""`` and ids such as
     ``0001`` are not turned into numbers.
     """
+    return [row for _, row in read_csv_lines(path, required)]
+
+
+def read_csv_lines(path: str | os.PathLike[str], required: tuple[str, ...] = ()) -> list[tuple[int, dict[str, str]]]:
+    """Like :func:`read_csv_rows`, with the file line each row starts on (the header is line 1).
+
+    Line numbers let error messages point at the row, also when a quoted cell spans several lines.
+    """
     file = Path(path)
     text = read_text_utf8(file)
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""))
         header = [h.strip() for h in (reader.fieldnames or [])]
         rows = []
+        start = reader.line_num + 1
         for raw in reader:
             if None in raw:
                 raise InvalidInputError(f"{file}:{reader.line_num}: more cells than header columns")
-            rows.append({(k or "").strip(): (v or "").strip() for k, v in raw.items()})
+            rows.append((start, {(k or "").strip(): (v or "").strip() for k, v in raw.items()}))
+            start = reader.line_num + 1
     except csv.Error as exc:
         raise InvalidInputError(f"{file}: not a valid CSV ({exc})") from exc
+    if not header:
+        raise InvalidInputError(f"{file}: empty CSV (no header line)")
     missing = [c for c in required if c not in header]
     if missing:
         raise InvalidInputError(f"{file}: missing column(s) {missing}; found {header}")
     return rows
+
+
+def index_unique(
+    rows: list[tuple[int, dict[str, str]]],
+    column: str,
+    path: str | os.PathLike[str],
+    key: Callable[[str], str] = str.strip,
+) -> dict[str, dict[str, str]]:
+    """Rows of :func:`read_csv_lines` keyed by ``key(row[column])``; two rows with one key are refused.
+
+    A lookup table that silently kept the last of two rows would attach one report's text (or labels, or
+    spacing) to a volume while the other row disappears; the error names both lines so the user can choose.
+    """
+    out: dict[str, dict[str, str]] = {}
+    first_line: dict[str, int] = {}
+    for line, row in rows:
+        name = key(row[column])
+        if name in first_line:
+            raise InvalidInputError(
+                f"{path}: {column} {row[column]!r} appears in two rows (lines {first_line[name]} and {line}); "
+                "each value may have one row only: remove or merge the duplicate"
+            )
+        first_line[name] = line
+        out[name] = row
+    return out
 
 
 def csv_header(path: Path) -> list[str]:

@@ -81,11 +81,36 @@ class TextEncoderBase(Encoder):
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
         if self.long_text == "truncate":
+            self._warn_if_truncated(items)
             return l2_normalise(self._embed(items, bs, progress))
         chunks, owner = chunk_texts(items, self.count_tokens, self.max_tokens)
         if len(chunks) > len(items):
             logger.debug("chunk-mean: %d texts -> %d windows", len(items), len(chunks))
         return mean_by_owner(self._embed(chunks, bs, progress), owner, len(items))
+
+    def _warn_if_truncated(self, texts: list[str]) -> None:
+        """Log a warning (once per call) when ``truncate`` mode is about to cut texts at the token window.
+
+        A cut report loses its last part, often the impression, without any sign in the results; the warning
+        says how much was dropped so a user can shorten the text or switch to ``long_text="chunk-mean"``.
+        """
+        limit = self.max_tokens
+        over = [n for n in self.count_tokens(texts) if n > limit]
+        if not over:
+            return
+        dropped = sum(n - limit for n in over)
+        if len(texts) == 1:
+            what = f"the text has {over[0]} tokens"
+        else:
+            what = f"{len(over)} of {len(texts)} texts are longer (up to {max(over)} tokens)"
+        logger.warning(
+            "text cut for encoder %s: %s, it reads %d; %d token(s) dropped "
+            "(shorten the text, or use long_text='chunk-mean' to embed all of it)",
+            self.name,
+            what,
+            limit,
+            dropped,
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, long_text={self.long_text!r})"

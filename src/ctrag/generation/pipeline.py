@@ -33,6 +33,7 @@ from torch import nn
 
 from ctrag._version import __version__
 from ctrag.data.nifti import Volume, load_volume
+from ctrag.data.report_text import check_report_text
 from ctrag.errors import CheckpointMismatchError, ConfigError, InvalidInputError, LeakageError, WeightsNotFoundError
 from ctrag.generation.config import GeneratorConfig, load_generator_config
 from ctrag.generation.controlnet import ControlInputs, controlnet_residuals, encode_control
@@ -486,8 +487,7 @@ class GenerationPipeline:
         shape: tuple[int, ...],
     ) -> Volume | None:
         """Validate every argument before any tensor is allocated; returns the loaded mask, if any."""
-        if not isinstance(report, str) or not report.strip():
-            raise InvalidInputError("report is empty; give the radiology report text to generate from")
+        check_report_text(report, what="report")
         if strategy not in STRATEGIES:
             raise InvalidInputError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
         if mask_labels not in ("auto", "coarse", "totalseg"):
