@@ -190,6 +190,29 @@ def test_missing_index_and_corpus(tmp_path: Path, patched: None, capsys: pytest.
     assert "no corpus manifest" in " ".join(capsys.readouterr().err.split())
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"case_id": "a"}', "field(s) ['patient_id', 'split'] missing or not text"),
+        ("[1, 2]", "a case record must be a JSON object, got list"),
+        ('{"case_id": "a", "patient_id": "p", "split": "train", "spacing": "thin"}', "case a: malformed field"),
+        ('{"case_id": "a", "patient_id": "p", "split": "training"}', "split must be one of"),
+    ],
+)
+def test_index_refuses_a_malformed_manifest_naming_the_line(
+    tmp_path: Path, patched: None, capsys: pytest.CaptureFixture[str], line: str, message: str
+) -> None:
+    """Hand-edited manifests used to end in a TypeError traceback from Case(**record)."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    good = Corpus(support.read_ct_rate("train", 1)).save(corpus).read_text(encoding="utf-8")
+    (corpus / "manifest.jsonl").write_text(good + line + "\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["index", str(corpus), "--out", str(tmp_path / "i"), "--scorer", "dense", "--no-progress"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith(f"error: {corpus / 'manifest.jsonl'}:2:") and message in err
+
+
 def test_real_encoder_factory_end_to_end_and_refusal(
     corpus_dir: Path,
     index_dir: Path,

@@ -303,3 +303,66 @@ def test_sample_data_end_to_end(tmp_path: Path, sample_dir: Path, capsys: pytest
     assert main(["ingest", str(sample_dir), "--out", str(out), "--no-progress"]) == 0
     assert (out / "manifest.jsonl").read_bytes() == manifest
     shutil.rmtree(out)
+
+
+def _ct_rate_reports_only(root: Path, rows: int = 3, duplicate: bool = False) -> Path:
+    """A CT-RATE copy that holds only ``radiology_text_reports`` (real CT-RATE report text, no volumes)."""
+    with open(SAMPLE / "ct_rate_nc_sa" / "ct_clip_text_classifier" / "val.csv", encoding="utf-8", newline="") as fh:
+        texts = [r["report_text"] for r, _ in zip(csv.DictReader(fh), range(rows), strict=False)]
+    folder = root / "dataset" / "radiology_text_reports"
+    folder.mkdir(parents=True)
+    lines = [[f"train_{i + 1}_a_1.nii.gz", *text.partition('"')[::2]] for i, text in enumerate(texts)]
+    if duplicate:
+        lines.append([lines[0][0], "Another report for the same volume.", "No acute finding."])
+    with open(folder / "train_reports.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["VolumeName", "Findings_EN", "Impressions_EN"])
+        writer.writerows(lines)
+    return root
+
+
+def test_reports_only_ct_rate_copy_names_the_cli_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The error used to tell CLI users to 'pass include_report_only=True', a Python keyword."""
+    source = _ct_rate_reports_only(tmp_path / "ctrate")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["ingest", str(source), "--out", str(out), "--no-progress"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no CT-RATE volume folder" in err and "ctrag ingest --include-report-only" in err
+    assert main(["ingest", str(source), "--out", str(out), "--no-progress", "--include-report-only"]) == 0
+    corpus = Corpus.load(out)
+    assert corpus.case_ids == ["train_1_a_1", "train_2_a_1", "train_3_a_1"]
+    assert all(c.volume_path is None and c.has_report and c.report_source == "radiologist" for c in corpus)
+    report = json.loads((out / "validation_report.json").read_text(encoding="utf-8"))
+    assert report["options"]["include_report_only"] is True
+
+
+def test_two_report_rows_for_one_volume_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second row for one VolumeName used to replace the first report silently."""
+    source = _ct_rate_reports_only(tmp_path / "ctrate", duplicate=True)
+    capsys.readouterr()
+    code = main(["ingest", str(source), "--out", str(tmp_path / "out"), "--no-progress", "--include-report-only"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "train_reports.csv: VolumeName 'train_1_a_1.nii.gz' appears in two rows (lines 2 and 5)" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_progress_bar_gets_the_validate_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI drives its bar from ctrag.utils.progress.ProgressFn calls: progress('validate', done, total)."""
+    import ctrag.cli.cmd_ingest as cmd_ingest
+    from ctrag.data import ingest as ingest_module
+
+    seen: list[tuple[str, int, int]] = []
+    real = ingest_module.ingest
+
+    def spy(*args: object, progress: object = None, **kwargs: object) -> object:
+        def record(stage: str, done: int, total: int) -> None:
+            seen.append((stage, done, total))
+            progress(stage, done, total)  # type: ignore[operator]
+
+        return real(*args, progress=record, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cmd_ingest, "ingest", spy)
+    source = _corpus(tmp_path / "c", [_row("one"), _row("two")])
+    assert main(["ingest", str(source), "--out", str(tmp_path / "out")]) == 0
+    assert seen == [("validate", 1, 2), ("validate", 2, 2)]

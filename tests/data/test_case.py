@@ -38,3 +38,31 @@ def test_duplicate_ids_refused() -> None:
 def test_bad_split_refused() -> None:
     with pytest.raises(InvalidInputError, match="split must be one of"):
         Case(case_id="x", patient_id="p", split="holdout")
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"case_id": "a"}, r"field\(s\) \['patient_id', 'split'\] missing"),
+        ([1, 2], "must be a JSON object, got list"),
+        ({"case_id": "a", "patient_id": "p", "split": "train", "shape": [1, "x", 3]}, "case a: malformed field"),
+        (
+            {"case_id": "a", "patient_id": "p", "split": "train", "colour": "red"},
+            r"unknown manifest fields \['colour'\]",
+        ),
+    ],
+)
+def test_malformed_records_are_data_errors(record: object, message: str) -> None:
+    with pytest.raises(DataValidationError, match=message):
+        Case.from_record(record)  # type: ignore[arg-type]
+
+
+def test_manifest_errors_name_the_line(tmp_path: Path) -> None:
+    good = Case("a", "p", "train", report_findings="Mass.", report_source="annotation-derived")
+    path = Corpus([good]).save(tmp_path)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write('{"case_id": "b", "split": "val"}\n')
+    with pytest.raises(DataValidationError, match=r"manifest\.jsonl:2: case b: field\(s\) \['patient_id'\]"):
+        Corpus.load(tmp_path)
+    with pytest.raises(InvalidInputError, match="no corpus manifest"):
+        Corpus.load(tmp_path / "elsewhere")

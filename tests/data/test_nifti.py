@@ -98,3 +98,11 @@ def test_mask_labels_checked(ts_ct_and_mask: tuple[Path, Path]) -> None:
     bad = mask.with_array(np.where(mask.array > 0, 200, 0).astype(np.uint8))
     with pytest.raises(DataValidationError, match=r"unknown label ids \[200\]"):
         check_label_mask(bad, allowed)
+
+
+def test_a_folder_is_named_as_a_folder(tmp_path: Path) -> None:
+    """A DICOM series folder passed as the CT used to be reported as 'file not found'."""
+    series = tmp_path / "series"
+    series.mkdir()
+    with pytest.raises(DataValidationError, match="is a folder, not a NIfTI file"):
+        load_volume(series)

@@ -50,6 +50,7 @@ def test_config_overrides_reach_the_segmenter(tmp_path: Path, cts) -> None:
         ("ct", ["--labels", "total"], 'labels "total"'),
         ("ct", ["--method", "nnunet"], "--method must be one of"),
         ("missing", [], "file not found"),
+        ("folder", [], "is a folder, not a NIfTI file"),
     ],
 )
 def test_bad_input_fails_cleanly_and_keeps_existing_output(
@@ -65,6 +66,9 @@ def test_bad_input_fails_cleanly_and_keeps_existing_output(
         src = save_volume(tmp_path / "norm.nii.gz", (ct.array + 1024.0) / 4096.0, ct.affine, dtype=np.float32)
     elif make_input == "missing":
         src = tmp_path / "nope.nii.gz"
+    elif make_input == "folder":  # a DICOM series folder passed as the CT
+        src = tmp_path / "dicom_series"
+        src.mkdir()
     else:
         src = Path(str(ct.path))
     out = tmp_path / "existing.nii.gz"

@@ -95,7 +95,24 @@ class Case:
 
     @classmethod
     def from_record(cls, rec: dict[str, Any], root: Path | None = None) -> Case:
-        rec = dict(rec)
+        """Rebuild a case from :meth:`to_record` output; a record of another shape is a ``DataValidationError``."""
+        if not isinstance(rec, dict):
+            raise DataValidationError(f"a case record must be a JSON object, got {type(rec).__name__}")
+        required = [f for f in ("case_id", "patient_id", "split") if not isinstance(rec.get(f), str)]
+        if required:
+            raise DataValidationError(
+                f"case {rec.get('case_id', '?')}: field(s) {required} missing or not text (a manifest line needs "
+                "case_id, patient_id and split; write manifests with `ctrag ingest`)"
+            )
+        try:
+            return cls._from_checked_record(dict(rec), root)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, DataValidationError | InvalidInputError):
+                raise
+            raise DataValidationError(f"case {rec['case_id']}: malformed field ({exc})") from exc
+
+    @classmethod
+    def _from_checked_record(cls, rec: dict[str, Any], root: Path | None) -> Case:
         labels = rec.get("labels")
         if isinstance(labels, dict):
             missing = [n for n in CT_RATE_LABELS if n not in labels]
@@ -207,5 +224,8 @@ class Corpus(Sequence[Case]):
                     rec = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise DataValidationError(f"{file}:{lineno}: not valid JSON ({exc})") from exc
-                cases.append(Case.from_record(rec, root))
+                try:
+                    cases.append(Case.from_record(rec, root))
+                except InvalidInputError as exc:  # DataValidationError too: name the line
+                    raise DataValidationError(f"{file}:{lineno}: {exc}") from None
         return cls(cases, root)

@@ -85,6 +85,10 @@ def load_volume(path: str | os.PathLike[str], *, dtype: npt.DTypeLike | None = N
     """
     file = Path(path)
     name = str(file)
+    if file.is_dir():
+        raise DataValidationError(
+            f"{name}: is a folder, not a NIfTI file (a DICOM series? convert it first, e.g. with dcm2niix)"
+        )
     if not file.is_file():
         raise DataValidationError(f"{name}: file not found")
     try:
