@@ -11,6 +11,9 @@ import pytest
 import torch
 
 from ctrag.data.case import Case
+from ctrag.data.transforms import PreprocessConfig
+from ctrag.encoders.ctvit import CTViTConfig
+from ctrag.encoders.volume import VolumeTower, VolumeTowerConfig
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_data"
 
@@ -149,3 +152,73 @@ def tiny_tower_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     path.write_text(json.dumps(arch), encoding="utf-8")
     return path
+
+
+# A CTViT small enough for CPU tests; shared by the CT-CLIP and CTViT tests.
+VISION = CTViTConfig(
+    dim=16, image_size=24, frames=8, patch_size=6, temporal_patch_size=4, spatial_depth=2, temporal_depth=1,
+    dim_head=8, heads=2, codebook_size=12,
+)  # fmt: skip
+
+
+def upstream_ctvit_state(cfg: CTViTConfig, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """A CTViT state dict with transformer_maskgit's key names (encoder + parts CT-CLIP never uses)."""
+
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen) * 0.3
+
+    d, inner, ff = cfg.dim, cfg.dim_head * cfg.heads, cfg.ff_inner
+    patch = cfg.channels * cfg.temporal_patch_size * cfg.patch_size**2
+    sd = {
+        "spatial_rel_pos_bias.net.0.0.weight": r(d, 2), "spatial_rel_pos_bias.net.0.0.bias": r(d),
+        "spatial_rel_pos_bias.net.1.0.weight": r(d, d), "spatial_rel_pos_bias.net.1.0.bias": r(d),
+        "spatial_rel_pos_bias.net.2.weight": r(cfg.heads, d), "spatial_rel_pos_bias.net.2.bias": r(cfg.heads),
+        "to_patch_emb.1.weight": 1 + r(patch), "to_patch_emb.1.bias": r(patch),
+        "to_patch_emb.2.weight": r(d, patch), "to_patch_emb.2.bias": r(d),
+        "to_patch_emb.3.weight": 1 + r(d), "to_patch_emb.3.bias": r(d),
+        "to_patch_emb_first_frame.1.weight": r(36), "to_patch_emb_first_frame.2.weight": r(d, 36),
+        "vq._codebook.initted": torch.ones(1), "vq._codebook.cluster_size": r(1, cfg.codebook_size),
+        "vq._codebook.embed": r(1, cfg.codebook_size, d),
+        "to_pixels.0.weight": r(patch, d), "to_pixels.0.bias": r(patch),
+    }  # fmt: skip
+    for tower, depth in (
+        ("enc_spatial_transformer", cfg.spatial_depth),
+        ("enc_temporal_transformer", cfg.temporal_depth),
+        ("dec_spatial_transformer", 1),
+    ):
+        for i in range(depth):
+            p = f"{tower}.layers.{i}"
+            sd |= {
+                f"{p}.0.dsconv.weight": r(d, 1, 3, 3, 3), f"{p}.0.dsconv.bias": r(d),
+                f"{p}.1.norm.gamma": 1 + r(d), f"{p}.1.norm.beta": r(d),
+                f"{p}.1.context_norm.gamma": torch.ones(d), f"{p}.1.context_norm.beta": torch.zeros(d),
+                f"{p}.1.null_kv": torch.zeros(cfg.heads, 0, cfg.dim_head),
+                f"{p}.1.to_q.weight": r(inner, d), f"{p}.1.to_kv.weight": r(2 * inner, d),
+                f"{p}.1.q_scale": 1 + r(cfg.dim_head), f"{p}.1.k_scale": 1 + r(cfg.dim_head),
+                f"{p}.1.to_out.weight": r(d, inner),
+                f"{p}.3.0.weight": 1 + r(d), f"{p}.3.0.bias": r(d),
+                f"{p}.3.1.weight": r(2 * ff, d), f"{p}.3.4.weight": r(d, ff),
+            }  # fmt: skip
+        sd |= {f"{tower}.norm_out.gamma": 1 + r(d), f"{tower}.norm_out.beta": r(d)}
+    return sd
+
+
+# Volume towers: the preprocessing grid and a small tower shared by the tower, CLIP and preprocess tests.
+PRE = PreprocessConfig(spacing=(4.0, 4.0, 4.0), size=(64, 64, 32))
+SMALL = VolumeTowerConfig(channels=(8, 16, 32), strides=(2, 2, 2), subunits=1, num_groups=4, head_hidden=64,
+                          embed_dim=384)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def real_ct():
+    """The shipped Lung-PET-CT-Dx A0002 chest CT, preprocessed to the ``PRE`` grid."""
+    from ctrag.encoders.preprocess import load_prepared
+
+    return load_prepared(SAMPLE / "ct" / "lowres" / "lung_pet_ct_dx_A0002_ct_128.nii.gz", PRE)
+
+
+def make_tower(seed: int = 0, cfg: VolumeTowerConfig = SMALL) -> VolumeTower:
+    """A small volume tower with seeded weights (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return VolumeTower(cfg).eval()

@@ -18,58 +18,12 @@ from einops import rearrange
 from ctrag.data.nifti import load_volume
 from ctrag.encoders import create_encoder
 from ctrag.encoders.ct_clip import CTCLIPEncoder, CTCLIPTextConfig, ct_clip_preprocess
-from ctrag.encoders.ctvit import CTViTConfig, CTViTEncoder, load_ctvit_state, map_ctvit_keys
+from ctrag.encoders.ctvit import CTViTConfig
 from ctrag.errors import CheckpointMismatchError, InvalidInputError
 
-from .conftest import write_tiny_bert
+from .conftest import VISION, upstream_ctvit_state, write_tiny_bert
 
-VISION = CTViTConfig(
-    dim=16, image_size=24, frames=8, patch_size=6, temporal_patch_size=4, spatial_depth=2, temporal_depth=1,
-    dim_head=8, heads=2, codebook_size=12,
-)  # fmt: skip
 LATENT = 10
-
-
-def upstream_ctvit_state(cfg: CTViTConfig, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """A CTViT state dict with transformer_maskgit's key names (encoder + parts CT-CLIP never uses)."""
-
-    def r(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen) * 0.3
-
-    d, inner, ff = cfg.dim, cfg.dim_head * cfg.heads, cfg.ff_inner
-    patch = cfg.channels * cfg.temporal_patch_size * cfg.patch_size**2
-    sd = {
-        "spatial_rel_pos_bias.net.0.0.weight": r(d, 2), "spatial_rel_pos_bias.net.0.0.bias": r(d),
-        "spatial_rel_pos_bias.net.1.0.weight": r(d, d), "spatial_rel_pos_bias.net.1.0.bias": r(d),
-        "spatial_rel_pos_bias.net.2.weight": r(cfg.heads, d), "spatial_rel_pos_bias.net.2.bias": r(cfg.heads),
-        "to_patch_emb.1.weight": 1 + r(patch), "to_patch_emb.1.bias": r(patch),
-        "to_patch_emb.2.weight": r(d, patch), "to_patch_emb.2.bias": r(d),
-        "to_patch_emb.3.weight": 1 + r(d), "to_patch_emb.3.bias": r(d),
-        "to_patch_emb_first_frame.1.weight": r(36), "to_patch_emb_first_frame.2.weight": r(d, 36),
-        "vq._codebook.initted": torch.ones(1), "vq._codebook.cluster_size": r(1, cfg.codebook_size),
-        "vq._codebook.embed": r(1, cfg.codebook_size, d),
-        "to_pixels.0.weight": r(patch, d), "to_pixels.0.bias": r(patch),
-    }  # fmt: skip
-    for tower, depth in (
-        ("enc_spatial_transformer", cfg.spatial_depth),
-        ("enc_temporal_transformer", cfg.temporal_depth),
-        ("dec_spatial_transformer", 1),
-    ):
-        for i in range(depth):
-            p = f"{tower}.layers.{i}"
-            sd |= {
-                f"{p}.0.dsconv.weight": r(d, 1, 3, 3, 3), f"{p}.0.dsconv.bias": r(d),
-                f"{p}.1.norm.gamma": 1 + r(d), f"{p}.1.norm.beta": r(d),
-                f"{p}.1.context_norm.gamma": torch.ones(d), f"{p}.1.context_norm.beta": torch.zeros(d),
-                f"{p}.1.null_kv": torch.zeros(cfg.heads, 0, cfg.dim_head),
-                f"{p}.1.to_q.weight": r(inner, d), f"{p}.1.to_kv.weight": r(2 * inner, d),
-                f"{p}.1.q_scale": 1 + r(cfg.dim_head), f"{p}.1.k_scale": 1 + r(cfg.dim_head),
-                f"{p}.1.to_out.weight": r(d, inner),
-                f"{p}.3.0.weight": 1 + r(d), f"{p}.3.0.bias": r(d),
-                f"{p}.3.1.weight": r(2 * ff, d), f"{p}.3.4.weight": r(d, ff),
-            }  # fmt: skip
-        sd |= {f"{tower}.norm_out.gamma": 1 + r(d), f"{tower}.norm_out.beta": r(d)}
-    return sd
 
 
 def build_checkpoint(folder: Path, *, with_vision: bool = True, seed: int = 0) -> tuple[Path, Path, dict]:
@@ -215,14 +169,6 @@ def test_factory_builds_ct_clip_from_an_architecture_file(tmp_path):
     text_only = create_encoder(arch_file, weights=tmp_path, text_model=text_dir, load_volume_tower=False)
     assert not text_only.supports_volume and text_only.fingerprint != enc.fingerprint
     np.testing.assert_allclose(text_only.encode_text(["no effusion."]), enc.encode_text(["no effusion."]), atol=1e-6)
-
-
-def test_map_reports_unknown_keys_without_raising():
-    ours, dropped, unknown = map_ctvit_keys({"foo.bar": torch.zeros(1), "to_pixels.0.weight": torch.zeros(1)})
-    assert ours == {} and dropped == ["to_pixels.0.weight"] and unknown == ["foo.bar"]
-    model = CTViTEncoder(VISION)
-    with pytest.raises(CheckpointMismatchError, match="missing keys"):
-        load_ctvit_state(model, {})
 
 
 def test_ct_clip_preprocess_on_a_real_ct(lowres_chest_ct):

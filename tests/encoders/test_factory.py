@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from ctrag.encoders import create_encoder, get_model_config, list_encoders, list_pretrained
-from ctrag.encoders import pretrained as pretrained_mod
-from ctrag.encoders.pretrained import PretrainedCfg, get_pretrained_cfg, resolve_pretrained
-from ctrag.errors import CheckpointMismatchError, ConfigError, InvalidInputError, WeightsNotFoundError
+from ctrag.encoders.pretrained import resolve_pretrained
+from ctrag.errors import ConfigError, InvalidInputError, WeightsNotFoundError
 
 from .conftest import write_tiny_bert
 
@@ -76,20 +73,6 @@ def test_ct_clip_tag_names_the_expected_local_path(tmp_path):
     assert str(expected) in str(info.value) and "never downloads" in str(info.value)
 
 
-def test_unknown_tag_lists_tags():
-    with pytest.raises(InvalidInputError, match=r"known tags: \['packaged'\]"):
-        get_pretrained_cfg("minilm", "v9")
-
-
-def test_checksum_mismatch_is_an_error(monkeypatch, tmp_path):
-    (tmp_path / "w.bin").write_bytes(b"not the registered weights")
-    entry = PretrainedCfg(model="minilm", tag="fake", files={"model": "w.bin"}, sha256={"model": "0" * 64})
-    monkeypatch.setitem(pretrained_mod._REGISTRY["minilm"], "fake", entry)
-    with pytest.raises(CheckpointMismatchError, match="does not match the registered"):
-        resolve_pretrained("minilm", "fake", tmp_path)
-    assert resolve_pretrained("minilm", "fake", tmp_path, verify=False)["model"] == tmp_path / "w.bin"
-
-
 def test_architecture_json_file_and_bad_type(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"type": "telepathy"}', encoding="utf-8")
@@ -97,11 +80,6 @@ def test_architecture_json_file_and_bad_type(tmp_path):
         get_model_config(bad)
     with pytest.raises(InvalidInputError, match="not found"):
         get_model_config(tmp_path / "missing.json")
-
-
-def test_weights_dir_env_is_only_a_default(monkeypatch, tmp_path):
-    monkeypatch.setenv(pretrained_mod.WEIGHTS_DIR_ENV, str(tmp_path))
-    assert pretrained_mod.default_weights_dir() == Path(tmp_path)
 
 
 def test_hf_folder_without_weights_is_reported(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctrag.encoders.long_text import chunk_texts, mean_by_owner, split_sentences
+from ctrag.encoders.long_text import chunk_texts, mean_by_owner
 from ctrag.errors import InvalidInputError
 
 
@@ -36,33 +36,6 @@ def test_similar_texts_are_closer_than_unrelated(minilm):
         ]
     )
     assert emb[0] @ emb[1] > emb[0] @ emb[2] + 0.1
-
-
-def test_sentence_splitter_keeps_decimals_and_breaks():
-    text = "A 1.5 cm nodule is seen. No effusion; heart normal.\nImpression: nodule."
-    assert split_sentences(text) == ["A 1.5 cm nodule is seen.", "No effusion;", "heart normal.", "Impression: nodule."]
-
-
-def test_chunk_windows_fit_and_cover_every_sentence(minilm, ct_rate_reports):
-    limit = minilm.max_tokens
-    assert limit == 254  # 256 positions minus [CLS] and [SEP]
-    lengths = minilm.count_tokens(ct_rate_reports)
-    assert max(lengths) > limit, "the sample must contain reports longer than the window"
-    chunks, owner = chunk_texts(ct_rate_reports, minilm.count_tokens, limit)
-    assert max(minilm.count_tokens(chunks)) <= limit
-    assert np.all(np.diff(owner) >= 0) and set(owner.tolist()) == set(range(len(ct_rate_reports)))
-    for i, text in enumerate(ct_rate_reports):
-        joined = " ".join(chunks[j] for j in np.flatnonzero(owner == i))
-        assert " ".join(split_sentences(joined)) == " ".join(split_sentences(text))
-    # short reports stay a single, unchanged window
-    short = [i for i, n in enumerate(lengths) if n <= limit]
-    assert short and all(chunks[np.flatnonzero(owner == i)[0]] == ct_rate_reports[i] for i in short)
-
-
-def test_overlong_sentence_is_cut_at_words(minilm):
-    sentence = " ".join(["consolidation"] * 400) + "."
-    chunks, owner = chunk_texts([sentence], minilm.count_tokens, 50)
-    assert len(chunks) > 1 and max(minilm.count_tokens(chunks)) <= 50 and set(owner.tolist()) == {0}
 
 
 def test_chunk_mean_differs_only_for_long_reports(minilm, minilm_chunk, ct_rate_reports):
