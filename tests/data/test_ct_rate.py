@@ -176,3 +176,18 @@ def test_reports_without_volumes_name_the_cli_flag(ct_rate_root: Path, tmp_path:
     assert "ctrag ingest --include-report-only" in str(err.value)
     cases = read_ct_rate(root, include_report_only=True)
     assert cases and all(c.volume_path is None and c.has_report for c in cases)
+
+
+def test_labels_csv_without_every_label_column_is_a_file_error(ct_rate_root: Path, tmp_path: Path) -> None:
+    """Used to skip every case of the part, one by one, with "label ... must be 0 or 1, got ''"."""
+    root = tmp_path / "copy"
+    shutil.copytree(ct_rate_root, root)
+    path = root / "dataset" / "multi_abnormality_labels" / "train_predicted_labels.csv"
+    with open(path, encoding="utf-8", newline="") as fh:
+        rows = [r[:-1] for r in csv.reader(fh)]  # drop the last label column
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    with pytest.raises(
+        InvalidInputError, match=rf"train_predicted_labels\.csv: missing column\(s\) \['{CT_RATE_LABELS[-1]}'\]"
+    ):
+        read_ct_rate(root)

@@ -259,7 +259,7 @@ def read_ct_rate(
     cases: list[Case] = []
     for part in parts:
         reports = _index_by_volume(layout.reports.get(part), ("Findings_EN", "Impressions_EN"))
-        labels = _index_by_volume(layout.labels.get(part), ())
+        labels = _index_by_volume(layout.labels.get(part), CT_RATE_LABELS)
         metadata = _index_by_volume(layout.metadata.get(part), ())
         volumes = _scan_volumes(layout.volume_dirs[part]) if part in layout.volume_dirs else {}
         names = sorted(set(volumes) | (set(reports) if include_report_only else set()))
