@@ -96,6 +96,8 @@ def test_save_and_load_pretrained_round_trip(pipeline, val_reports, tmp_path: Pa
 def test_bad_inputs_are_refused_before_work(pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InvalidInputError, match="report is empty"):
         pipeline("   ")
+    with pytest.raises(InvalidInputError, match="over the limit of 32768 bytes"):  # the limit of ctrag ingest
+        pipeline("Normal chest CT. " * 2000)
     with pytest.raises(InvalidInputError, match="strategy"):
         pipeline("Normal chest CT.", strategy="closest")
     unknown = np.zeros((20, 20, 10), np.uint8)
