@@ -72,19 +72,12 @@ def read_text_utf8(path: str | os.PathLike[str]) -> str:
         ) from exc
 
 
-def read_csv_rows(path: str | os.PathLike[str], required: tuple[str, ...] = ()) -> list[dict[str, str]]:
-    """Rows of a UTF-8 CSV as dicts of stripped strings; a missing required column is an ``InvalidInputError``.
-
-    The csv module (not pandas) keeps every cell a string, so empty cells stay ``""`` and ids such as
-    ``0001`` are not turned into numbers.
-    """
-    return [row for _, row in read_csv_lines(path, required)]
-
-
 def read_csv_lines(path: str | os.PathLike[str], required: tuple[str, ...] = ()) -> list[tuple[int, dict[str, str]]]:
-    """Like :func:`read_csv_rows`, with the file line each row starts on (the header is line 1).
+    """Rows of a UTF-8 CSV as ``(line, row)``: the file line the row starts on (header = 1) and a dict of stripped
+    strings; a missing required column is an ``InvalidInputError``.
 
-    Line numbers let error messages point at the row, also when a quoted cell spans several lines.
+    The csv module (not pandas) keeps every cell a string, so empty cells stay ``""`` and ids such as ``0001`` are
+    not turned into numbers. Line numbers let messages point at a row, also when a quoted cell spans lines.
     """
     file = Path(path)
     text = read_text_utf8(file)
