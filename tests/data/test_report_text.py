@@ -63,3 +63,12 @@ def test_ingest_uses_the_same_limit() -> None:
 
     for fn in (check_report, ingest, validate_case):
         assert inspect.signature(fn).parameters["max_report_bytes"].default == MAX_REPORT_BYTES
+
+
+def test_size_hint_is_added_to_the_size_message_only() -> None:
+    hint = "; raise the limit with --max-report-bytes"
+    with pytest.raises(InvalidInputError, match=r"over the limit of 10 bytes.*--max-report-bytes$"):
+        check_report_text("x" * 11, max_bytes=10, size_hint=hint)
+    with pytest.raises(InvalidInputError) as err:
+        check_report_text("a\x00", size_hint=hint)
+    assert "--max-report-bytes" not in str(err.value)

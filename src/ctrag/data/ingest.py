@@ -9,7 +9,9 @@ its reason*; the rest are still validated. Checks, in order:
 2. text: a case needs text unless it has a volume and says ``report_source="none"`` (a CT without text may
    still train volume models or be searched by image; a report-only or mask-only case without text is useless);
    text with ``report_source="none"``, or a ``radiologist``/``annotation-derived`` source with no text, is
-   inconsistent; a report larger than ``max_report_bytes`` (UTF-8) is refused, as is text with NUL bytes;
+   inconsistent; a report larger than ``max_report_bytes`` (UTF-8; default
+   :data:`ctrag.data.report_text.MAX_REPORT_BYTES`, the limit search and generate apply too) is refused, as is
+   text with NUL bytes;
 3. volume: readable, not truncated, 3-D, valid affine (``ctrag.data.nifti.load_volume``), values in Hounsfield
    units (``check_ct_intensity``; CT-RATE raw values are rescaled first when the metadata says so);
 4. mask: known ``mask_source`` (decides the allowed label ids, :data:`MASK_LABEL_SETS`), integer labels
@@ -210,10 +212,14 @@ def check_report(case: Case, max_report_bytes: int = MAX_REPORT_BYTES) -> None:
     if case.report_source == "none":
         raise DataValidationError("report text is given but report_source is 'none'; say where the text came from")
     try:
-        check_report_text(text, what="report", max_bytes=max_report_bytes)
+        check_report_text(
+            text,
+            what="report",
+            max_bytes=max_report_bytes,
+            size_hint="; raise the limit with --max-report-bytes if this is a genuine report",
+        )
     except InvalidInputError as exc:
-        hint = "; raise it with --max-report-bytes if this is a genuine report" if "over the limit" in str(exc) else ""
-        raise DataValidationError(f"{exc}{hint}") from None
+        raise DataValidationError(str(exc)) from None
 
 
 def _apply_rescale(volume: Volume, case: Case) -> tuple[Volume, bool]:

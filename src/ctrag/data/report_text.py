@@ -22,13 +22,19 @@ def report_size(text: str) -> int:
 
 
 def check_report_text(
-    text: object, *, what: str = "report", max_bytes: int = MAX_REPORT_BYTES, allow_empty: bool = False
+    text: object,
+    *,
+    what: str = "report",
+    max_bytes: int = MAX_REPORT_BYTES,
+    allow_empty: bool = False,
+    size_hint: str = "",
 ) -> str:
     """Return ``text`` when it is usable report text; raise ``InvalidInputError`` saying what is wrong otherwise.
 
     Refused: a non-string, empty or whitespace-only text (unless ``allow_empty``), text with NUL bytes (binary
     data read as text), and text over ``max_bytes`` UTF-8 bytes. ``what`` names the input in the message
-    (``"--report-file notes.txt"``, ``"report"``).
+    (``"--report-file notes.txt"``, ``"report"``); ``size_hint`` is appended to the size message (how the caller
+    can raise its limit, where it can).
     """
     if max_bytes <= 0:
         raise InvalidInputError(f"the report size limit must be positive, got {max_bytes}")
@@ -43,5 +49,6 @@ def check_report_text(
         raise InvalidInputError(
             f"{what} is {size} bytes, over the limit of {max_bytes} bytes (findings + impression, UTF-8); "
             "a radiology report is far shorter, and the text encoder would read only its first few hundred tokens"
+            + size_hint
         )
     return text
