@@ -44,7 +44,10 @@ def _relative_path(path: str | None, corpus_root: Path | None) -> str | None:
     """``path`` relative to the corpus folder, as the manifest stores it; unchanged when no root is known."""
     if path is None or corpus_root is None:
         return path
-    return os.path.relpath(path, corpus_root)
+    try:
+        return os.path.relpath(path, corpus_root)
+    except ValueError:  # another drive (Windows): no relative form exists
+        return path
 
 
 def _hit_record(hit: Hit, corpus_root: Path | None = None) -> dict[str, Any]:
