@@ -39,13 +39,6 @@ from ctrag.retrieval.lexical import TfidfVectors
 # ------------------------------------------------------------------------------------------------ metrics
 
 
-def test_label_jaccard_and_empty_convention() -> None:
-    a = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 0]])
-    b = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0]])
-    np.testing.assert_allclose(label_jaccard(a, b), [1 / 3, 1.0, 0.0])
-    assert label_jaccard(a[1], b[1], empty=0.0) == 0.0
-
-
 def test_at_k_metrics_hand_computed() -> None:
     q = np.array([[1, 0, 0], [0, 1, 1]])
     r = np.array(

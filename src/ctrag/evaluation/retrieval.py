@@ -39,6 +39,7 @@ from ctrag.data.case import Case
 from ctrag.data.labels import CT_RATE_LABELS
 from ctrag.errors import InvalidInputError
 from ctrag.retrieval.hybrid import HybridConfig, HybridScorer
+from ctrag.retrieval.label_agreement import exact_match, label_jaccard
 from ctrag.retrieval.lexical import BM25Config, BM25Scorer, TfidfConfig, TfidfScorer
 from ctrag.utils.serialization import write_json
 
@@ -58,20 +59,6 @@ FIGURE_NAME = "retrieval_tradeoff.png"
 
 
 # ------------------------------------------------------------------------------------------------ metrics
-
-
-def label_jaccard(a: np.ndarray, b: np.ndarray, empty: float = 1.0) -> np.ndarray:
-    """Jaccard of 0/1 label vectors along the last axis (broadcasting); two empty sets give ``empty``."""
-    x = np.asarray(a).astype(bool)
-    y = np.asarray(b).astype(bool)
-    inter = np.logical_and(x, y).sum(-1)
-    union = np.logical_or(x, y).sum(-1)
-    return np.where(union > 0, inter / np.maximum(union, 1), empty).astype(np.float64)
-
-
-def exact_match(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """True where two label vectors (last axis) are identical."""
-    return np.all(np.asarray(a).astype(bool) == np.asarray(b).astype(bool), axis=-1)
 
 
 def _check_retrieved(query_labels: np.ndarray, retrieved_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -43,6 +43,7 @@ from ctrag.config import config_to_dict, from_dict
 from ctrag.data.case import Case
 from ctrag.data.labels import CT_RATE_LABELS
 from ctrag.errors import ConfigError, DataValidationError, IncompatibleIndexError, InvalidInputError
+from ctrag.retrieval.label_agreement import expected_jaccard, label_jaccard_matrix
 from ctrag.retrieval.label_model import LabelModel, LabelModelConfig
 from ctrag.retrieval.lexical import BM25Config, BM25Scorer, TfidfScorer, tokens_alnum
 from ctrag.utils.hashing import sha256_json
@@ -154,52 +155,6 @@ class HybridConfig:
 
 
 # ------------------------------------------------------------------------------------------- scoring pieces
-
-
-def label_jaccard_matrix(a: np.ndarray, b: np.ndarray, empty: float = 1.0) -> np.ndarray:
-    """(len(a), len(b)) Jaccard of 0/1 label rows; two all-zero rows score ``empty``."""
-    x = np.asarray(a, dtype=np.float64)
-    y = np.asarray(b, dtype=np.float64)
-    inter = x @ y.T
-    union = x.sum(1)[:, None] + y.sum(1)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1.0), empty)
-
-
-def expected_jaccard(probs: np.ndarray, cand_labels: np.ndarray, empty: float = 1.0) -> np.ndarray:
-    """E[Jaccard(Q, Y_c)] for Q_i ~ Bernoulli(probs[q, i]) independently, against fixed 0/1 rows Y_c.
-
-    With A = |Q ∩ Y| and B = |Q \\ Y| (independent: they involve disjoint labels), J = A / (|Y| + B), so
-    E[J] = E[A] * E[1 / (|Y| + B)]; B's Poisson-binomial law comes from a short dynamic programme over the
-    labels outside Y. For |Y| = 0, J is ``empty`` when B = 0 and 0 otherwise. Computed once per distinct label
-    pattern among the candidates (a few hundred for thousands of reports), then gathered.
-    """
-    p = np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0)
-    y = np.asarray(cand_labels)
-    if p.ndim != 2 or y.ndim != 2 or p.shape[1] != y.shape[1]:
-        raise InvalidInputError(f"expected_jaccard: shapes {p.shape} and {y.shape} do not fit")
-    patterns, inverse = np.unique(y.astype(bool), axis=0, return_inverse=True)
-    inverse = np.asarray(inverse).ravel()
-    n_lab = p.shape[1]
-    size = patterns.sum(1).astype(np.float64)  # |Y| per pattern
-    out = np.empty((p.shape[0], patterns.shape[0]), dtype=np.float64)
-    k = np.arange(n_lab + 1, dtype=np.float64)
-    denom = size[:, None] + k[None, :]
-    inv = np.where(denom > 0, 1.0 / np.maximum(denom, 1.0), 0.0)  # (n_pat, n_lab + 1)
-    chunk = max(1, 2_000_000 // max(1, patterns.shape[0] * (n_lab + 1)))
-    outside = ~patterns  # labels that only Q can contribute (to B)
-    for start in range(0, p.shape[0], chunk):
-        pq = p[start : start + chunk]
-        e_a = pq @ patterns.T.astype(np.float64)  # (nq, n_pat)
-        dist = np.zeros((pq.shape[0], patterns.shape[0], n_lab + 1))
-        dist[..., 0] = 1.0
-        for j in range(n_lab):
-            pe = pq[:, j][:, None] * outside[:, j][None, :]
-            nxt = dist * (1.0 - pe)[..., None]
-            nxt[..., 1:] += dist[..., :-1] * pe[..., None]
-            dist = nxt
-        e_inv = (dist * inv[None]).sum(-1)
-        out[start : start + chunk] = np.where(size[None, :] > 0, e_a * e_inv, empty * dist[..., 0])
-    return out[:, inverse]
 
 
 def _normalise_max(m: np.ndarray) -> np.ndarray:
