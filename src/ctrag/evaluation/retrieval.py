@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ from ctrag.errors import InvalidInputError
 from ctrag.retrieval.hybrid import HybridConfig, HybridScorer
 from ctrag.retrieval.label_agreement import exact_match, label_jaccard
 from ctrag.retrieval.lexical import BM25Config, BM25Scorer, TfidfConfig, TfidfScorer
+from ctrag.utils.progress import ProgressFn
 from ctrag.utils.serialization import write_json
 
 if TYPE_CHECKING:
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str, int, int], None]
 #: Text below this line in an existing Markdown report is kept when the report is regenerated (hand-written notes).
 KEEP_MARKER = "<!-- hand-written notes below are kept when this file is regenerated -->"
 JSON_NAME = "retrieval_eval.json"
@@ -225,7 +225,9 @@ class _MemoMixin:
                 texts,
                 batch_size=batch_size,
                 cache=cache,
-                progress=None if progress is None else lambda done, total: progress("encode reports", done, total),
+                progress=None
+                if progress is None
+                else lambda _stage, done, total: progress("encode reports", done, total),
             )
         finally:
             if cache is not None:
@@ -561,7 +563,7 @@ def evaluate_retrieval(
     With ``index`` (e.g. loaded by ``Retriever.from_dir``), its rows are the index and ``scorer`` (may be None:
     dense) is what it stores; ``data.index_cases`` is then ignored.
     """
-    from ctrag.index.build import build_text_index
+    from ctrag.index.build import build_index
 
     config = config or RetrievalEvalConfig()
     hybrid_config = hybrid_config or HybridConfig()
@@ -577,25 +579,21 @@ def evaluate_retrieval(
     if index is None:
         # Embed every report once, with progress; the index build and the retriever then hit the memo.
         memo.encode_text([c.report_text for c in data.index_cases] + query_texts, batch_size=64)
-        t0 = time.perf_counter()
-        index, index_emb = build_text_index(
+        built = build_index(
             data.index_cases,
             memo,
+            scorer="hybrid",
+            hybrid_config=hybrid_config,
             splits=("train",),
             config=index_config,
             seed=config.seed,
             encoder_spec=encoder_spec,
             source={"evaluation": "ctrag evaluate retrieval"},
+            progress=progress,
         )
-        timings["build_index_seconds"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if progress is not None:
-            progress("fit hybrid scorer", 0, 1)
-        scorer = HybridScorer.fit(index.cases, index_emb, hybrid_config, config.seed)
-        index.attach_component("hybrid", scorer)
-        timings["fit_default_seconds"] = time.perf_counter() - t0
-        if progress is not None:
-            progress("fit hybrid scorer", 1, 1)
+        index, index_emb, scorer = built.index, built.embeddings, built.scorer
+        timings["build_index_seconds"] = built.timings["build_index_seconds"]
+        timings["fit_default_seconds"] = built.timings["fit_scorer_seconds"]
     else:
         index_emb = np.asarray(index.vectors, dtype=np.float32)
         notes.append(f"evaluated a saved index ({len(index)} rows); its rows replace the train.csv rows.")
