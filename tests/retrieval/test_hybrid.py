@@ -19,7 +19,7 @@ from ctrag.config import load_config
 from ctrag.data.case import Case
 from ctrag.data.ct_rate import read_ctclip_classifier
 from ctrag.errors import ConfigError, IncompatibleIndexError, InvalidInputError
-from ctrag.evaluation.text_metrics import rouge_l
+from ctrag.evaluation.metrics.text import rouge_l
 from ctrag.retrieval.hybrid import HybridConfig, HybridScorer, HybridWeights
 from ctrag.retrieval.label_agreement import label_jaccard_matrix
 from ctrag.retrieval.label_model import LabelModel

@@ -9,7 +9,7 @@ rows and measure
   per-label hit rate at k (for each label, the share of queries having it whose top k contain a report having it);
   Jaccard of two all-zero label vectors is defined as 1 (two normal studies agree perfectly);
 - **text agreement** of the top-1 report with the query: ROUGE-L F-measure (and ROUGE-2), see
-  :mod:`ctrag.evaluation.text_metrics` (equal to Google's ``rouge-score`` with Porter stemming).
+  :mod:`ctrag.evaluation.metrics.text` (equal to Google's ``rouge-score`` with Porter stemming).
 
 Methods: random, TF-IDF, BM25, the plain packaged MiniLM (dense cosine), a label oracle (ranks by Jaccard with
 the query's *true* labels: an upper bound no text retriever can reach), ctrag's default retriever (what ``ctrag
@@ -406,7 +406,7 @@ def method_metrics(
     rouge_stem: bool = True,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Summary metrics (with CIs) and the per-query arrays of one method."""
-    from ctrag.evaluation.text_metrics import rouge_l, rouge_n
+    from ctrag.evaluation.metrics.text import rouge_l, rouge_n
 
     q_labels = _labels(query_cases)
     i_labels = _labels(index_cases)
