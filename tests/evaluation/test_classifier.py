@@ -15,7 +15,7 @@ import torch
 
 from ctrag.data.labels import CT_RATE_LABELS
 from ctrag.errors import CheckpointMismatchError, InvalidInputError, WeightsNotFoundError
-from ctrag.evaluation.classifier import ClassifierConfig, ClinicalClassifier, train_classifier
+from ctrag.evaluation.classifier import TRAIN_STAGE, ClassifierConfig, ClinicalClassifier, train_classifier
 from ctrag.evaluation.features import create_extractor
 from ctrag.evaluation.volumes import prepare_volume
 
@@ -37,14 +37,17 @@ def trained(real_volumes) -> tuple[ClinicalClassifier, list[np.ndarray], np.ndar
     arrays = [prepare_volume(real_volumes[n], TINY.input_shape, TINY.hu_window) for n in names]
     labels = np.zeros((4, len(CT_RATE_LABELS)), dtype=np.float32)
     labels[:3, NODULE] = 1.0  # annotation-derived: a lung lesion in the three lung-cancer CTs
-    losses: list[float] = []
+    calls: list[tuple[str, int, int]] = []
     clf = train_classifier(
         arrays,
         labels,
         TINY,
         metadata={"label_source": "annotation-derived (test)"},
-        progress=lambda e, n, loss: losses.append(loss),
+        progress=lambda *a: calls.append(a),
     )
+    assert calls == [(TRAIN_STAGE, e, TINY.epochs) for e in range(1, TINY.epochs + 1)]
+    losses = clf.metadata["train_losses"]
+    assert losses[-1] == clf.metadata["final_train_loss"]
     return clf, arrays, labels, losses
 
 

@@ -44,6 +44,7 @@ from ctrag.evaluation.metrics.classification import classification_scores
 from ctrag.evaluation.metrics.segmentation import spatial_agreement
 from ctrag.evaluation.stats import bootstrap_ci, wilcoxon_worse
 from ctrag.utils.hashing import sha256_text
+from ctrag.utils.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,6 @@ class GenerateFn(Protocol):
     ) -> Any: ...
 
 
-ProgressFn = Callable[[str, int, int], None]
 Segmenter = Callable[[Volume], Volume]
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,10 @@ from ctrag.errors import CheckpointMismatchError, InvalidInputError, WeightsNotF
 from ctrag.evaluation.volumes import prepare_volume
 from ctrag.utils.atomic import atomic_path, atomic_write_text
 from ctrag.utils.hashing import sha256_file
+from ctrag.utils.progress import ProgressFn
+
+#: Stage label of :func:`train_classifier` progress (one step per epoch).
+TRAIN_STAGE = "epochs"
 
 logger = logging.getLogger(__name__)
 
@@ -241,14 +245,14 @@ def train_classifier(
     config: ClassifierConfig,
     *,
     metadata: dict[str, Any] | None = None,
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> ClinicalClassifier:
     """Train :class:`CTNet` on prepared volumes and a ``(N, num_labels)`` 0/1 matrix; returns it frozen.
 
     Loss: BCE with per-label positive weights (negatives/positives, clipped to [1, 20]) because abnormalities are
     rare. Augmentation (from ``torch.Generator(config.seed)``): random translations of up to 1/8 of each axis
-    and intensity jitter, kept mild because the evaluation set is small. ``progress(epoch, epochs, loss)`` is
-    called after every epoch.
+    and intensity jitter, kept mild because the evaluation set is small. ``progress("epochs", epoch, epochs)`` is
+    called after every epoch; the per-epoch mean losses land in ``metadata["train_losses"]``.
     """
     y = np.asarray(labels, dtype=np.float32)
     if y.ndim != 2 or y.shape[1] != config.num_labels:
@@ -270,6 +274,7 @@ def train_classifier(
     x_t, y_t = torch.from_numpy(x_all)[:, None], torch.from_numpy(y)
     model.train()
     last = float("nan")
+    history: list[float] = []
     # Dropout draws from the global RNG: fork it, seeded, so training is reproducible and the caller's RNG intact.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -285,14 +290,16 @@ def train_classifier(
                 opt.step()
                 losses.append(float(loss.detach()))
             last = float(np.mean(losses))
+            history.append(last)
             if progress is not None:
-                progress(epoch + 1, config.epochs, last)
+                progress(TRAIN_STAGE, epoch + 1, config.epochs)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     meta = dict(metadata or {})
     meta.setdefault("n_train", len(y))
     meta["final_train_loss"] = last
+    meta["train_losses"] = history
     return ClinicalClassifier(model=model, config=config, metadata=meta)
 
 
@@ -344,7 +351,7 @@ def train_from_corpus(
     *,
     split: str = "train",
     label_file: str | os.PathLike[str] | None = None,
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> ClinicalClassifier:
     """Train on the ``split`` cases that have a CT and labels (manifest labels, or ``label_file`` rows).
 
