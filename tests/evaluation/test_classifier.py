@@ -7,6 +7,7 @@ example is used as the lesion-free case). Nothing here measures clinical accurac
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,20 @@ def test_save_load_roundtrip_and_extractors(trained, tmp_path: Path, real_volume
         ClinicalClassifier.load(folder)
     with pytest.raises(WeightsNotFoundError, match="ctrag train classifier"):
         ClinicalClassifier.load(tmp_path / "nothing")
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(trained, tmp_path: Path) -> None:
+    """The loader reads through the one checkpoint reader and loads strictly: a config edited after training
+    (another trunk width) fails naming the file and the mismatch, instead of a half-loaded network."""
+    clf = trained[0]
+    folder = clf.save(tmp_path / "clf")
+    record = json.loads((folder / "classifier.json").read_text(encoding="utf-8"))
+    record["config"]["trunk_channels"] = [8, 16, 16, 48]
+    (folder / "classifier.json").write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(
+        CheckpointMismatchError, match=r"classifier\.pt: checkpoint does not fit CTNet: .*shape mismatch"
+    ):
+        ClinicalClassifier.load(folder)
 
 
 def test_bad_inputs_are_refused(trained) -> None:

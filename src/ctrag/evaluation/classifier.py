@@ -37,6 +37,7 @@ from ctrag.data.nifti import Volume
 from ctrag.errors import CheckpointMismatchError, InvalidInputError, WeightsNotFoundError
 from ctrag.evaluation.volumes import prepare_volume
 from ctrag.utils.atomic import atomic_path, atomic_write_text
+from ctrag.utils.checkpoints import load_checkpoint_file, load_strict
 from ctrag.utils.hashing import sha256_file
 from ctrag.utils.progress import ProgressFn
 
@@ -227,12 +228,7 @@ class ClinicalClassifier:
         if record.get("weights_sha256") and record["weights_sha256"] != digest:
             raise CheckpointMismatchError(f"{weights}: sha256 {digest[:12]} differs from {CONFIG_NAME}")
         model = CTNet(cfg)
-        state = torch.load(str(weights), map_location="cpu", weights_only=True)
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise CheckpointMismatchError(
-                f"{weights}: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
-            )
+        load_strict(model, load_checkpoint_file(weights), str(weights), hint=f"Is {cfg_file.name} from the same run?")
         model.to(torch.device(device)).eval()
         for p in model.parameters():
             p.requires_grad_(False)
