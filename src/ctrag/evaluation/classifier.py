@@ -100,21 +100,10 @@ class CTNet(nn.Module):
 
     def __init__(self, cfg: ClassifierConfig) -> None:
         super().__init__()
-        from monai.networks.nets.resnet import ResNet
+        from ctrag.evaluation.features import resnet2d_torchvision_layout
 
         self.cfg = cfg
-        self.trunk = ResNet(
-            block="basic",
-            layers=list(cfg.trunk_layers),
-            block_inplanes=list(cfg.trunk_channels),
-            spatial_dims=2,
-            n_input_channels=3,
-            conv1_t_size=7,
-            conv1_t_stride=2,
-            shortcut_type="B",
-            bias_downsample=False,
-            feed_forward=False,
-        )
+        self.trunk = resnet2d_torchvision_layout("basic", cfg.trunk_layers, cfg.trunk_channels)
         c_trunk = cfg.trunk_channels[-1]
         r1, r2 = cfg.reducer_channels
         self.reducer = nn.Sequential(

@@ -123,15 +123,9 @@ def render_markdown(result: RetrievalEvalResult, command: str | None = None) -> 
 
 def write_figure(result: RetrievalEvalResult, path: Path) -> Path | None:
     """Scatter of top-1 label-Jaccard vs ROUGE-L (with CIs): the trade-off the default retriever resolves."""
-    try:
-        import matplotlib
+    from ctrag.segment.overlay import pyplot, save_png
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - matplotlib is a dependency
-        return None
-    from ctrag.utils.atomic import atomic_path
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     colours = {"default": "tab:red", "ablation": "tab:orange", "baseline": "tab:blue", "reference": "tab:gray"}
     for m in result.methods:
@@ -145,11 +139,7 @@ def write_figure(result: RetrievalEvalResult, path: Path) -> Path | None:
     ax.set_ylabel("ROUGE-L F (query vs top-1 report)")
     ax.set_title(f"Report -> case retrieval ({result.data['queries']} queries, {result.data['index_rows']} rows)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=130, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=130)
 
 
 def write_outputs(result: RetrievalEvalResult, out_dir: str | Path, command: str | None = None) -> list[Path]:
