@@ -13,9 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctrag.config import load_config
 from ctrag.errors import (
-    ConfigError,
     DataValidationError,
     IncompatibleIndexError,
     InvalidInputError,
@@ -252,21 +250,6 @@ def test_save_refuses_a_foreign_non_empty_folder(train_index: CaseIndex, tmp_pat
     with pytest.raises(InvalidInputError, match="not empty and not a ctrag index"):
         train_index.save(tmp_path / "corpus")
     assert (tmp_path / "corpus" / "manifest.jsonl").read_text() == "{}\n"
-
-
-def test_index_config_from_preset_and_validation() -> None:
-    cfg = load_config(IndexConfig, "tiny-cpu", section="index")
-    assert cfg.kind == "flat"
-    assert (
-        load_config(IndexConfig, "tiny-cpu", ["kind=hnsw", "hnsw.ef_search=128"], section="index").hnsw.ef_search == 128
-    )
-    with pytest.raises(ConfigError, match="kind must be one of"):
-        IndexConfig(kind="annoy")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="m=40 must divide the dimension 384"):
-        IVFPQConfig(m=40).resolve_m(384)
-    assert IVFPQConfig().resolve_m(384) == 48 and IVFPQConfig().resolve_m(512) == 64
-    assert IVFPQConfig().resolve_nlist(1_000_000) == 1000 and IVFPQConfig().resolve_nlist(100) == 2
-    assert IVFPQConfig().resolve_train_size(1_000_000, 1000) == 64_000
 
 
 def test_ivfpq_small_corpus_records_the_sizes_it_used(support_module, test_encoder) -> None:  # type: ignore[no-untyped-def]
