@@ -102,94 +102,6 @@ def load_ctclip_eval_data(folder: str | Path) -> EvalData:
     return split_by_patient(index_cases, query_cases)
 
 
-# ----------------------------------------------------------------------------------------------- encoders
-
-
-def memo_encoder(
-    encoder: Encoder, *, cache_path: str | Path | None = None, progress: ProgressFn | None = None
-) -> Encoder:
-    """An :class:`Encoder` that wraps ``encoder`` and remembers vectors by text (see ``_MemoEncoder``)."""
-    from ctrag.encoders.base import Encoder as _Base
-
-    class _MemoEncoder(_MemoMixin, _Base):
-        pass
-
-    return _MemoEncoder(encoder, cache_path=cache_path, progress=progress)
-
-
-class _MemoMixin:
-    """Wraps an encoder: remembers vectors by text (and optionally uses ctrag's on-disk embedding cache).
-
-    The index build, the retriever's query encoding and the baselines all embed the same reports; with this
-    wrapper each report is encoded once per run, in batches that report progress. It keeps the wrapped
-    encoder's name, dimension and fingerprint, so indexes and guards treat it as that encoder.
-    """
-
-    def __init__(
-        self, encoder: Encoder, *, cache_path: str | Path | None = None, progress: ProgressFn | None = None
-    ) -> None:
-        self.inner = encoder
-        self.name = encoder.name
-        self._memo: dict[str, np.ndarray] = {}
-        self._cache_path = Path(cache_path) if cache_path is not None else None
-        self.progress = progress
-        self.encode_seconds = 0.0
-
-    @property
-    def dim(self) -> int:
-        return int(self.inner.dim)
-
-    @property
-    def fingerprint(self) -> str:
-        return self.inner.fingerprint
-
-    @property
-    def supports_text(self) -> bool:
-        return True
-
-    @property
-    def supports_volume(self) -> bool:
-        return False
-
-    def _encode_new(self, texts: list[str], batch_size: int) -> np.ndarray:
-        from ctrag.index.build import embed_texts
-
-        cache = None
-        if self._cache_path is not None:
-            from ctrag.encoders.cache import EmbeddingCache
-
-            cache = EmbeddingCache(self._cache_path)
-        progress = self.progress
-        try:
-            return embed_texts(
-                self.inner,
-                texts,
-                batch_size=batch_size,
-                cache=cache,
-                progress=None
-                if progress is None
-                else lambda _stage, done, total: progress("encode reports", done, total),
-            )
-        finally:
-            if cache is not None:
-                cache.close()
-
-    def encode_text(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        items = list(texts)
-        new = list(dict.fromkeys(t for t in items if t not in self._memo))
-        if new:
-            t0 = time.perf_counter()
-            vectors = self._encode_new(new, max(1, int(batch_size)))
-            self.encode_seconds += time.perf_counter() - t0
-            self._memo.update(zip(new, vectors, strict=True))
-        if not items:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self._memo[t] for t in items]).astype(np.float32)
-
-    def encode_volume(self, volumes: Any, batch_size: int = 4) -> np.ndarray:
-        raise NotImplementedError("the memo encoder wraps text encoders only")
-
-
 # ------------------------------------------------------------------------------------------------ methods
 
 
@@ -508,7 +420,9 @@ def evaluate_retrieval(
 
     config = config or RetrievalEvalConfig()
     hybrid_config = hybrid_config or HybridConfig()
-    memo: Any = encoder if isinstance(encoder, _MemoMixin) else memo_encoder(encoder, progress=progress)
+    from ctrag.encoders.cache import MemoTextEncoder, memo_encoder
+
+    memo: Any = encoder if isinstance(encoder, MemoTextEncoder) else memo_encoder(encoder, progress=progress)
     if progress is not None and memo.progress is None:
         memo.progress = progress
     timings: dict[str, float] = {}

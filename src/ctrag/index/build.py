@@ -50,25 +50,9 @@ def embed_texts(
     With ``cache`` (keyed by text hash + encoder fingerprint) only texts not embedded before are encoded.
     Progress is reported as ``progress("embed reports", done, total)`` after each chunk.
     """
-    if batch_size < 1:
-        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
-    if cache is not None:
-        from ctrag.encoders.cache import encode_text_cached
-    out = np.empty((len(texts), encoder.dim), dtype=np.float32)
-    for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start : start + batch_size])
-        if cache is not None:
-            emb = encode_text_cached(encoder, chunk, cache, batch_size=batch_size)
-        else:
-            emb = np.asarray(encoder.encode_text(chunk, batch_size=batch_size), dtype=np.float32)
-        if emb.shape != (len(chunk), encoder.dim):
-            raise InvalidInputError(
-                f"encoder {encoder.name} returned shape {emb.shape} for {len(chunk)} texts (dim {encoder.dim})"
-            )
-        out[start : start + len(chunk)] = emb
-        if progress is not None:
-            progress(EMBED_STAGE, start + len(chunk), len(texts))
-    return out
+    from ctrag.encoders.cache import embed_in_chunks  # lazy: the encoders package imports torch
+
+    return embed_in_chunks(encoder, texts, batch_size=batch_size, progress=progress, cache=cache, stage=EMBED_STAGE)
 
 
 def select_cases(cases: Sequence[Case], splits: Sequence[str]) -> list[Case]:
