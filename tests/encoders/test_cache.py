@@ -199,3 +199,10 @@ def test_memo_encoder_embeds_each_text_once_and_can_persist(minilm, ct_rate_repo
     assert memo.encode_text([]).shape == (0, minilm.dim)
     with pytest.raises(NotImplementedError):
         memo.encode_volume(None)
+
+
+def test_memo_encoder_is_a_text_only_encoder(minilm):
+    from ctrag.encoders.cache import memo_encoder
+
+    memo = memo_encoder(minilm)
+    assert memo.supports_text and not memo.supports_volume

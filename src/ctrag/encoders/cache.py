@@ -299,7 +299,8 @@ class MemoTextEncoder:
     An evaluation embeds the same reports for the index build, the retriever's query encoding and every
     baseline; with this wrapper each report is encoded once per run, in batches that report progress
     (``progress("encode reports", done, total)``). It keeps the wrapped encoder's name, dimension and
-    fingerprint, so indexes and guards treat it as that encoder. Build one with :func:`memo_encoder`.
+    fingerprint, so indexes and guards treat it as that encoder. Build one with :func:`memo_encoder` (the
+    :class:`~ctrag.encoders.base.Encoder` base then supplies ``supports_text`` / ``supports_volume``).
     """
 
     def __init__(
@@ -323,14 +324,6 @@ class MemoTextEncoder:
     @property
     def fingerprint(self) -> str:
         return self.inner.fingerprint
-
-    @property
-    def supports_text(self) -> bool:
-        return True
-
-    @property
-    def supports_volume(self) -> bool:
-        return False
 
     def _encode_new(self, texts: list[str], batch_size: int) -> np.ndarray:
         cache = EmbeddingCache(self._cache_path) if self._cache_path is not None else None
