@@ -274,10 +274,21 @@ def _file_fingerprint(name: str, path: Path) -> str:
 # -------------------------------------------------------------------------------------------- backbones
 
 
-def resnet2d_torchvision_layout(block: str, layers: Sequence[int], block_inplanes: Sequence[int]) -> ResNet:
-    """Headless MONAI 2-D ResNet in torchvision's layout (RGB input, 7×7/2 stem, max-pool, shortcut B, no bias).
+def headless_resnet(
+    block: str,
+    layers: Sequence[int],
+    block_inplanes: Sequence[int],
+    *,
+    spatial_dims: int,
+    in_channels: int,
+    stem_kernel: int,
+    shortcut_type: str = "B",
+    bias_downsample: bool = False,
+) -> ResNet:
+    """MONAI ResNet without its classification head (``feed_forward=False``), stride-2 stem, max-pool.
 
-    The layout RadImageNet weights were saved in, and the slice trunk of ctrag's CT-Net classifier.
+    The one constructor behind every backbone here (RadImageNet, MedicalNet, the random fallbacks) and the CT-Net
+    classifier's slice trunk; they differ only in these arguments.
     """
     from monai.networks.nets.resnet import ResNet
 
@@ -285,14 +296,22 @@ def resnet2d_torchvision_layout(block: str, layers: Sequence[int], block_inplane
         block=block,
         layers=list(layers),
         block_inplanes=list(block_inplanes),
-        spatial_dims=2,
-        n_input_channels=3,
-        conv1_t_size=7,
+        spatial_dims=spatial_dims,
+        n_input_channels=in_channels,
+        conv1_t_size=stem_kernel,
         conv1_t_stride=2,
-        shortcut_type="B",
-        bias_downsample=False,
+        shortcut_type=shortcut_type,
+        bias_downsample=bias_downsample,
         feed_forward=False,
     )
+
+
+def resnet2d_torchvision_layout(block: str, layers: Sequence[int], block_inplanes: Sequence[int]) -> ResNet:
+    """Headless 2-D ResNet in torchvision's layout (RGB input, 7×7/2 stem, max-pool, shortcut B, no bias).
+
+    The layout RadImageNet weights were saved in, and the slice trunk of ctrag's CT-Net classifier.
+    """
+    return headless_resnet(block, layers, block_inplanes, spatial_dims=2, in_channels=3, stem_kernel=7)
 
 
 def build_radimagenet_resnet50() -> nn.Module:
@@ -311,24 +330,22 @@ _MEDICALNET_LAYERS: dict[int, tuple[str, list[int]]] = {
 
 def build_medicalnet_resnet(depth: int) -> nn.Module:
     """3-D ResNet in MedicalNet's layout (1 input channel, 7³/2 stem, shortcut type as MedicalNet used)."""
-    from monai.networks.nets.resnet import ResNet, get_medicalnet_pretrained_resnet_args
+    from monai.networks.nets.resnet import get_medicalnet_pretrained_resnet_args
 
     if depth not in _MEDICALNET_LAYERS:
         raise ConfigError(f"MedicalNet depth must be one of {sorted(_MEDICALNET_LAYERS)}, got {depth}")
     block, layers = _MEDICALNET_LAYERS[depth]
     bias_downsample, shortcut_type = get_medicalnet_pretrained_resnet_args(depth)
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten; keep the caller's RNG untouched
-        return ResNet(
-            block=block,
-            layers=layers,
-            block_inplanes=[64, 128, 256, 512],
+        return headless_resnet(
+            block,
+            layers,
+            [64, 128, 256, 512],
             spatial_dims=3,
-            n_input_channels=1,
-            conv1_t_size=7,
-            conv1_t_stride=2,
+            in_channels=1,
+            stem_kernel=7,
             shortcut_type=shortcut_type,
             bias_downsample=bias_downsample,
-            feed_forward=False,
         )
 
 
@@ -397,20 +414,9 @@ for _depth in sorted(_MEDICALNET_LAYERS):
 
 def _random_resnet(spatial_dims: int, seed: int = RANDOM_FALLBACK_SEED) -> nn.Module:
     """Small ResNet whose every weight is drawn from ``torch.Generator().manual_seed(seed)`` (no global RNG)."""
-    from monai.networks.nets.resnet import ResNet
-
     with torch.random.fork_rng(devices=[]):  # construction draws default inits from the global RNG
-        model = ResNet(
-            block="basic",
-            layers=[1, 1, 1, 1],
-            block_inplanes=[16, 32, 64, 128],
-            spatial_dims=spatial_dims,
-            n_input_channels=1,
-            conv1_t_size=5,
-            conv1_t_stride=2,
-            shortcut_type="B",
-            bias_downsample=False,
-            feed_forward=False,
+        model = headless_resnet(
+            "basic", [1, 1, 1, 1], [16, 32, 64, 128], spatial_dims=spatial_dims, in_channels=1, stem_kernel=5
         )
     gen = torch.Generator().manual_seed(seed)
     for module in model.modules():
