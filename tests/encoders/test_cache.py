@@ -166,3 +166,43 @@ def test_real_encoder_roundtrip(minilm, ct_rate_reports):
         np.testing.assert_array_equal(cold, warm)
         np.testing.assert_allclose(cold, minilm.encode_text(ct_rate_reports[:4]), atol=1e-6)
         assert cache.stats.hits == 4 and cache.count(minilm.fingerprint) == 4
+
+
+def test_embed_in_chunks_reports_each_chunk_under_its_stage(tmp_path):
+    from ctrag.encoders.cache import embed_in_chunks
+
+    enc = CountingEncoder()
+    enc.name = "counting"
+    calls = []
+    out = embed_in_chunks(
+        enc, [f"t{i}" for i in range(7)], batch_size=3, progress=lambda *a: calls.append(a), stage="s"
+    )
+    assert out.shape == (7, 8) and calls == [("s", 3, 7), ("s", 6, 7), ("s", 7, 7)]
+    assert [len(c) for c in enc.calls] == [3, 3, 1]
+
+
+def test_memo_encoder_embeds_each_text_once_and_can_persist(minilm, ct_rate_reports, tmp_path):
+    from ctrag.encoders.cache import MEMO_STAGE, MemoTextEncoder, memo_encoder
+
+    texts = list(ct_rate_reports[:6])
+    calls = []
+    memo = memo_encoder(minilm, cache_path=tmp_path / "c.sqlite", progress=lambda *a: calls.append(a))
+    assert isinstance(memo, MemoTextEncoder)
+    assert (memo.name, memo.dim, memo.fingerprint) == (minilm.name, minilm.dim, minilm.fingerprint)
+    first = memo.encode_text(texts[:4])
+    both = memo.encode_text(texts + texts[:2])
+    assert calls[-1] == (MEMO_STAGE, 2, 2) and [c[2] for c in calls] == [4, 2]  # only new texts were embedded
+    np.testing.assert_array_equal(both[:4], first)
+    np.testing.assert_allclose(both[:6], minilm.encode_text(texts), atol=1e-5)
+    with EmbeddingCache(tmp_path / "c.sqlite") as cache:
+        assert cache.count(minilm.fingerprint) == 6
+    assert memo.encode_text([]).shape == (0, minilm.dim)
+    with pytest.raises(NotImplementedError):
+        memo.encode_volume(None)
+
+
+def test_memo_encoder_is_a_text_only_encoder(minilm):
+    from ctrag.encoders.cache import memo_encoder
+
+    memo = memo_encoder(minilm)
+    assert memo.supports_text and not memo.supports_volume

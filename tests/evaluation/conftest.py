@@ -6,9 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testsupport.lsa import LsaEncoder
 
 from ctrag.data.nifti import Volume, load_volume
+from ctrag.evaluation.retrieval_eval import (
+    EvalData,
+    RetrievalEvalConfig,
+    RetrievalEvalResult,
+    evaluate_retrieval,
+    load_ctclip_eval_data,
+)
 from ctrag.evaluation.volumes import prepare_volume
+from ctrag.retrieval.hybrid import HybridConfig
 
 CHEST_CTS = (
     ("A0001", "ct/lowres/lung_pet_ct_dx_A0001_ct_128.nii.gz"),
@@ -40,3 +49,28 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------ retrieval evaluation
+# Shared by test_retrieval_eval.py (the protocol) and test_retrieval_report.py (its outputs).
+
+
+@pytest.fixture(scope="session")
+def shipped(ct_rate_dir: Path) -> EvalData:
+    return load_ctclip_eval_data(ct_rate_dir)
+
+
+@pytest.fixture(scope="session")
+def small(shipped: EvalData) -> EvalData:
+    return EvalData(shipped.index_cases[:150], shipped.query_cases[:20], ["x"], ["a note"])
+
+
+@pytest.fixture(scope="session")
+def small_result(small: EvalData) -> RetrievalEvalResult:
+    enc = LsaEncoder([c.report_text for c in small.index_cases])
+    return evaluate_retrieval(
+        small,
+        enc,
+        hybrid_config=HybridConfig(cv_folds=3),
+        config=RetrievalEvalConfig(k=5, bootstrap=200, ablations=False),
+    )

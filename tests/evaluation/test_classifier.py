@@ -7,6 +7,7 @@ example is used as the lesion-free case). Nothing here measures clinical accurac
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,7 @@ import torch
 
 from ctrag.data.labels import CT_RATE_LABELS
 from ctrag.errors import CheckpointMismatchError, InvalidInputError, WeightsNotFoundError
-from ctrag.evaluation.classification_metrics import classification_scores
-from ctrag.evaluation.classifier import ClassifierConfig, ClinicalClassifier, train_classifier
+from ctrag.evaluation.classifier import TRAIN_STAGE, ClassifierConfig, ClinicalClassifier, train_classifier
 from ctrag.evaluation.features import create_extractor
 from ctrag.evaluation.volumes import prepare_volume
 
@@ -38,14 +38,17 @@ def trained(real_volumes) -> tuple[ClinicalClassifier, list[np.ndarray], np.ndar
     arrays = [prepare_volume(real_volumes[n], TINY.input_shape, TINY.hu_window) for n in names]
     labels = np.zeros((4, len(CT_RATE_LABELS)), dtype=np.float32)
     labels[:3, NODULE] = 1.0  # annotation-derived: a lung lesion in the three lung-cancer CTs
-    losses: list[float] = []
+    calls: list[tuple[str, int, int]] = []
     clf = train_classifier(
         arrays,
         labels,
         TINY,
         metadata={"label_source": "annotation-derived (test)"},
-        progress=lambda e, n, loss: losses.append(loss),
+        progress=lambda *a: calls.append(a),
     )
+    assert calls == [(TRAIN_STAGE, e, TINY.epochs) for e in range(1, TINY.epochs + 1)]
+    losses = clf.metadata["train_losses"]
+    assert losses[-1] == clf.metadata["final_train_loss"]
     return clf, arrays, labels, losses
 
 
@@ -95,6 +98,20 @@ def test_save_load_roundtrip_and_extractors(trained, tmp_path: Path, real_volume
         ClinicalClassifier.load(tmp_path / "nothing")
 
 
+def test_weights_that_do_not_fit_the_config_are_refused(trained, tmp_path: Path) -> None:
+    """The loader reads through the one checkpoint reader and loads strictly: a config edited after training
+    (another trunk width) fails naming the file and the mismatch, instead of a half-loaded network."""
+    clf = trained[0]
+    folder = clf.save(tmp_path / "clf")
+    record = json.loads((folder / "classifier.json").read_text(encoding="utf-8"))
+    record["config"]["trunk_channels"] = [8, 16, 16, 48]
+    (folder / "classifier.json").write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(
+        CheckpointMismatchError, match=r"classifier\.pt: checkpoint does not fit CTNet: .*shape mismatch"
+    ):
+        ClinicalClassifier.load(folder)
+
+
 def test_bad_inputs_are_refused(trained) -> None:
     clf, arrays, labels, _ = trained
     with pytest.raises(InvalidInputError, match="prepared volumes of shape"):
@@ -103,22 +120,3 @@ def test_bad_inputs_are_refused(trained) -> None:
         train_classifier(arrays, labels[:, :5], TINY)
     with pytest.raises(InvalidInputError, match="one label row per volume"):
         train_classifier(arrays[:2], labels, TINY)
-
-
-def test_classification_scores_match_hand_computed_values() -> None:
-    y = np.zeros((4, 18), dtype=int)
-    p = np.full((4, 18), 0.1)
-    y[:, 0] = [0, 0, 1, 1]
-    p[:, 0] = [0.1, 0.4, 0.35, 0.8]  # AUC: 3 of 4 positive/negative pairs ordered = 0.75
-    y[:, 1] = [0, 0, 0, 1]
-    p[:, 1] = [0.2, 0.6, 0.3, 0.7]  # AUC 1.0; thresholded at 0.5: TP 1, FP 1 → precision 0.5
-    y[:, 2] = 1  # single class: no AUC, but precision counts (prediction 0.1 < 0.5 → precision 0)
-    s = classification_scores(y, p)
-    assert s.auc_labels == [CT_RATE_LABELS[0], CT_RATE_LABELS[1]]
-    assert s.auc_macro == pytest.approx((0.75 + 1.0) / 2)
-    assert s.auc_weighted == pytest.approx((2 * 0.75 + 1 * 1.0) / 3)
-    # label 0: predicted positive at 0.8 only → TP 1, precision 1.0; label 1: 0.5; label 2: 0.
-    assert s.precision_macro == pytest.approx((1.0 + 0.5 + 0.0) / 3)
-    assert s.precision_weighted == pytest.approx((2 * 1.0 + 1 * 0.5 + 4 * 0.0) / 7)
-    with pytest.raises(InvalidInputError):
-        classification_scores(y[:, :3], p[:, :3])

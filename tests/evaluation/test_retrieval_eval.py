@@ -1,88 +1,35 @@
-"""``ctrag evaluate retrieval``: metric functions, the shipped split, baseline figures, the run and the CLI.
+"""``ctrag evaluate retrieval``: the shipped split, baseline figures, the run and the CLI.
 
-The end-to-end runs use an LSA encoder (TF-IDF + truncated SVD of the index reports, a real text embedding that
-costs a second) so the tests do not spend a minute embedding with MiniLM on shared cores; the figures in
-docs/results/retrieval_eval.md come from the real default (MiniLM) run.
+The end-to-end runs use an LSA encoder (``testsupport.lsa``: TF-IDF + truncated SVD of the index reports, a
+real text embedding that costs a second) so the tests do not spend a minute embedding with MiniLM on shared
+cores; the figures in docs/results/retrieval_eval.md come from the real default (MiniLM) run. Metrics at k are
+tested in tests/evaluation/metrics/test_retrieval.py, the outputs in test_retrieval_report.py.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+from testsupport.lsa import LsaEncoder
 
-from ctrag.encoders.base import Encoder
-from ctrag.errors import InvalidInputError, LeakageError
-from ctrag.evaluation.retrieval import (
-    KEEP_MARKER,
-    BootstrapPlan,
+from ctrag.errors import LeakageError
+from ctrag.evaluation.retrieval_eval import (
     EvalData,
     RetrievalEvalConfig,
+    RetrievalEvalResult,
     baseline_runs,
     evaluate_retrieval,
-    exact_precision_at_k,
-    label_jaccard,
-    load_ctclip_eval_data,
-    mean_jaccard_at_k,
-    per_label_hit_rate,
-    render_markdown,
-    write_outputs,
+    rank_rows,
+    split_by_patient,
 )
 from ctrag.retrieval.hybrid import HybridConfig
-from ctrag.retrieval.lexical import TfidfVectors
-
-# ------------------------------------------------------------------------------------------------ metrics
-
-
-def test_label_jaccard_and_empty_convention() -> None:
-    a = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 0]])
-    b = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0]])
-    np.testing.assert_allclose(label_jaccard(a, b), [1 / 3, 1.0, 0.0])
-    assert label_jaccard(a[1], b[1], empty=0.0) == 0.0
-
-
-def test_at_k_metrics_hand_computed() -> None:
-    q = np.array([[1, 0, 0], [0, 1, 1]])
-    r = np.array(
-        [
-            [[1, 0, 0], [1, 1, 0], [0, 0, 0]],  # query 0: J 1, 1/2, 0 ; exact 1, 0, 0
-            [[0, 0, 0], [0, 1, 1], [0, 1, 0]],  # query 1: J 0, 1, 1/2 ; exact 0, 1, 0
-        ]
-    )
-    np.testing.assert_allclose(mean_jaccard_at_k(q, r, 1), [1.0, 0.0])
-    np.testing.assert_allclose(mean_jaccard_at_k(q, r, 3), [0.5, 0.5])
-    np.testing.assert_allclose(exact_precision_at_k(q, r, 1), [1.0, 0.0])
-    np.testing.assert_allclose(exact_precision_at_k(q, r, 2), [0.5, 0.5])
-    # label 0: 1 positive query, hit at 1; label 1: query 1, miss at 1, hit at 2; label 2: query 1, hit only at 2
-    hit1 = per_label_hit_rate(q, r, 1)
-    np.testing.assert_allclose(hit1, [1.0, 0.0, 0.0])
-    np.testing.assert_allclose(per_label_hit_rate(q, r, 2), [1.0, 1.0, 1.0])
-    no_pos = per_label_hit_rate(np.zeros((2, 3)), r, 1)
-    assert np.isnan(no_pos).all()
-    with pytest.raises(InvalidInputError, match="retrieved labels"):
-        mean_jaccard_at_k(q, r[:1], 1)
-
-
-def test_bootstrap_plan() -> None:
-    plan = BootstrapPlan.make(50, 500, seed=0)
-    values = np.random.default_rng(1).random(50)
-    lo, hi = plan.ci(values)
-    assert lo < values.mean() < hi and hi - lo < 0.3
-    assert plan.ci(np.full(50, 0.25)) == (0.25, 0.25)
-    assert all(math.isnan(v) for v in BootstrapPlan.make(50, 0, 0).ci(values))
-
+from ctrag.retrieval.label_agreement import label_jaccard
 
 # ----------------------------------------------------------------------------------------------- real data
-
-
-@pytest.fixture(scope="module")
-def shipped(ct_rate_dir: Path) -> EvalData:
-    return load_ctclip_eval_data(ct_rate_dir)
 
 
 def test_shipped_split_keeps_patients_apart(shipped: EvalData) -> None:
@@ -93,37 +40,24 @@ def test_shipped_split_keeps_patients_apart(shipped: EvalData) -> None:
     assert {c.split for c in shipped.index_cases} == {"train"} and {c.split for c in shipped.query_cases} == {"val"}
 
 
-class LsaEncoder(Encoder):
-    """TF-IDF + truncated SVD fitted on given reports: a cheap, real, deterministic text embedding for tests."""
-
-    name = "lsa-test"
-
-    def __init__(self, fit_texts: Sequence[str], dim: int = 64) -> None:
-        from sklearn.decomposition import TruncatedSVD
-
-        self._vectors = TfidfVectors.fit(list(fit_texts))
-        self._svd = TruncatedSVD(dim, random_state=0).fit(self._vectors.transform(list(fit_texts)))
-        self._dim = dim
-        self.calls = 0
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def fingerprint(self) -> str:
-        return "lsa-test@0"
-
-    def encode_text(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        self.calls += 1
-        x = self._svd.transform(self._vectors.transform(list(texts)))
-        return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
 def _j1(run_rows: np.ndarray, data: EvalData) -> float:
     q = np.asarray([c.labels for c in data.query_cases])
     i = np.asarray([c.labels for c in data.index_cases])
     return float(label_jaccard(q, i[run_rows[:, 0]]).mean())
+
+
+def test_rank_rows_is_stable_on_ties() -> None:
+    scores = np.array([[0.5, 0.9, 0.5, 0.1], [1.0, 1.0, 1.0, 1.0]])
+    np.testing.assert_array_equal(rank_rows(scores, 3), [[1, 0, 2], [0, 1, 2]])
+
+
+def test_split_by_patient_removes_shared_patients_from_the_index(shipped: EvalData) -> None:
+    query = shipped.query_cases[0]
+    moved = shipped.index_cases[1].evolve(patient_id=query.patient_id)
+    data = split_by_patient([shipped.index_cases[0], moved, shipped.index_cases[2]], [query])
+    assert [c.case_id for c in data.index_cases] == [shipped.index_cases[0].case_id, shipped.index_cases[2].case_id]
+    assert data.removed_from_index == [moved.case_id] and query.patient_id in data.notes[0]
+    assert split_by_patient(shipped.index_cases[:3], [query]).notes == []
 
 
 def test_baselines_reproduce_the_issue_figures(shipped: EvalData) -> None:
@@ -146,25 +80,7 @@ def test_baselines_reproduce_the_issue_figures(shipped: EvalData) -> None:
     assert all(r.top_rows.shape == (100, 5) for r in runs)
 
 
-@pytest.fixture(scope="module")
-def small(shipped: EvalData) -> EvalData:
-    return EvalData(shipped.index_cases[:150], shipped.query_cases[:20], ["x"], ["a note"])
-
-
-@pytest.fixture(scope="module")
-def small_result(small: EvalData) -> object:
-    enc = LsaEncoder([c.report_text for c in small.index_cases])
-    return evaluate_retrieval(
-        small,
-        enc,
-        hybrid_config=HybridConfig(cv_folds=3),
-        config=RetrievalEvalConfig(k=5, bootstrap=200, ablations=False),
-    )
-
-
-def test_evaluate_retrieval_runs_the_protocol(small_result: object, tmp_path: Path) -> None:
-    from ctrag.evaluation.retrieval import RetrievalEvalResult
-
+def test_evaluate_retrieval_runs_the_protocol(small_result: RetrievalEvalResult) -> None:
     assert isinstance(small_result, RetrievalEvalResult)
     names = [m["name"] for m in small_result.methods]
     assert names == ["default", "random", "tfidf", "tfidf-unigram", "bm25", "minilm", "label-oracle"]
@@ -179,19 +95,6 @@ def test_evaluate_retrieval_runs_the_protocol(small_result: object, tmp_path: Pa
     assert small_result.data["index_rows"] == 150 and small_result.data["queries"] == 20
     assert small_result.label_model is not None and 0.5 < small_result.label_model["macro_auc"] <= 1.0
     assert {c["b"] for c in small_result.comparisons} == {"bm25", "tfidf", "minilm"}
-
-    written = write_outputs(small_result, tmp_path, command="ctrag evaluate retrieval X")
-    assert [p.name for p in written] == ["retrieval_eval.json", "retrieval_eval.md", "retrieval_tradeoff.png"]
-    payload = json.loads((tmp_path / "retrieval_eval.json").read_text())
-    assert payload["command"] == "ctrag evaluate retrieval X" and len(payload["methods"]) == 7
-    md = (tmp_path / "retrieval_eval.md").read_text()
-    assert "| default | default |" in md and "Per-label hit rate" in md and "a note" in md
-    assert render_markdown(small_result).count("\n| ") >= 7
-    # hand-written notes after the marker survive a regeneration; nothing else of the old file does
-    (tmp_path / "retrieval_eval.md").write_text("stale table\n" + KEEP_MARKER + "\nmy analysis\n")
-    write_outputs(small_result, tmp_path)
-    md = (tmp_path / "retrieval_eval.md").read_text()
-    assert md.endswith(KEEP_MARKER + "\nmy analysis\n") and "stale table" not in md and "| default |" in md
 
 
 def test_leakage_is_refused(small: EvalData) -> None:

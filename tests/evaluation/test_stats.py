@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ctrag.errors import InvalidInputError
-from ctrag.evaluation.stats import bootstrap_ci, wilcoxon_worse
+from ctrag.evaluation.stats import BootstrapPlan, bootstrap_ci, wilcoxon_worse
 
 REFERENCE_DICE = [0.77, 0.78, 0.76, 0.79, 0.77]
 
@@ -48,3 +48,34 @@ def test_bootstrap_ci_brackets_the_mean() -> None:
     assert bootstrap_ci(values, seed=0) == bootstrap_ci(values, seed=0)  # seeded
     assert bootstrap_ci([0.5, 0.5, 0.5]) == (0.5, 0.5)
     assert all(math.isnan(v) for v in bootstrap_ci([0.5]))
+
+
+def test_bootstrap_plan() -> None:
+    plan = BootstrapPlan.make(50, 500, seed=0)
+    values = np.random.default_rng(1).random(50)
+    lo, hi = plan.ci(values)
+    assert lo < values.mean() < hi and hi - lo < 0.3
+    assert plan.ci(np.full(50, 0.25)) == (0.25, 0.25)
+    assert all(math.isnan(v) for v in BootstrapPlan.make(50, 0, 0).ci(values))
+
+
+def test_one_bootstrap_matches_scipy_percentile_bootstrap() -> None:
+    """``bootstrap_ci`` (built on the plan) gives scipy's percentile interval for the same seed, to rounding."""
+    from scipy.stats import bootstrap
+
+    values = np.random.default_rng(3).random(37)
+    ref = bootstrap((values,), np.mean, n_resamples=500, method="percentile", rng=np.random.default_rng(5))
+    lo, hi = bootstrap_ci(values, n_resamples=500, seed=5)
+    assert lo == pytest.approx(ref.confidence_interval.low, abs=1e-12)
+    assert hi == pytest.approx(ref.confidence_interval.high, abs=1e-12)
+    assert (lo, hi) == BootstrapPlan.make(37, 500, 5).ci(values)
+
+
+def test_bootstrap_plan_is_paired() -> None:
+    """One plan resamples the same items for every method, so a constant offset moves both CI ends by it."""
+    plan = BootstrapPlan.make(40, 300, seed=2)
+    a = np.random.default_rng(0).random(40)
+    lo_a, hi_a = plan.ci(a)
+    lo_b, hi_b = plan.ci(a + 0.25)
+    assert lo_b == pytest.approx(lo_a + 0.25) and hi_b == pytest.approx(hi_a + 0.25)
+    assert plan.indices.shape == (300, 40) and plan.indices.max() < 40

@@ -5,15 +5,15 @@ validation reports, with two proxies each: the retrieved nearest training case a
 TotalSegmentator chest mask given as ``mask=``. The text-only volume (same seed, same grid) is compared with the
 same proxy. Body: Dice of ``ctrag.segment``'s body outline; lungs: ``air_in_body`` (generated voxels below -400 HU
 inside the proxy's body vs the proxy's lungs), because the classical lung finder needs closed chest walls that
-such short training does not produce (see ``ctrag.generation.evaluate``). The demo's longer training is reported
-by ``scripts/demo_generation.sh`` with the segmenter's own lung Dice as well.
+such short training does not produce (see ``ctrag.evaluation.metrics.controllability``). The demo's longer
+training is reported by ``scripts/demo_generation.sh`` with the segmenter's own lung Dice as well.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ctrag.generation.evaluate import control_agreement
+from ctrag.evaluation.metrics.controllability import control_agreement
 from tests.generation.conftest import SAMPLE
 
 CTRATE_MASK = SAMPLE / "ct_rate_nc_sa" / "ragtext2ct_ctrate_chest_mask_total.nii.gz"

@@ -13,15 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctrag.config import load_config
-from ctrag.data.case import Case
 from ctrag.errors import (
-    ConfigError,
     DataValidationError,
     IncompatibleIndexError,
     InvalidInputError,
 )
-from ctrag.index import CaseIndex, IndexConfig, IVFPQConfig, build_text_index
+from ctrag.index import CaseIndex, IndexConfig, IVFPQConfig
 from ctrag.index.storage import POINTER_NAME, STAGING_PREFIX, resolve_version_dir
 
 # Approximate kinds tuned for a 55-vector test corpus: one FAISS thread (the test machine's cores are shared).
@@ -255,21 +252,6 @@ def test_save_refuses_a_foreign_non_empty_folder(train_index: CaseIndex, tmp_pat
     assert (tmp_path / "corpus" / "manifest.jsonl").read_text() == "{}\n"
 
 
-def test_index_config_from_preset_and_validation() -> None:
-    cfg = load_config(IndexConfig, "tiny-cpu", section="index")
-    assert cfg.kind == "flat"
-    assert (
-        load_config(IndexConfig, "tiny-cpu", ["kind=hnsw", "hnsw.ef_search=128"], section="index").hnsw.ef_search == 128
-    )
-    with pytest.raises(ConfigError, match="kind must be one of"):
-        IndexConfig(kind="annoy")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="m=40 must divide the dimension 384"):
-        IVFPQConfig(m=40).resolve_m(384)
-    assert IVFPQConfig().resolve_m(384) == 48 and IVFPQConfig().resolve_m(512) == 64
-    assert IVFPQConfig().resolve_nlist(1_000_000) == 1000 and IVFPQConfig().resolve_nlist(100) == 2
-    assert IVFPQConfig().resolve_train_size(1_000_000, 1000) == 64_000
-
-
 def test_ivfpq_small_corpus_records_the_sizes_it_used(support_module, test_encoder) -> None:  # type: ignore[no-untyped-def]
     cases, emb = support_module.train_part()
     index = CaseIndex.build(
@@ -283,20 +265,3 @@ def test_ivfpq_small_corpus_records_the_sizes_it_used(support_module, test_encod
     assert eff["nlist"] == len(cases) // 39 and eff["bits"] == int(np.log2(len(cases))) and eff["m"] == 48
     index.set_search_params(nprobe=1)
     assert index.effective["nprobe"] == 1
-
-
-def test_build_text_index_takes_train_split_only(all_cases: tuple[Case, ...], test_encoder) -> None:  # type: ignore[no-untyped-def]
-    no_text = Case(case_id="no_report", patient_id="x", split="train")
-    val = [c for c in all_cases if c.split == "val"][:2]
-    seen: list[tuple[int, int]] = []
-    index, emb = build_text_index(
-        [*all_cases[:20], *val, no_text], test_encoder, embed_progress=lambda d, t: seen.append((d, t)), batch_size=8
-    )
-    n_train = 20
-    assert index.splits == ("train",) and len(index) == n_train and "no_report" not in index
-    assert emb.shape == (n_train, 384) and seen[-1] == (n_train, n_train) and len(seen) == -(-n_train // 8)
-    assert index.source["splits_requested"] == ["train"]
-    with pytest.raises(InvalidInputError, match="splits must be a non-empty subset"):
-        build_text_index(list(all_cases), test_encoder, splits=["holdout"])
-    with pytest.raises(InvalidInputError, match="no cases with report text"):
-        build_text_index([no_text], test_encoder)

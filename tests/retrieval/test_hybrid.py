@@ -8,7 +8,6 @@ retriever test below (C's session fixtures) and by ``ctrag evaluate retrieval`` 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,48 +19,11 @@ from ctrag.config import load_config
 from ctrag.data.case import Case
 from ctrag.data.ct_rate import read_ctclip_classifier
 from ctrag.errors import ConfigError, IncompatibleIndexError, InvalidInputError
-from ctrag.evaluation.text_metrics import rouge_l
-from ctrag.retrieval.hybrid import (
-    HybridConfig,
-    HybridScorer,
-    HybridWeights,
-    expected_jaccard,
-    label_jaccard_matrix,
-)
+from ctrag.evaluation.metrics.text import rouge_l
+from ctrag.retrieval.hybrid import HybridConfig, HybridScorer, HybridWeights
+from ctrag.retrieval.label_agreement import label_jaccard_matrix
 from ctrag.retrieval.label_model import LabelModel
 from ctrag.retrieval.lexical import BM25Scorer, TfidfScorer, TfidfVectors
-
-# ------------------------------------------------------------------------------------------ pure functions
-
-
-def test_label_jaccard_matrix_hand_computed() -> None:
-    a = np.array([[1, 1, 0, 0], [0, 0, 0, 0]])
-    b = np.array([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 0, 0]])
-    expected = np.array([[1 / 3, 0.0, 1.0], [0.0, 1.0, 0.0]])
-    np.testing.assert_allclose(label_jaccard_matrix(a, b), expected)
-    assert label_jaccard_matrix(a[1:], b[1:2], empty=0.0)[0, 0] == 0.0
-
-
-def _brute_force_expected_jaccard(p: np.ndarray, y: np.ndarray) -> float:
-    total = 0.0
-    for bits in itertools.product((0, 1), repeat=p.size):
-        q = np.asarray(bits)
-        prob = float(np.prod(np.where(q == 1, p, 1 - p)))
-        total += prob * label_jaccard_matrix(q[None], y[None])[0, 0]
-    return total
-
-
-def test_expected_jaccard_equals_enumeration() -> None:
-    rng = np.random.default_rng(0)
-    probs = rng.random((4, 6))
-    probs[0] = [0.0, 1.0, 0.5, 0.0, 0.0, 1.0]  # certain and uncertain labels mixed
-    cands = np.vstack([np.zeros(6, int), rng.integers(0, 2, (7, 6)), np.ones(6, int), np.zeros(6, int)])
-    got = expected_jaccard(probs, cands)
-    for i, j in itertools.product(range(probs.shape[0]), range(cands.shape[0])):
-        assert got[i, j] == pytest.approx(_brute_force_expected_jaccard(probs[i], cands[j]), abs=1e-12)
-    # a certain query is scored by its plain Jaccard
-    sure = (rng.random((3, 6)) > 0.5).astype(float)
-    np.testing.assert_allclose(expected_jaccard(sure, cands), label_jaccard_matrix(sure, cands))
 
 
 def test_config_from_preset_and_errors() -> None:

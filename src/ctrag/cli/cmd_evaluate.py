@@ -55,14 +55,9 @@ def evaluate_retrieval_command(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
 ) -> None:
     """Label and text agreement of retrieved reports: default retriever vs random, TF-IDF, BM25, MiniLM, oracle."""
-    from ctrag.evaluation.retrieval import (
-        RetrievalEvalConfig,
-        evaluate_retrieval,
-        load_ctclip_eval_data,
-        memo_encoder,
-        summary_rows,
-        write_outputs,
-    )
+    from ctrag.encoders.cache import memo_encoder
+    from ctrag.evaluation.retrieval_eval import RetrievalEvalConfig, evaluate_retrieval, load_ctclip_eval_data
+    from ctrag.evaluation.retrieval_report import summary_rows, write_outputs
     from ctrag.index import IndexConfig
     from ctrag.retrieval.hybrid import HybridConfig
     from ctrag.retrieval.retriever import RetrievalConfig, Retriever

@@ -100,7 +100,7 @@ def generate_command(
         text_only.mask, text_only.mask_source = result.mask, "none (proxy shown for comparison only)"
     extra: dict[str, Any] = {}
     if dice and result.mask is not None:
-        from ctrag.generation.evaluate import control_agreement
+        from ctrag.evaluation.metrics.controllability import control_agreement
 
         extra["dice_vs_proxy"] = control_agreement(result.volume, result.affine, result.mask, result.label_set)
         if text_only is not None:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from ctrag.cli import _shared
 from ctrag.cli._app import app, console
-from ctrag.cli._progress import progress_bar
+from ctrag.cli._progress import progress_bar, stage_callback
 from ctrag.cli._shared import DEFAULT_ENCODER, DEFAULT_SCORER, SCORERS, split_list
 from ctrag.config import load_config
 from ctrag.errors import InvalidInputError
@@ -21,17 +20,6 @@ def _resolve_scorer(choice: str) -> str:
     if choice not in SCORERS:
         raise InvalidInputError(f"--scorer must be one of {list(SCORERS)}, got {choice!r}")
     return "hybrid" if choice == "auto" else choice
-
-
-def _fit_hybrid(cases: Sequence[Any], embeddings: Any, config_source: str | None, seed: int) -> Any:
-    """Fit the hybrid scorer (contract: ``HybridScorer.fit(cases, embeddings, config, seed)``)."""
-    from ctrag.retrieval import hybrid
-
-    config = None
-    config_cls = getattr(hybrid, "HybridConfig", None)
-    if config_cls is not None:
-        config = load_config(config_cls, config_source, section="hybrid")
-    return hybrid.HybridScorer.fit(cases, embeddings, config, seed)
 
 
 @app.command("index")
@@ -63,12 +51,14 @@ def index_command(
 ) -> None:
     """Embed the reports of a corpus (train split by default) and save a searchable case index."""
     from ctrag.data.case import Corpus
-    from ctrag.index import IndexConfig, build_text_index
+    from ctrag.index import IndexConfig, build_index
+    from ctrag.retrieval.hybrid import HybridConfig
 
     chosen_splits = split_list(splits, ["train"])
     overrides = [f"kind={kind}"] if kind is not None else []
     index_cfg = load_config(IndexConfig, config, overrides, section="index")
     scorer_kind = _resolve_scorer(scorer)
+    hybrid_cfg = load_config(HybridConfig, config, section="hybrid") if scorer_kind == "hybrid" else None
     corpus = Corpus.load(corpus_dir)
     enc = _shared.load_encoder(encoder, weights, device)
     embedding_cache = None
@@ -77,11 +67,11 @@ def index_command(
 
         embedding_cache = EmbeddingCache(cache)
     with progress_bar(progress) as bar:
-        embed_task = bar.add_task("embed reports", total=None)
-        add_task = bar.add_task(f"build {index_cfg.kind} index", total=None, visible=False)
-        index, emb = build_text_index(
+        built = build_index(
             list(corpus),
             enc,
+            scorer="hybrid" if scorer_kind == "hybrid" else "dense",
+            hybrid_config=hybrid_cfg,
             splits=chosen_splits,
             config=index_cfg,
             seed=seed,
@@ -89,13 +79,9 @@ def index_command(
             source={"corpus": str(Path(corpus_dir).resolve())},
             batch_size=batch_size,
             cache=embedding_cache,
-            embed_progress=lambda done, total: bar.update(embed_task, completed=done, total=total),
-            index_progress=lambda done, total: bar.update(add_task, completed=done, total=total, visible=True),
+            progress=stage_callback(bar),
         )
-        if scorer_kind == "hybrid":
-            fit_task = bar.add_task("fit hybrid scorer", total=None)
-            index.attach_component("hybrid", _fit_hybrid(index.cases, emb, config, seed))
-            bar.update(fit_task, total=1, completed=1)
+    index = built.index
     version = index.save(out)
     table = Table(title=f"index written to {out}", show_header=False)
     table.add_column("field", style="bold")

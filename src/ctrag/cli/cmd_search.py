@@ -90,19 +90,17 @@ def _query_case(case_id: str, corpus: Path | None) -> Case:
 
 
 def _label_names(case: Case) -> list[str]:
-    from ctrag.data.labels import CT_RATE_LABELS
+    from ctrag.retrieval.label_agreement import label_names
 
-    if case.labels is None:
-        return []
-    return [name for name, v in zip(CT_RATE_LABELS, case.labels, strict=True) if v]
+    return label_names(case.labels)
 
 
 def _label_jaccard(query: Case, hit: Case) -> str:
     """Agreement of the 18 CT-RATE labels (two label-free reports agree fully); '—' where either is unlabelled."""
-    if query.labels is None or hit.labels is None:
-        return "—"
-    a, b = set(_label_names(query)), set(_label_names(hit))
-    return f"{(len(a & b) / len(a | b)) if (a or b) else 1.0:.2f}"
+    from ctrag.retrieval.label_agreement import pair_jaccard
+
+    value = pair_jaccard(query.labels, hit.labels)
+    return "—" if value is None else f"{value:.2f}"
 
 
 def _excerpt(text: str) -> str:

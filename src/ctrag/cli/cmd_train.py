@@ -250,12 +250,7 @@ def train_classifier_command(
     cfg = load_config(ClassifierConfig, config, set_ or [], section="classifier")
     cases = Corpus.load(corpus)
     with stage_progress(progress, "classifier") as update:
-
-        def on_epoch(epoch: int, total: int, loss: float) -> None:
-            if update is not None:
-                update("epochs", epoch, total)
-
-        clf = train_from_corpus(cases, cfg, split=split, label_file=labels, progress=on_epoch)
+        clf = train_from_corpus(cases, cfg, split=split, label_file=labels, progress=update)
     clf.metadata["command"] = command_line("train", "classifier", "--corpus", corpus, "--out", out, "--config", config)
     folder = clf.save(out)
     meta = clf.metadata

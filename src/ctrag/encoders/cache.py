@@ -1,4 +1,5 @@
-"""On-disk embedding cache: (encoder fingerprint, sha256 of the content) -> vector, in one SQLite file.
+"""On-disk embedding cache: (encoder fingerprint, sha256 of the content) -> vector, in one SQLite file; chunked
+embedding with progress (:func:`embed_in_chunks`) and an in-memory memo encoder (:func:`memo_encoder`) on top.
 
 Why SQLite: several processes (CLI runs, the server, benchmark workers) may fill the same cache at once, and a run
 may be killed mid-write. SQLite transactions give both for free — a reader sees a row completely or not at all,
@@ -19,16 +20,21 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ctrag.errors import InvalidInputError
 from ctrag.utils.hashing import sha256_text
+from ctrag.utils.progress import ProgressFn
+
+if TYPE_CHECKING:
+    from ctrag.encoders.base import Encoder
 
 logger = logging.getLogger(__name__)
 
@@ -222,3 +228,124 @@ def encode_text_cached(
     for i, key in enumerate(keys):
         out[i] = found[key]
     return out
+
+
+# ------------------------------------------------------------------------------------------ chunked embedding
+
+
+class NamedTextEncoder(TextEncoderLike, Protocol):
+    """A text encoder with a name (for error messages)."""
+
+    @property
+    def name(self) -> str: ...
+
+
+def embed_in_chunks(
+    encoder: NamedTextEncoder,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 64,
+    progress: ProgressFn | None = None,
+    cache: EmbeddingCache | None = None,
+    stage: str = "embed reports",
+) -> np.ndarray:
+    """Embed ``texts`` in chunks so long corpora report progress; (n, dim) L2-normalised float32.
+
+    With ``cache`` (keyed by text hash + encoder fingerprint) only texts not embedded before are encoded.
+    Progress is reported as ``progress(stage, done, total)`` after each chunk.
+    """
+    if batch_size < 1:
+        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
+    out = np.empty((len(texts), encoder.dim), dtype=np.float32)
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start : start + batch_size])
+        if cache is not None:
+            emb = encode_text_cached(encoder, chunk, cache, batch_size=batch_size)
+        else:
+            emb = np.asarray(encoder.encode_text(chunk, batch_size=batch_size), dtype=np.float32)
+        if emb.shape != (len(chunk), encoder.dim):
+            raise InvalidInputError(
+                f"encoder {encoder.name} returned shape {emb.shape} for {len(chunk)} texts (dim {encoder.dim})"
+            )
+        out[start : start + len(chunk)] = emb
+        if progress is not None:
+            progress(stage, start + len(chunk), len(texts))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ memo encoder
+
+MEMO_STAGE = "encode reports"
+
+
+def memo_encoder(
+    encoder: Encoder, *, cache_path: str | os.PathLike[str] | None = None, progress: ProgressFn | None = None
+) -> Encoder:
+    """An :class:`~ctrag.encoders.base.Encoder` that wraps ``encoder`` and remembers vectors by text.
+
+    See :class:`MemoTextEncoder`. The class is made here so that importing this module never needs torch.
+    """
+    from ctrag.encoders.base import Encoder as _Base
+
+    class _MemoEncoder(MemoTextEncoder, _Base):
+        pass
+
+    return _MemoEncoder(encoder, cache_path=cache_path, progress=progress)
+
+
+class MemoTextEncoder:
+    """Wraps an encoder: remembers vectors by text (and optionally uses the on-disk :class:`EmbeddingCache`).
+
+    An evaluation embeds the same reports for the index build, the retriever's query encoding and every
+    baseline; with this wrapper each report is encoded once per run, in batches that report progress
+    (``progress("encode reports", done, total)``). It keeps the wrapped encoder's name, dimension and
+    fingerprint, so indexes and guards treat it as that encoder. Build one with :func:`memo_encoder` (the
+    :class:`~ctrag.encoders.base.Encoder` base then supplies ``supports_text`` / ``supports_volume``).
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        *,
+        cache_path: str | os.PathLike[str] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        self.inner = encoder
+        self.name = encoder.name
+        self._memo: dict[str, np.ndarray] = {}
+        self._cache_path = Path(cache_path) if cache_path is not None else None
+        self.progress = progress
+        self.encode_seconds = 0.0
+
+    @property
+    def dim(self) -> int:
+        return int(self.inner.dim)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.inner.fingerprint
+
+    def _encode_new(self, texts: list[str], batch_size: int) -> np.ndarray:
+        cache = EmbeddingCache(self._cache_path) if self._cache_path is not None else None
+        try:
+            return embed_in_chunks(
+                self.inner, texts, batch_size=batch_size, cache=cache, progress=self.progress, stage=MEMO_STAGE
+            )
+        finally:
+            if cache is not None:
+                cache.close()
+
+    def encode_text(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        items = list(texts)
+        new = list(dict.fromkeys(t for t in items if t not in self._memo))
+        if new:
+            t0 = time.perf_counter()
+            vectors = self._encode_new(new, max(1, int(batch_size)))
+            self.encode_seconds += time.perf_counter() - t0
+            self._memo.update(zip(new, vectors, strict=True))
+        if not items:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._memo[t] for t in items]).astype(np.float32)
+
+    def encode_volume(self, volumes: Any, batch_size: int = 4) -> np.ndarray:
+        raise NotImplementedError("the memo encoder wraps text encoders only")

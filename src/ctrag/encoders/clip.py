@@ -40,6 +40,7 @@ from ctrag.encoders.preprocess import (
 from ctrag.encoders.volume import VolumeTower, VolumeTowerConfig, check_volume_batch
 from ctrag.errors import CheckpointMismatchError, InvalidInputError, WeightsNotFoundError
 from ctrag.utils.atomic import atomic_path, atomic_write_text
+from ctrag.utils.checkpoints import load_checkpoint_file, load_strict
 
 TOWER_WEIGHTS = "volume_tower.pt"
 ENCODER_CONFIG = "encoder_config.json"
@@ -219,8 +220,8 @@ class SharedSpaceEncoder(Encoder):
                 f"got {text_encoder.fingerprint}"
             )
         tower = VolumeTower(info.tower)
-        state = torch.load(Path(folder) / TOWER_WEIGHTS, map_location="cpu", weights_only=True)
-        tower.load_state_dict(state, strict=True)
+        weights = Path(folder) / TOWER_WEIGHTS
+        load_strict(tower, load_checkpoint_file(weights), str(weights), hint=f"Is {ENCODER_CONFIG} from the same run?")
         return cls(text_encoder, tower, info.preprocess, name=info.name, device=device, extra=info.extra)
 
 

@@ -44,6 +44,7 @@ from ctrag.encoders.preprocess import (
 from ctrag.encoders.volume import VolumeTowerConfig
 from ctrag.errors import CheckpointMismatchError, InvalidInputError
 from ctrag.utils.atomic import atomic_path, atomic_write_text
+from ctrag.utils.checkpoints import load_checkpoint_file, load_strict
 
 logger = logging.getLogger(__name__)
 
@@ -235,9 +236,9 @@ def train_encoder(
     start_epoch, step, epoch_losses, before = 0, 0, [], None
     ckpt_path = out / CHECKPOINT
     if resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = load_checkpoint_file(ckpt_path)
         _check_resumable(state["meta"], meta, ckpt_path)
-        model.load_state_dict(state["model"], strict=True)
+        load_strict(model, state["model"], f"{ckpt_path} (model)")
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         start_epoch, step = int(state["epoch"]), int(state["step"])

@@ -38,12 +38,13 @@ from ctrag.data.case import SPLITS, Case
 from ctrag.data.labels import COARSE_LABELS
 from ctrag.data.nifti import Volume, load_volume
 from ctrag.errors import ConfigError, InvalidInputError, LeakageError
-from ctrag.evaluation.classification_metrics import classification_scores
 from ctrag.evaluation.fid import FIDConfig, FIDEvaluator
 from ctrag.evaluation.generation_cache import GeneratedSample, GenerationCache, sample_key
-from ctrag.evaluation.segmentation_metrics import spatial_agreement
+from ctrag.evaluation.metrics.classification import classification_scores
+from ctrag.evaluation.metrics.segmentation import spatial_agreement
 from ctrag.evaluation.stats import bootstrap_ci, wilcoxon_worse
 from ctrag.utils.hashing import sha256_text
+from ctrag.utils.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,6 @@ class GenerateFn(Protocol):
     ) -> Any: ...
 
 
-ProgressFn = Callable[[str, int, int], None]
 Segmenter = Callable[[Volume], Volume]
 
 

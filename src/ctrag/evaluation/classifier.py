@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,12 @@ from ctrag.data.nifti import Volume
 from ctrag.errors import CheckpointMismatchError, InvalidInputError, WeightsNotFoundError
 from ctrag.evaluation.volumes import prepare_volume
 from ctrag.utils.atomic import atomic_path, atomic_write_text
+from ctrag.utils.checkpoints import load_checkpoint_file, load_strict
 from ctrag.utils.hashing import sha256_file
+from ctrag.utils.progress import ProgressFn
+
+#: Stage label of :func:`train_classifier` progress (one step per epoch).
+TRAIN_STAGE = "epochs"
 
 logger = logging.getLogger(__name__)
 
@@ -95,21 +100,10 @@ class CTNet(nn.Module):
 
     def __init__(self, cfg: ClassifierConfig) -> None:
         super().__init__()
-        from monai.networks.nets.resnet import ResNet
+        from ctrag.evaluation.features import resnet2d_torchvision_layout
 
         self.cfg = cfg
-        self.trunk = ResNet(
-            block="basic",
-            layers=list(cfg.trunk_layers),
-            block_inplanes=list(cfg.trunk_channels),
-            spatial_dims=2,
-            n_input_channels=3,
-            conv1_t_size=7,
-            conv1_t_stride=2,
-            shortcut_type="B",
-            bias_downsample=False,
-            feed_forward=False,
-        )
+        self.trunk = resnet2d_torchvision_layout("basic", cfg.trunk_layers, cfg.trunk_channels)
         c_trunk = cfg.trunk_channels[-1]
         r1, r2 = cfg.reducer_channels
         self.reducer = nn.Sequential(
@@ -223,12 +217,7 @@ class ClinicalClassifier:
         if record.get("weights_sha256") and record["weights_sha256"] != digest:
             raise CheckpointMismatchError(f"{weights}: sha256 {digest[:12]} differs from {CONFIG_NAME}")
         model = CTNet(cfg)
-        state = torch.load(str(weights), map_location="cpu", weights_only=True)
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise CheckpointMismatchError(
-                f"{weights}: missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
-            )
+        load_strict(model, load_checkpoint_file(weights), str(weights), hint=f"Is {cfg_file.name} from the same run?")
         model.to(torch.device(device)).eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -241,14 +230,14 @@ def train_classifier(
     config: ClassifierConfig,
     *,
     metadata: dict[str, Any] | None = None,
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> ClinicalClassifier:
     """Train :class:`CTNet` on prepared volumes and a ``(N, num_labels)`` 0/1 matrix; returns it frozen.
 
     Loss: BCE with per-label positive weights (negatives/positives, clipped to [1, 20]) because abnormalities are
     rare. Augmentation (from ``torch.Generator(config.seed)``): random translations of up to 1/8 of each axis
-    and intensity jitter, kept mild because the evaluation set is small. ``progress(epoch, epochs, loss)`` is
-    called after every epoch.
+    and intensity jitter, kept mild because the evaluation set is small. ``progress("epochs", epoch, epochs)`` is
+    called after every epoch; the per-epoch mean losses land in ``metadata["train_losses"]``.
     """
     y = np.asarray(labels, dtype=np.float32)
     if y.ndim != 2 or y.shape[1] != config.num_labels:
@@ -270,6 +259,7 @@ def train_classifier(
     x_t, y_t = torch.from_numpy(x_all)[:, None], torch.from_numpy(y)
     model.train()
     last = float("nan")
+    history: list[float] = []
     # Dropout draws from the global RNG: fork it, seeded, so training is reproducible and the caller's RNG intact.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -285,14 +275,16 @@ def train_classifier(
                 opt.step()
                 losses.append(float(loss.detach()))
             last = float(np.mean(losses))
+            history.append(last)
             if progress is not None:
-                progress(epoch + 1, config.epochs, last)
+                progress(TRAIN_STAGE, epoch + 1, config.epochs)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     meta = dict(metadata or {})
     meta.setdefault("n_train", len(y))
     meta["final_train_loss"] = last
+    meta["train_losses"] = history
     return ClinicalClassifier(model=model, config=config, metadata=meta)
 
 
@@ -344,7 +336,7 @@ def train_from_corpus(
     *,
     split: str = "train",
     label_file: str | os.PathLike[str] | None = None,
-    progress: Callable[[int, int, float], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> ClinicalClassifier:
     """Train on the ``split`` cases that have a CT and labels (manifest labels, or ``label_file`` rows).
 

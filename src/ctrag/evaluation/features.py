@@ -33,10 +33,10 @@ from __future__ import annotations
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from ctrag.data.nifti import Volume
 from ctrag.errors import CheckpointMismatchError, ConfigError, InvalidInputError, WeightsNotFoundError
 from ctrag.utils.checkpoints import load_checkpoint_file, load_strict
 from ctrag.utils.hashing import sha256_file, sha256_text
+
+if TYPE_CHECKING:  # MONAI is imported when a backbone is built
+    from monai.networks.nets.resnet import ResNet
 
 logger = logging.getLogger(__name__)
 
@@ -271,23 +274,50 @@ def _file_fingerprint(name: str, path: Path) -> str:
 # -------------------------------------------------------------------------------------------- backbones
 
 
-def build_radimagenet_resnet50() -> nn.Module:
-    """2-D ResNet-50 (torchvision layout: 7×7/2 stem, max-pool, bottlenecks [3, 4, 6, 3]) without its head."""
+def headless_resnet(
+    block: str,
+    layers: Sequence[int],
+    block_inplanes: Sequence[int],
+    *,
+    spatial_dims: int,
+    in_channels: int,
+    stem_kernel: int,
+    shortcut_type: str = "B",
+    bias_downsample: bool = False,
+) -> ResNet:
+    """MONAI ResNet without its classification head (``feed_forward=False``), stride-2 stem, max-pool.
+
+    The one constructor behind every backbone here (RadImageNet, MedicalNet, the random fallbacks) and the CT-Net
+    classifier's slice trunk; they differ only in these arguments.
+    """
     from monai.networks.nets.resnet import ResNet
 
+    return ResNet(
+        block=block,
+        layers=list(layers),
+        block_inplanes=list(block_inplanes),
+        spatial_dims=spatial_dims,
+        n_input_channels=in_channels,
+        conv1_t_size=stem_kernel,
+        conv1_t_stride=2,
+        shortcut_type=shortcut_type,
+        bias_downsample=bias_downsample,
+        feed_forward=False,
+    )
+
+
+def resnet2d_torchvision_layout(block: str, layers: Sequence[int], block_inplanes: Sequence[int]) -> ResNet:
+    """Headless 2-D ResNet in torchvision's layout (RGB input, 7×7/2 stem, max-pool, shortcut B, no bias).
+
+    The layout RadImageNet weights were saved in, and the slice trunk of ctrag's CT-Net classifier.
+    """
+    return headless_resnet(block, layers, block_inplanes, spatial_dims=2, in_channels=3, stem_kernel=7)
+
+
+def build_radimagenet_resnet50() -> nn.Module:
+    """2-D ResNet-50 (torchvision layout: 7×7/2 stem, max-pool, bottlenecks [3, 4, 6, 3]) without its head."""
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten; keep the caller's RNG untouched
-        return ResNet(
-            block="bottleneck",
-            layers=[3, 4, 6, 3],
-            block_inplanes=[64, 128, 256, 512],
-            spatial_dims=2,
-            n_input_channels=3,
-            conv1_t_size=7,
-            conv1_t_stride=2,
-            shortcut_type="B",
-            bias_downsample=False,
-            feed_forward=False,
-        )
+        return resnet2d_torchvision_layout("bottleneck", [3, 4, 6, 3], [64, 128, 256, 512])
 
 
 _MEDICALNET_LAYERS: dict[int, tuple[str, list[int]]] = {
@@ -300,24 +330,22 @@ _MEDICALNET_LAYERS: dict[int, tuple[str, list[int]]] = {
 
 def build_medicalnet_resnet(depth: int) -> nn.Module:
     """3-D ResNet in MedicalNet's layout (1 input channel, 7³/2 stem, shortcut type as MedicalNet used)."""
-    from monai.networks.nets.resnet import ResNet, get_medicalnet_pretrained_resnet_args
+    from monai.networks.nets.resnet import get_medicalnet_pretrained_resnet_args
 
     if depth not in _MEDICALNET_LAYERS:
         raise ConfigError(f"MedicalNet depth must be one of {sorted(_MEDICALNET_LAYERS)}, got {depth}")
     block, layers = _MEDICALNET_LAYERS[depth]
     bias_downsample, shortcut_type = get_medicalnet_pretrained_resnet_args(depth)
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten; keep the caller's RNG untouched
-        return ResNet(
-            block=block,
-            layers=layers,
-            block_inplanes=[64, 128, 256, 512],
+        return headless_resnet(
+            block,
+            layers,
+            [64, 128, 256, 512],
             spatial_dims=3,
-            n_input_channels=1,
-            conv1_t_size=7,
-            conv1_t_stride=2,
+            in_channels=1,
+            stem_kernel=7,
             shortcut_type=shortcut_type,
             bias_downsample=bias_downsample,
-            feed_forward=False,
         )
 
 
@@ -386,20 +414,9 @@ for _depth in sorted(_MEDICALNET_LAYERS):
 
 def _random_resnet(spatial_dims: int, seed: int = RANDOM_FALLBACK_SEED) -> nn.Module:
     """Small ResNet whose every weight is drawn from ``torch.Generator().manual_seed(seed)`` (no global RNG)."""
-    from monai.networks.nets.resnet import ResNet
-
     with torch.random.fork_rng(devices=[]):  # construction draws default inits from the global RNG
-        model = ResNet(
-            block="basic",
-            layers=[1, 1, 1, 1],
-            block_inplanes=[16, 32, 64, 128],
-            spatial_dims=spatial_dims,
-            n_input_channels=1,
-            conv1_t_size=5,
-            conv1_t_stride=2,
-            shortcut_type="B",
-            bias_downsample=False,
-            feed_forward=False,
+        model = headless_resnet(
+            "basic", [1, 1, 1, 1], [16, 32, 64, 128], spatial_dims=spatial_dims, in_channels=1, stem_kernel=5
         )
     gen = torch.Generator().manual_seed(seed)
     for module in model.modules():
@@ -434,51 +451,36 @@ register_extractor(
 )(_random_factory(3))
 
 
-@register_extractor(
+def _ctnet_extractor(part: str, weights: Path | None, device: str) -> FeatureExtractor:
+    """The slice trunk (``part="slice"``, 2-D) or the volume features (``"volume"``, 3-D) of a classifier folder."""
+    from ctrag.evaluation.classifier import ClinicalClassifier
+
+    assert weights is not None
+    clf = ClinicalClassifier.load(weights, device=device)
+    shape = tuple(clf.config.input_shape)
+    preferred: tuple[int, ...]
+    if part == "slice":
+        dims, module, dim, preferred = 2, clf.model.slice_encoder(), clf.model.slice_dim, (max(shape[0], shape[1]),) * 2
+    else:
+        dims, module, dim, preferred = 3, clf.model.volume_encoder(), clf.model.volume_dim, shape
+    name = f"ctnet-{part}"
+    return TorchFeatureExtractor(
+        name, dims, module, dim, f"{name}@{clf.fingerprint[:16]}", lambda x: x, device, preferred_shape=preferred
+    )
+
+
+register_extractor(
     "ctnet-slice",
     spatial_dims=2,
     needs_weights=True,
     description="slice trunk of a classifier folder written by `ctrag train classifier`",
-)
-def _make_ctnet_slice(weights: Path | None, device: str) -> FeatureExtractor:
-    from ctrag.evaluation.classifier import ClinicalClassifier
-
-    assert weights is not None
-    clf = ClinicalClassifier.load(weights, device=device)
-    shape = clf.config.input_shape
-    return TorchFeatureExtractor(
-        "ctnet-slice",
-        2,
-        clf.model.slice_encoder(),
-        clf.model.slice_dim,
-        f"ctnet-slice@{clf.fingerprint[:16]}",
-        lambda x: x,
-        device,
-        preferred_shape=(max(shape[0], shape[1]),) * 2,
-    )
-
-
-@register_extractor(
+)(lambda weights, device: _ctnet_extractor("slice", weights, device))
+register_extractor(
     "ctnet-volume",
     spatial_dims=3,
     needs_weights=True,
     description="volume features (penultimate layer) of a classifier folder written by `ctrag train classifier`",
-)
-def _make_ctnet_volume(weights: Path | None, device: str) -> FeatureExtractor:
-    from ctrag.evaluation.classifier import ClinicalClassifier
-
-    assert weights is not None
-    clf = ClinicalClassifier.load(weights, device=device)
-    return TorchFeatureExtractor(
-        "ctnet-volume",
-        3,
-        clf.model.volume_encoder(),
-        clf.model.volume_dim,
-        f"ctnet-volume@{clf.fingerprint[:16]}",
-        lambda x: x,
-        device,
-        preferred_shape=tuple(clf.config.input_shape),
-    )
+)(lambda weights, device: _ctnet_extractor("volume", weights, device))
 
 
 class EncoderVolumeExtractor(FeatureExtractor):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +39,10 @@ from ctrag.data.nifti import Volume
 from ctrag.errors import InvalidInputError
 from ctrag.evaluation.features import FeatureExtractor
 from ctrag.evaluation.volumes import HU_WINDOW, prepare_volume
+from ctrag.utils.progress import ProgressFn
+
+#: Stage label of :meth:`FIDEvaluator.features` progress (one step per volume).
+FEATURE_STAGE = "fid features"
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +243,7 @@ class FIDEvaluator:
     def features(
         self,
         volumes: Sequence[Volume | np.ndarray],
-        progress: Callable[[int, int], None] | None = None,
+        progress: ProgressFn | None = None,
     ) -> dict[str, np.ndarray]:
         """Features of CTs: keys ``axial``/``coronal``/``sagittal`` and (with a 3-D extractor) ``volume``.
 
@@ -270,7 +274,7 @@ class FIDEvaluator:
                     crops = F.interpolate(crops, size=tuple(arr3.shape), mode="trilinear", align_corners=False)
                 vol_feats.append(self.extractor_3d(crops, max(1, cfg.batch_size // 4)))
             if progress is not None:
-                progress(n + 1, len(volumes))
+                progress(FEATURE_STAGE, n + 1, len(volumes))
         out = {p: np.concatenate(v) if v else np.zeros((0, self.extractor_2d.dim)) for p, v in per.items()}
         if self.extractor_3d is not None:
             out["volume"] = np.concatenate(vol_feats) if vol_feats else np.zeros((0, self.extractor_3d.dim))

@@ -1,8 +1,8 @@
 """Figures of an evaluation: CT grids with proxy overlays, and metric bar charts with confidence intervals.
 
 A single tri-planar overlay of one CT is ``ctrag.segment.overlay.save_overlay_png`` (whole figure, used by
-``ctrag generate``); this module needs the same view *inside* a larger grid (one row per method or per report),
-so it draws onto given axes with the same conventions and colours: closest-RAS view
+``ctrag segment``); this module puts the same view (``ctrag.segment.overlay.draw_triplanar``) *inside* a larger
+grid (one row per method or per report), with the same conventions and colours: closest-RAS view
 (:class:`ctrag.segment.grid.CanonicalView`), radiological display (patient left on the image's right), slices
 through the lungs' centre when the mask has lungs. matplotlib runs with the Agg backend and is imported here only.
 """
@@ -18,17 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from ctrag.data.nifti import Volume, check_same_grid
-from ctrag.utils.atomic import atomic_path
+from ctrag.data.nifti import Volume
+from ctrag.segment.overlay import draw_triplanar, pyplot, save_png
 
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+__all__ = ["BarSeries", "GridRow", "bar_series_from_summary", "draw_triplanar", "save_ct_grid", "save_metric_bars"]
 
 
 @dataclass
@@ -40,57 +33,11 @@ class GridRow:
     mask: Volume | None = None
 
 
-def draw_triplanar(
-    axes: Sequence[Any],
-    ct: Volume,
-    mask: Volume | None = None,
-    *,
-    hu_window: tuple[float, float] = (-1000.0, 600.0),
-    alpha: float = 0.35,
-    centre_labels: tuple[int, ...] = (2, 3),
-    outline_labels: tuple[int, ...] = (1,),
-) -> None:
-    """Axial, coronal and sagittal views of ``ct`` (with ``mask`` overlaid) on three matplotlib axes.
-
-    ``outline_labels`` (the body, by default) are not filled; the envelope of the whole mask is drawn as a contour
-    instead: a filled body would wash out the CT and hide what the generator made of the organs inside it.
-    """
-    from ctrag.segment.overlay import COARSE_COLOURS, coarse_colormap, triplanar_views
-
-    if mask is not None:
-        check_same_grid(mask, ct)
-    labels = None if mask is None else np.asarray(mask.array)
-    views = triplanar_views(np.asarray(ct.array), labels, ct.affine, centre_labels)
-    cmap, n_colours = coarse_colormap()
-    for ax, (_, ct2d, lab2d, aspect) in zip(axes, views, strict=True):
-        ax.imshow(ct2d, cmap="gray", vmin=hu_window[0], vmax=hu_window[1], origin="lower", aspect=aspect)
-        if mask is not None:
-            outline = np.isin(lab2d, outline_labels)
-            if outline.any():  # the envelope of every label: the body's skin line, not its holes around organs
-                colour = COARSE_COLOURS.get(outline_labels[0], (1.0, 1.0, 0.0))
-                ax.contour(
-                    (lab2d > 0).astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.0, origin="lower"
-                )
-            ax.imshow(
-                np.ma.masked_where((lab2d == 0) | outline, lab2d),
-                cmap=cmap,
-                vmin=0,
-                vmax=n_colours - 1,
-                alpha=alpha,
-                origin="lower",
-                aspect=aspect,
-                interpolation="nearest",
-            )
-        ax.set_xticks([])
-        ax.set_yticks([])
-
-
 def save_ct_grid(path: str | os.PathLike[str], rows: Sequence[GridRow], *, title: str = "") -> Path:
     """A PNG with one tri-planar row per entry (e.g. one per method, same report and seed)."""
     if not rows:
         raise ValueError("save_ct_grid: no rows to draw")
-    plt = _pyplot()
-    fig, axes = plt.subplots(len(rows), 3, figsize=(10, 3.2 * len(rows)), squeeze=False)
+    fig, axes = pyplot().subplots(len(rows), 3, figsize=(10, 3.2 * len(rows)), squeeze=False)
     for r, row in enumerate(rows):
         draw_triplanar(axes[r], row.ct, row.mask)
         axes[r][0].set_ylabel(row.title, fontsize=9)
@@ -98,12 +45,7 @@ def save_ct_grid(path: str | os.PathLike[str], rows: Sequence[GridRow], *, title
         axes[0][c].set_title(name)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    final = Path(path)
-    with atomic_path(final, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
-    return final
+    return save_png(fig, path)
 
 
 @dataclass
@@ -124,10 +66,9 @@ def save_metric_bars(path: str | os.PathLike[str], series: Sequence[BarSeries], 
     usable = [s for s in series if any(math.isfinite(m) for m in s.means)]
     if not usable:
         raise ValueError("save_metric_bars: no finite metric values to plot")
-    plt = _pyplot()
     cols = min(3, len(usable))
     nrows = math.ceil(len(usable) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.4 * nrows), squeeze=False)
+    fig, axes = pyplot().subplots(nrows, cols, figsize=(4.6 * cols, 3.4 * nrows), squeeze=False)
     for ax, s in zip(axes.flat, usable, strict=False):
         x = np.arange(len(s.labels))
         means = np.array([m if math.isfinite(m) else 0.0 for m in s.means])
@@ -144,12 +85,7 @@ def save_metric_bars(path: str | os.PathLike[str], series: Sequence[BarSeries], 
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    final = Path(path)
-    with atomic_path(final, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
-    return final
+    return save_png(fig, path)
 
 
 def bar_series_from_summary(

@@ -27,6 +27,7 @@ from ctrag.evaluation.ablation import AblationRunner, GenerationEvalConfig, sele
 from ctrag.evaluation.fid import FIDConfig, FIDEvaluator
 from ctrag.evaluation.tables import write_ablation_outputs
 from ctrag.utils.hashing import sha256_json
+from ctrag.utils.progress import ProgressFn
 
 
 def make_segmenter(segment_config: Any | None = None) -> Callable[[Volume], Volume]:
@@ -63,7 +64,7 @@ def evaluate_generation(
     pipeline: Any | None = None,
     corpus: Corpus | None = None,
     command: str = "",
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> dict[str, Path]:
     """Run the ablation described by ``config`` and write tables and figures under ``out_dir``."""
     from ctrag.evaluation.classifier import ClinicalClassifier

@@ -5,8 +5,12 @@ Wilcoxon signed-rank test across 5 seeds (p < 0.05). "Inferior" is a one-sided q
 has to be: the smallest two-sided exact p-value for n = 5 is 2/32 = 0.0625, so a two-sided test could never
 mark anything; the one-sided exact minimum is 1/32 = 0.031. Pairs are matched by seed.
 
-Bootstrap CIs are percentile intervals of the mean (``scipy.stats.bootstrap``) over the same per-seed values.
-With 5 values they are wide and coarse; they say how much a number moved between seeds, not more.
+Bootstrap CIs are percentile intervals of the mean, from one implementation: :class:`BootstrapPlan` draws the
+resampled indices once (numpy ``default_rng(seed).integers``, the same draws ``scipy.stats.bootstrap`` makes),
+so several methods measured on the same items share resamples (a paired bootstrap: their differences get CIs
+too). The retrieval evaluation resamples queries; the generation tables resample seeds with
+:func:`bootstrap_ci`, which builds a plan per call. With 5 seeds the intervals are wide and coarse; they say
+how much a number moved between seeds, not more.
 """
 
 from __future__ import annotations
@@ -62,6 +66,29 @@ def wilcoxon_worse(
     return WilcoxonResult(p, p < alpha, n, float(res.statistic), mean_diff)
 
 
+@dataclass(frozen=True)
+class BootstrapPlan:
+    """One set of resampled item indices shared by every method (paired bootstrap)."""
+
+    indices: np.ndarray  # (n_resamples, n)
+    confidence: float
+
+    @classmethod
+    def make(cls, n: int, n_resamples: int, seed: int, confidence: float = 0.95) -> BootstrapPlan:
+        rng = np.random.default_rng(seed)
+        return cls(rng.integers(0, n, size=(max(n_resamples, 0), n)), confidence)
+
+    def ci(self, values: np.ndarray) -> tuple[float, float]:
+        """Percentile CI of the mean of ``values`` (NaN when there are no resamples)."""
+        v = np.asarray(values, dtype=np.float64)
+        if self.indices.shape[0] == 0 or v.size < 2:
+            return (math.nan, math.nan)
+        means = v[self.indices].mean(axis=1)
+        alpha = (1.0 - self.confidence) / 2.0
+        lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+        return (float(lo), float(hi))
+
+
 def bootstrap_ci(
     values: Sequence[float],
     *,
@@ -70,20 +97,10 @@ def bootstrap_ci(
     seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean; ``(nan, nan)`` for fewer than 2 finite values, exact for constants."""
-    from scipy.stats import bootstrap
-
     arr = np.asarray(values, dtype=np.float64)
     arr = arr[np.isfinite(arr)]
     if arr.size < 2:
         return (float("nan"), float("nan"))
     if np.all(arr == arr[0]):
         return (float(arr[0]), float(arr[0]))
-    res = bootstrap(
-        (arr,),
-        np.mean,
-        confidence_level=confidence,
-        n_resamples=n_resamples,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    return (float(res.confidence_interval.low), float(res.confidence_interval.high))
+    return BootstrapPlan.make(arr.size, n_resamples, seed, confidence).ci(arr)

@@ -63,6 +63,25 @@ def _cell(entry: dict[str, Any] | None, not_applicable: bool) -> str:
     return text
 
 
+#: Fingerprint prefix of the random-weight FID extractors (:mod:`ctrag.evaluation.features`).
+RANDOM_FALLBACK_PREFIX = "random-fallback"
+
+
+def feature_header(fid: dict[str, Any] | None) -> str:
+    """What Table 1's FID numbers were computed with, for its header (a random fallback is said outright).
+
+    Why in the header: FID depends entirely on the feature network; numbers from random-weight features are not
+    comparable with published FID, and a reader of the table alone must see that.
+    """
+    if not fid:
+        return "features: not computed"
+    e2, e3 = fid.get("extractor_2d"), fid.get("extractor_3d")
+    text = f"features: 2-D {e2 or 'none'}, 3-D {e3 or 'none'}"
+    if any(str(e).startswith(RANDOM_FALLBACK_PREFIX) for e in (e2, e3) if e):
+        text += " — random-feature fallback, not comparable with published FID"
+    return text
+
+
 def render_markdown(
     result: AblationResult, *, command: str = "", figures: Sequence[Path] = (), root: Path | None = None
 ) -> str:
@@ -90,7 +109,8 @@ def render_markdown(
         "",
     ]
     for title, first, keys, headers in TABLES:
-        lines += [f"## {title}", "", "| " + " | ".join([first, *headers]) + " |", "|" + "---|" * (len(keys) + 1)]
+        heading = f"{title} ({feature_header(result.provenance.get('fid'))})" if title.startswith("Table 1") else title
+        lines += [f"## {heading}", "", "| " + " | ".join([first, *headers]) + " |", "|" + "---|" * (len(keys) + 1)]
         real_metrics = result.real.get("metrics", {})
         show_real = title.startswith(("Table 2", "Table 3"))
         if show_real:

@@ -29,7 +29,6 @@ _EXPORTS = {
     "RectifiedFlowSampler": "ctrag.generation.sampler",
     "controlnet_from_unet": "ctrag.generation.controlnet",
     "import_external_weights": "ctrag.generation.pipeline_io",
-    "control_agreement": "ctrag.generation.evaluate",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -34,9 +34,9 @@ from ctrag.data.labels import CT_RATE_LABELS
 from ctrag.errors import ConfigError, DataValidationError, IncompatibleIndexError, InvalidInputError
 from ctrag.index import faiss_backend
 from ctrag.index.config import IndexConfig
-from ctrag.index.faiss_backend import ProgressFn
 from ctrag.index.storage import META_NAME, resolve_version_dir, versioned_write
 from ctrag.utils.hashing import sha256_file
+from ctrag.utils.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
 

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from ctrag.index.config import IndexConfig
+from ctrag.utils.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
-
-ProgressFn = Callable[[int, int], None]
-"""``progress(done, total)``: called as long work advances."""
 
 
 def _faiss() -> Any:
@@ -57,7 +55,8 @@ def build_faiss_index(
 
     Returns the index and the parameters actually used (``effective``), which differ from ``config`` when a
     small corpus forces smaller IVF/PQ sizes. Training samples are drawn with ``seed``; HNSW insertion with
-    several OpenMP threads is not bit-for-bit reproducible, flat and IVF-PQ are.
+    several OpenMP threads is not bit-for-bit reproducible, flat and IVF-PQ are. Insertion is reported as
+    ``progress("build <kind> index", done, n)``.
     """
     with faiss_threads(config.threads):
         return _build(vectors, config, seed, progress)
@@ -86,7 +85,7 @@ def _build(
     for start in range(0, n, step):
         index.add(x[start : start + step])
         if progress is not None:
-            progress(min(start + step, n), n)
+            progress(f"build {config.kind} index", min(start + step, n), n)
     return index, effective
 
 

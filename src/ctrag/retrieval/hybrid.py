@@ -18,11 +18,10 @@ adds, per query q and index case c::
 - ``LCS-F1`` is computed for a shortlist only (the union of each component's top ``rerank_k``); other rows
   keep their first-stage order below every shortlisted row, so ``scores`` still ranks every candidate.
 
-The weights are chosen inside :meth:`HybridScorer.fit` on the given (training) cases only: patient-level,
-seeded K-fold cross-fitting (label model and BM25 refitted without the held-out fold, which then queries the
-rest), a grid over weights and temperature, and the rule "highest mean top-1 label-Jaccard among settings whose
-top-1 text overlap is not worse than BM25's on the same queries, with one-sided confidence ``rouge_confidence_z``".
-Evaluation data never enters: the scorer sees only the cases it is fitted on (``fitted_case_ids``).
+The weights are chosen inside :meth:`HybridScorer.fit` on the given (training) cases only, by the cross-fitted
+search of :mod:`ctrag.retrieval.hybrid_fit` (patient-level folds; "highest top-1 label-Jaccard whose text overlap
+is not worse than the baseline's"). Evaluation data never enters: the scorer sees only the cases it is fitted on
+(``fitted_case_ids``).
 
 Saved as arrays (``hybrid.npz``) + JSON + the label model and BM25 sub-folders; no pickles.
 """
@@ -30,9 +29,8 @@ Saved as arrays (``hybrid.npz``) + JSON + the label model and BM25 sub-folders; 
 from __future__ import annotations
 
 import logging
-import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,9 +41,11 @@ from ctrag.config import config_to_dict, from_dict
 from ctrag.data.case import Case
 from ctrag.data.labels import CT_RATE_LABELS
 from ctrag.errors import ConfigError, DataValidationError, IncompatibleIndexError, InvalidInputError
+from ctrag.retrieval.label_agreement import expected_jaccard
 from ctrag.retrieval.label_model import LabelModel, LabelModelConfig
-from ctrag.retrieval.lexical import BM25Config, BM25Scorer, TfidfScorer, tokens_alnum
+from ctrag.retrieval.lexical import BM25Config, BM25Scorer, tokens_alnum
 from ctrag.utils.hashing import sha256_json
+from ctrag.utils.progress import ProgressFn
 from ctrag.utils.sequences import lcs_f1_many
 from ctrag.utils.serialization import read_meta, read_npz, write_json, write_npz
 
@@ -53,7 +53,6 @@ logger = logging.getLogger(__name__)
 
 KIND = "ctrag-hybrid-scorer"
 FORMAT_VERSION = 1
-ProgressFn = Callable[[str, int, int], None]
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -156,59 +155,14 @@ class HybridConfig:
 # ------------------------------------------------------------------------------------------- scoring pieces
 
 
-def label_jaccard_matrix(a: np.ndarray, b: np.ndarray, empty: float = 1.0) -> np.ndarray:
-    """(len(a), len(b)) Jaccard of 0/1 label rows; two all-zero rows score ``empty``."""
-    x = np.asarray(a, dtype=np.float64)
-    y = np.asarray(b, dtype=np.float64)
-    inter = x @ y.T
-    union = x.sum(1)[:, None] + y.sum(1)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1.0), empty)
-
-
-def expected_jaccard(probs: np.ndarray, cand_labels: np.ndarray, empty: float = 1.0) -> np.ndarray:
-    """E[Jaccard(Q, Y_c)] for Q_i ~ Bernoulli(probs[q, i]) independently, against fixed 0/1 rows Y_c.
-
-    With A = |Q ∩ Y| and B = |Q \\ Y| (independent: they involve disjoint labels), J = A / (|Y| + B), so
-    E[J] = E[A] * E[1 / (|Y| + B)]; B's Poisson-binomial law comes from a short dynamic programme over the
-    labels outside Y. For |Y| = 0, J is ``empty`` when B = 0 and 0 otherwise. Computed once per distinct label
-    pattern among the candidates (a few hundred for thousands of reports), then gathered.
-    """
-    p = np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0)
-    y = np.asarray(cand_labels)
-    if p.ndim != 2 or y.ndim != 2 or p.shape[1] != y.shape[1]:
-        raise InvalidInputError(f"expected_jaccard: shapes {p.shape} and {y.shape} do not fit")
-    patterns, inverse = np.unique(y.astype(bool), axis=0, return_inverse=True)
-    inverse = np.asarray(inverse).ravel()
-    n_lab = p.shape[1]
-    size = patterns.sum(1).astype(np.float64)  # |Y| per pattern
-    out = np.empty((p.shape[0], patterns.shape[0]), dtype=np.float64)
-    k = np.arange(n_lab + 1, dtype=np.float64)
-    denom = size[:, None] + k[None, :]
-    inv = np.where(denom > 0, 1.0 / np.maximum(denom, 1.0), 0.0)  # (n_pat, n_lab + 1)
-    chunk = max(1, 2_000_000 // max(1, patterns.shape[0] * (n_lab + 1)))
-    outside = ~patterns  # labels that only Q can contribute (to B)
-    for start in range(0, p.shape[0], chunk):
-        pq = p[start : start + chunk]
-        e_a = pq @ patterns.T.astype(np.float64)  # (nq, n_pat)
-        dist = np.zeros((pq.shape[0], patterns.shape[0], n_lab + 1))
-        dist[..., 0] = 1.0
-        for j in range(n_lab):
-            pe = pq[:, j][:, None] * outside[:, j][None, :]
-            nxt = dist * (1.0 - pe)[..., None]
-            nxt[..., 1:] += dist[..., :-1] * pe[..., None]
-            dist = nxt
-        e_inv = (dist * inv[None]).sum(-1)
-        out[start : start + chunk] = np.where(size[None, :] > 0, e_a * e_inv, empty * dist[..., 0])
-    return out[:, inverse]
-
-
-def _normalise_max(m: np.ndarray) -> np.ndarray:
+def normalise_max(m: np.ndarray) -> np.ndarray:
     """Divide each row by its maximum (rows without a positive score become 0) so BM25 lies in [0, 1]."""
     top = m.max(axis=1, keepdims=True) if m.shape[1] else np.zeros((m.shape[0], 1))
     return np.where(top > 0, m / np.where(top > 0, top, 1.0), 0.0)
 
 
-def _topk_mask(m: np.ndarray, k: int) -> np.ndarray:
+def topk_mask(m: np.ndarray, k: int) -> np.ndarray:
+    """Boolean mask of each row's ``k`` highest entries (every entry when a row has at most ``k``)."""
     mask = np.zeros(m.shape, dtype=bool)
     if m.shape[1] == 0:
         return mask
@@ -220,7 +174,7 @@ def _topk_mask(m: np.ndarray, k: int) -> np.ndarray:
     return mask
 
 
-class _LcsTable:
+class LcsTable:
     """Token-id sequences of documents for LCS-F1 (shared vocabulary; unseen query tokens get fresh ids)."""
 
     def __init__(self, vocab: dict[str, int], docs: list[np.ndarray], max_tokens: int) -> None:
@@ -230,7 +184,7 @@ class _LcsTable:
         self._lists = [d.tolist() for d in docs]
 
     @classmethod
-    def build(cls, texts: Sequence[str], max_tokens: int) -> _LcsTable:
+    def build(cls, texts: Sequence[str], max_tokens: int) -> LcsTable:
         vocab: dict[str, int] = {}
         docs = []
         for t in texts:
@@ -260,65 +214,10 @@ class _LcsTable:
         return {"lcs_tokens": flat.astype(np.int32), "lcs_offsets": np.concatenate([[0], np.cumsum(lengths)])}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], terms: list[str], max_tokens: int) -> _LcsTable:
+    def from_arrays(cls, arrays: dict[str, np.ndarray], terms: list[str], max_tokens: int) -> LcsTable:
         flat, offsets = arrays["lcs_tokens"], arrays["lcs_offsets"]
         docs = [flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
         return cls({t: i for i, t in enumerate(terms)}, docs, max_tokens)
-
-
-# -------------------------------------------------------------------------------------------- weight search
-
-
-@dataclass
-class _FoldFeatures:
-    """Everything the grid needs for one cross-fitting fold (queries x fold-train candidates)."""
-
-    queries: np.ndarray  # case indices
-    candidates: np.ndarray  # case indices
-    label: dict[float, np.ndarray]  # temperature -> expected Jaccard
-    bm25: np.ndarray
-    dense: np.ndarray
-    lcs: np.ndarray  # NaN outside the union of shortlists
-    shortlist: dict[float, np.ndarray]  # temperature -> bool mask
-    true_jaccard: np.ndarray  # (nq, nc) of real labels
-    baseline_tops: dict[str, np.ndarray]  # baseline name -> candidate column of its top-1
-
-
-def _top1_overlap(feats: _FoldFeatures, top: np.ndarray, table: _LcsTable) -> np.ndarray:
-    """LCS-F1 of each query with its chosen candidate column ``top``; fills (and caches) values off the shortlist."""
-    rows = np.arange(top.size)
-    vals = feats.lcs[rows, top]
-    for r in np.flatnonzero(np.isnan(vals)):
-        vals[r] = table.f1(table.tokens(int(feats.queries[r])), feats.candidates[top[r] : top[r] + 1])[0]
-        feats.lcs[r, top[r]] = vals[r]
-    return vals
-
-
-def _patient_folds(patients: Sequence[str], n_folds: int, seed: int) -> np.ndarray:
-    """Fold id per case; whole patients per fold, seeded permutation of the sorted patient ids."""
-    unique = sorted(set(patients))
-    order = np.random.default_rng(seed).permutation(len(unique))
-    fold_of = {unique[j]: i % n_folds for i, j in enumerate(order)}
-    return np.asarray([fold_of[p] for p in patients], dtype=np.int64)
-
-
-def _grid_settings(config: HybridConfig) -> list[HybridWeights]:
-    g = config.grid
-    out = []
-    seen = set()
-    for t in g.temperature if config.use_labels else (1.0,):
-        for lc in g.lcs if config.use_lcs else (0.0,):
-            for b in g.bm25 if config.use_bm25 else (0.0,):
-                for d in g.dense if config.use_dense else (0.0,):
-                    w = HybridWeights(label=1.0 if config.use_labels else 0.0, lcs=lc, bm25=b, dense=d, temperature=t)
-                    key = (w.label, w.lcs, w.bm25, w.dense, w.temperature)
-                    if w.label + w.lcs + w.bm25 + w.dense == 0 or key in seen:
-                        continue
-                    seen.add(key)
-                    out.append(w)
-    if not out:
-        raise ConfigError("HybridConfig: the weight grid has no setting with a non-zero weight")
-    return out
 
 
 # ------------------------------------------------------------------------------------------------- scorer
@@ -337,7 +236,7 @@ class HybridScorer:
         embeddings: np.ndarray,
         cand_labels: np.ndarray,
         labels_known: np.ndarray,
-        lcs_table: _LcsTable,
+        lcs_table: LcsTable,
         case_ids: Sequence[str],
         selection: dict[str, Any] | None = None,
     ) -> None:
@@ -420,14 +319,17 @@ class HybridScorer:
                 "HybridScorer.fit: the label component needs labelled cases (>= 2); "
                 "set hybrid.use_labels=false for an unlabelled corpus"
             )
-        table = _LcsTable.build(texts, config.max_lcs_tokens)
+        table = LcsTable.build(texts, config.max_lcs_tokens)
 
         weights = config.effective_weights(config.weights)
         selection: dict[str, Any] = {"searched": False}
         patients = [c.patient_id for c in cases]
         n_folds = min(config.cv_folds, len(set(p for p, k in zip(patients, known, strict=True) if k)))
         if config.search_weights and n_folds >= 2:
-            weights, selection = cls._search(cases, texts, emb, y, known, table, config, seed, n_folds, progress)
+            from ctrag.retrieval.hybrid_fit import FitRows, search_weights  # hybrid_fit builds on this module
+
+            rows = FitRows(texts, emb, y, known, patients, table)
+            weights, selection = search_weights(rows, config, seed, n_folds, progress)
         elif config.search_weights:
             logger.warning("HybridScorer.fit: fewer than 2 labelled patients; using the configured weights")
 
@@ -449,166 +351,6 @@ class HybridScorer:
             case_ids=[c.case_id for c in cases],
             selection=selection,
         )
-
-    @classmethod
-    def _fold_features(
-        cls,
-        texts: list[str],
-        emb: np.ndarray,
-        y: np.ndarray,
-        known: np.ndarray,
-        table: _LcsTable,
-        config: HybridConfig,
-        seed: int,
-        queries: np.ndarray,
-        candidates: np.ndarray,
-    ) -> _FoldFeatures:
-        temps = config.grid.temperature if config.use_labels else (1.0,)
-        cand_y = y[candidates].copy()
-        label: dict[float, np.ndarray] = {}
-        if config.use_labels:
-            train = candidates[known[candidates]]
-            lm = LabelModel.fit([texts[i] for i in train], y[train], config.label_model, seed)
-            unknown = candidates[~known[candidates]]
-            if unknown.size:
-                cand_y[~known[candidates]] = lm.predict([texts[i] for i in unknown])
-            logits = lm.decision_function([texts[i] for i in queries])
-            for t in temps:
-                label[t] = expected_jaccard(1.0 / (1.0 + np.exp(-logits / t)), cand_y)
-        q_texts = [texts[i] for i in queries]
-        bm = BM25Scorer.fit([texts[i] for i in candidates], config.bm25).scores(q_texts)
-        bm25 = _normalise_max(bm)
-        dense = np.asarray(emb[queries] @ emb[candidates].T, dtype=np.float64)
-        shortlist: dict[float, np.ndarray] = {}
-        base = np.zeros(bm25.shape, dtype=bool)
-        if config.use_bm25:
-            base |= _topk_mask(bm25, config.rerank_k)
-        if config.use_dense:
-            base |= _topk_mask(dense, config.rerank_k)
-        for t in temps:
-            shortlist[t] = base | (_topk_mask(label[t], config.rerank_k) if config.use_labels else False)
-        lcs = np.full(bm25.shape, np.nan)
-        tops = {"bm25": bm.argmax(axis=1)}
-        if config.rouge_reference == "best-baseline":
-            tfidf = TfidfScorer.fit([texts[i] for i in candidates]).scores(q_texts)
-            tops["tfidf"] = tfidf.argmax(axis=1)
-            tops["dense"] = dense.argmax(axis=1)
-        if config.use_lcs:
-            union = np.zeros(bm25.shape, dtype=bool)
-            for m in shortlist.values():
-                union |= m
-            for r, qi in enumerate(queries):
-                cols = np.flatnonzero(union[r])
-                lcs[r, cols] = table.f1(table.tokens(int(qi)), candidates[cols])
-        true_j = label_jaccard_matrix(y[queries], y[candidates])
-        return _FoldFeatures(queries, candidates, label, bm25, dense, lcs, shortlist, true_j, tops)
-
-    @classmethod
-    def _search(
-        cls,
-        cases: list[Case],
-        texts: list[str],
-        emb: np.ndarray,
-        y: np.ndarray,
-        known: np.ndarray,
-        table: _LcsTable,
-        config: HybridConfig,
-        seed: int,
-        n_folds: int,
-        progress: ProgressFn | None,
-    ) -> tuple[HybridWeights, dict[str, Any]]:
-        folds = _patient_folds([c.patient_id for c in cases], n_folds, seed)
-        rng = np.random.default_rng(seed)
-        per_fold = None if config.max_tuning_queries is None else math.ceil(config.max_tuning_queries / n_folds)
-        settings = _grid_settings(config)
-        jac = [[] for _ in settings]  # type: list[list[np.ndarray]]
-        rouge = [[] for _ in settings]  # type: list[list[np.ndarray]]
-        ref_j: dict[str, list[np.ndarray]] = {}
-        ref_r: dict[str, list[np.ndarray]] = {}
-        for f in range(n_folds):
-            if progress is not None:
-                progress("hybrid weight search", f, n_folds)
-            queries = np.flatnonzero((folds == f) & known)
-            if per_fold is not None and queries.size > per_fold:
-                queries = np.sort(rng.choice(queries, per_fold, replace=False))
-            candidates = np.flatnonzero(folds != f)
-            if queries.size == 0 or candidates.size == 0:
-                continue
-            feats = cls._fold_features(texts, emb, y, known, table, config, seed, queries, candidates)
-            rows = np.arange(queries.size)
-
-            for name, top in feats.baseline_tops.items():
-                ref_j.setdefault(name, []).append(feats.true_jaccard[rows, top])
-                ref_r.setdefault(name, []).append(_top1_overlap(feats, top, table))
-            for s, w in enumerate(settings):
-                total = w.bm25 * feats.bm25 + w.dense * feats.dense
-                if w.label:
-                    total = total + w.label * feats.label[w.temperature]
-                if w.lcs:
-                    mask = feats.shortlist[w.temperature]
-                    total = np.where(mask, total + w.lcs * np.nan_to_num(feats.lcs), -np.inf)
-                top = total.argmax(axis=1)
-                jac[s].append(feats.true_jaccard[rows, top])
-                rouge[s].append(_top1_overlap(feats, top, table))
-        if progress is not None:
-            progress("hybrid weight search", n_folds, n_folds)
-        if not ref_j:
-            logger.warning("HybridScorer.fit: no fold had labelled queries; using the configured weights")
-            return config.effective_weights(config.weights), {"searched": False}
-        baselines = {
-            name: {
-                "label_jaccard": float(np.concatenate(ref_j[name]).mean()),
-                "lcs_f1": float(np.concatenate(rs).mean()),
-            }
-            for name, rs in ref_r.items()
-        }
-        ref_name = max(baselines, key=lambda n: baselines[n]["lcs_f1"])
-        rj, rr = np.concatenate(ref_j[ref_name]), np.concatenate(ref_r[ref_name])
-        table_rows = []
-        for w, js, rs in zip(settings, jac, rouge, strict=True):
-            j, r = np.concatenate(js), np.concatenate(rs)
-            diff = r - rr
-            se = float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else 0.0
-            table_rows.append(
-                {
-                    "weights": config_to_dict(w),
-                    "label_jaccard": float(j.mean()),
-                    "lcs_f1": float(r.mean()),
-                    "lcs_f1_minus_reference": float(diff.mean()),
-                    "lcs_f1_minus_reference_se": se,
-                    "admissible": bool(diff.mean() - config.rouge_confidence_z * se >= 0.0),
-                }
-            )
-        admissible = [row for row in table_rows if row["admissible"]]
-        if admissible:
-            best = max(admissible, key=lambda row: (round(row["label_jaccard"], 9), row["lcs_f1"]))
-            rule = f"max label-Jaccard s.t. LCS-F1 >= {ref_name}'s (one-sided z = {config.rouge_confidence_z:g})"
-        else:
-            best = max(table_rows, key=lambda row: (row["lcs_f1"], row["label_jaccard"]))
-            rule = f"no setting matched {ref_name}'s text overlap; took the highest LCS-F1"
-            logger.warning("HybridScorer.fit: %s", rule)
-        chosen = from_dict(HybridWeights, best["weights"])
-        selection = {
-            "searched": True,
-            "rule": rule,
-            "folds": n_folds,
-            "seed": seed,
-            "tuning_queries": int(rj.size),
-            "reference": ref_name,
-            "baselines": baselines,
-            "chosen": best,
-            "grid": table_rows,
-        }
-        logger.info(
-            "hybrid weights %s: CV label-Jaccard %.3f, LCS-F1 %.3f (reference %s: %.3f, %.3f)",
-            best["weights"],
-            best["label_jaccard"],
-            best["lcs_f1"],
-            ref_name,
-            rj.mean(),
-            rr.mean(),
-        )
-        return chosen, selection
 
     # ------------------------------------------------------------------ scoring
     def _rows(self, candidate_rows: np.ndarray | None) -> np.ndarray:
@@ -635,7 +377,7 @@ class HybridScorer:
             probs = 1.0 / (1.0 + np.exp(-logits / self.weights.temperature))
             out["label"] = expected_jaccard(probs, self.cand_labels[rows])
         if self.config.use_bm25 and self.bm25 is not None:
-            out["bm25"] = _normalise_max(self.bm25.scores(texts, None, rows))
+            out["bm25"] = normalise_max(self.bm25.scores(texts, None, rows))
         if self.config.use_dense:
             if query_embeddings is None:
                 raise InvalidInputError("HybridScorer.scores: the dense component needs query embeddings")
@@ -672,7 +414,7 @@ class HybridScorer:
             return total
         mask = np.zeros(total.shape, dtype=bool)
         for m in comps.values():
-            mask |= _topk_mask(m, self.config.rerank_k)
+            mask |= topk_mask(m, self.config.rerank_k)
         out = total.copy()
         for r, text in enumerate(query_texts):
             cols = np.flatnonzero(mask[r])
@@ -736,7 +478,7 @@ class HybridScorer:
             embeddings=arrays["embeddings"],
             cand_labels=arrays["cand_labels"],
             labels_known=arrays["labels_known"],
-            lcs_table=_LcsTable.from_arrays(arrays, list(meta["lcs_terms"]), config.max_lcs_tokens),
+            lcs_table=LcsTable.from_arrays(arrays, list(meta["lcs_terms"]), config.max_lcs_tokens),
             case_ids=meta["case_ids"],
             selection=meta.get("selection"),
         )

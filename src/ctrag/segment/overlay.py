@@ -8,6 +8,7 @@ centre. matplotlib is imported here only, with the Agg backend, so nothing opens
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,70 @@ def coarse_colormap() -> tuple[Any, int]:
     return ListedColormap(colours), n_colours
 
 
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no window ever opens); imported only when a figure is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig: Any, path: str | os.PathLike[str], *, dpi: int = 80) -> Path:
+    """Lay out ``fig``, write it atomically as a PNG at ``path`` and close it; returns the path."""
+    fig.tight_layout()
+    final = Path(path)
+    with atomic_path(final, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    pyplot().close(fig)
+    return final
+
+
+def draw_triplanar(
+    axes: Sequence[Any],
+    ct: Volume,
+    mask: Volume | None = None,
+    *,
+    hu_window: tuple[float, float] = (-1000.0, 600.0),
+    alpha: float = 0.35,
+    centre_labels: tuple[int, ...] = (2, 3),
+    outline_labels: tuple[int, ...] = (1,),
+) -> None:
+    """Axial, coronal and sagittal views of ``ct`` (with ``mask`` overlaid) on three matplotlib axes.
+
+    ``outline_labels`` (the body, by default) are not filled; the envelope of the whole mask is drawn as a contour
+    instead: a filled body would wash out the CT and hide what the generator made of the organs inside it. Pass
+    ``outline_labels=()`` to fill every label.
+    """
+    if mask is not None:
+        check_same_grid(mask, ct)
+    labels = None if mask is None else np.asarray(mask.array)
+    views = triplanar_views(np.asarray(ct.array), labels, ct.affine, centre_labels)
+    cmap, n_colours = coarse_colormap()
+    for ax, (_, ct2d, lab2d, aspect) in zip(axes, views, strict=True):
+        ax.imshow(ct2d, cmap="gray", vmin=hu_window[0], vmax=hu_window[1], origin="lower", aspect=aspect)
+        if mask is not None:
+            outline = np.isin(lab2d, outline_labels)
+            if outline.any():  # the envelope of every label: the body's skin line, not its holes around organs
+                colour = COARSE_COLOURS.get(outline_labels[0], (1.0, 1.0, 0.0))
+                ax.contour(
+                    (lab2d > 0).astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.0, origin="lower"
+                )
+            ax.imshow(
+                np.ma.masked_where((lab2d == 0) | outline, lab2d),
+                cmap=cmap,
+                vmin=0,
+                vmax=n_colours - 1,
+                alpha=alpha,
+                origin="lower",
+                aspect=aspect,
+                interpolation="nearest",
+            )
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
 def save_overlay_png(
     path: str | os.PathLike[str],
     ct: Volume,
@@ -75,37 +140,12 @@ def save_overlay_png(
     centre_labels: tuple[int, ...] = (2, 3),
 ) -> Path:
     """Write axial/coronal/sagittal views of ``mask`` (coarse labels) over ``ct``; returns the PNG path."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     check_same_grid(mask, ct)
-    views = triplanar_views(np.asarray(ct.array), np.asarray(mask.array), ct.affine, centre_labels)
-    cmap, n_colours = coarse_colormap()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
-    for ax, (name, ct2d, lab2d, aspect) in zip(axes, views, strict=True):
-        ax.imshow(ct2d, cmap="gray", vmin=hu_window[0], vmax=hu_window[1], origin="lower", aspect=aspect)
-        masked = np.ma.masked_where(lab2d == 0, lab2d)
-        ax.imshow(
-            masked,
-            cmap=cmap,
-            vmin=0,
-            vmax=n_colours - 1,
-            alpha=alpha,
-            origin="lower",
-            aspect=aspect,
-            interpolation="nearest",
-        )
+    fig, axes = pyplot().subplots(1, 3, figsize=(13, 4.6))
+    draw_triplanar(axes, ct, mask, hu_window=hu_window, alpha=alpha, centre_labels=centre_labels, outline_labels=())
+    for ax, name in zip(axes, ("axial", "coronal", "sagittal"), strict=True):
         ax.set_title(name)
-        ax.set_xticks([])
-        ax.set_yticks([])
     axes[0].set_xlabel("patient R  ←→  patient L")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    final = Path(path)
-    with atomic_path(final, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
-    return final
+    return save_png(fig, path)

@@ -9,7 +9,7 @@ rows and measure
   per-label hit rate at k (for each label, the share of queries having it whose top k contain a report having it);
   Jaccard of two all-zero label vectors is defined as 1 (two normal studies agree perfectly);
 - **text agreement** of the top-1 report with the query: ROUGE-L F-measure (and ROUGE-2), see
-  :mod:`ctrag.evaluation.text_metrics` (equal to Google's ``rouge-score`` with Porter stemming).
+  :mod:`ctrag.evaluation.metrics.text` (equal to Google's ``rouge-score`` with Porter stemming).
 
 Methods: random, TF-IDF, BM25, the plain packaged MiniLM (dense cosine), a label oracle (ranks by Jaccard with
 the query's *true* labels: an upper bound no text retriever can reach), ctrag's default retriever (what ``ctrag
@@ -20,6 +20,10 @@ bootstrap over queries (paired: one set of resamples for every method, so differ
 The two CSVs split by accession, not by patient: two val patients also have train reports. Their train rows are
 removed from the index (and reported), so the guard's patient-level check passes and all 100 queries stay.
 Everything fitted (label model, weights) sees the index rows only.
+
+This module runs the protocol (data, methods, scoring); the metrics are in
+:mod:`ctrag.evaluation.metrics.retrieval`, the paired bootstrap in :mod:`ctrag.evaluation.stats`, and the
+JSON / Markdown / figure outputs in :mod:`ctrag.evaluation.retrieval_report`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,9 +42,12 @@ from ctrag.config import config_to_dict
 from ctrag.data.case import Case
 from ctrag.data.labels import CT_RATE_LABELS
 from ctrag.errors import InvalidInputError
+from ctrag.evaluation.metrics.retrieval import exact_precision_at_k, mean_jaccard_at_k, per_label_hit_rate
+from ctrag.evaluation.stats import BootstrapPlan
 from ctrag.retrieval.hybrid import HybridConfig, HybridScorer
+from ctrag.retrieval.label_agreement import label_jaccard
 from ctrag.retrieval.lexical import BM25Config, BM25Scorer, TfidfConfig, TfidfScorer
-from ctrag.utils.serialization import write_json
+from ctrag.utils.progress import ProgressFn
 
 if TYPE_CHECKING:
     from ctrag.encoders.base import Encoder
@@ -48,85 +55,6 @@ if TYPE_CHECKING:
     from ctrag.retrieval.retriever import RetrievalConfig
 
 logger = logging.getLogger(__name__)
-
-ProgressFn = Callable[[str, int, int], None]
-#: Text below this line in an existing Markdown report is kept when the report is regenerated (hand-written notes).
-KEEP_MARKER = "<!-- hand-written notes below are kept when this file is regenerated -->"
-JSON_NAME = "retrieval_eval.json"
-MD_NAME = "retrieval_eval.md"
-FIGURE_NAME = "retrieval_tradeoff.png"
-
-
-# ------------------------------------------------------------------------------------------------ metrics
-
-
-def label_jaccard(a: np.ndarray, b: np.ndarray, empty: float = 1.0) -> np.ndarray:
-    """Jaccard of 0/1 label vectors along the last axis (broadcasting); two empty sets give ``empty``."""
-    x = np.asarray(a).astype(bool)
-    y = np.asarray(b).astype(bool)
-    inter = np.logical_and(x, y).sum(-1)
-    union = np.logical_or(x, y).sum(-1)
-    return np.where(union > 0, inter / np.maximum(union, 1), empty).astype(np.float64)
-
-
-def exact_match(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """True where two label vectors (last axis) are identical."""
-    return np.all(np.asarray(a).astype(bool) == np.asarray(b).astype(bool), axis=-1)
-
-
-def _check_retrieved(query_labels: np.ndarray, retrieved_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    q = np.asarray(query_labels)
-    r = np.asarray(retrieved_labels)
-    if q.ndim != 2 or r.ndim != 3 or r.shape[0] != q.shape[0] or r.shape[2] != q.shape[1]:
-        raise InvalidInputError(
-            f"expected query labels (n, L) and retrieved labels (n, k, L), got {q.shape} and {r.shape}"
-        )
-    return q, r
-
-
-def mean_jaccard_at_k(query_labels: np.ndarray, retrieved_labels: np.ndarray, k: int) -> np.ndarray:
-    """Per query: mean label-Jaccard of its top ``k`` retrieved reports (shape (n,))."""
-    q, r = _check_retrieved(query_labels, retrieved_labels)
-    return label_jaccard(q[:, None, :], r[:, :k, :]).mean(axis=1)
-
-
-def exact_precision_at_k(query_labels: np.ndarray, retrieved_labels: np.ndarray, k: int) -> np.ndarray:
-    """Per query: share of its top ``k`` whose 18 labels equal the query's exactly (shape (n,))."""
-    q, r = _check_retrieved(query_labels, retrieved_labels)
-    return exact_match(q[:, None, :], r[:, :k, :]).mean(axis=1)
-
-
-def per_label_hit_rate(query_labels: np.ndarray, retrieved_labels: np.ndarray, k: int) -> np.ndarray:
-    """Per label: among queries with the label, the share whose top ``k`` hold a report with it (NaN: no such query)."""
-    q, r = _check_retrieved(query_labels, retrieved_labels)
-    hit = r[:, :k, :].astype(bool).any(axis=1)  # (n, L)
-    pos = q.astype(bool)
-    counts = pos.sum(axis=0)
-    hits = np.logical_and(hit, pos).sum(axis=0)
-    return np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
-
-
-@dataclass(frozen=True)
-class BootstrapPlan:
-    """One set of resampled query indices shared by every method (paired bootstrap)."""
-
-    indices: np.ndarray  # (n_resamples, n)
-    confidence: float
-
-    @classmethod
-    def make(cls, n: int, n_resamples: int, seed: int, confidence: float = 0.95) -> BootstrapPlan:
-        rng = np.random.default_rng(seed)
-        return cls(rng.integers(0, n, size=(max(n_resamples, 0), n)), confidence)
-
-    def ci(self, values: np.ndarray) -> tuple[float, float]:
-        """Percentile CI of the mean of ``values`` (NaN when there are no resamples)."""
-        v = np.asarray(values, dtype=np.float64)
-        if self.indices.shape[0] == 0 or v.size < 2:
-            return (math.nan, math.nan)
-        means = v[self.indices].mean(axis=1)
-        alpha = (1.0 - self.confidence) / 2.0
-        lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-        return (float(lo), float(hi))
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -172,92 +100,6 @@ def load_ctclip_eval_data(folder: str | Path) -> EvalData:
     if unlabelled:
         raise InvalidInputError(f"{folder}: query reports without labels cannot be scored: {unlabelled[:5]}")
     return split_by_patient(index_cases, query_cases)
-
-
-# ----------------------------------------------------------------------------------------------- encoders
-
-
-def memo_encoder(
-    encoder: Encoder, *, cache_path: str | Path | None = None, progress: ProgressFn | None = None
-) -> Encoder:
-    """An :class:`Encoder` that wraps ``encoder`` and remembers vectors by text (see ``_MemoEncoder``)."""
-    from ctrag.encoders.base import Encoder as _Base
-
-    class _MemoEncoder(_MemoMixin, _Base):
-        pass
-
-    return _MemoEncoder(encoder, cache_path=cache_path, progress=progress)
-
-
-class _MemoMixin:
-    """Wraps an encoder: remembers vectors by text (and optionally uses ctrag's on-disk embedding cache).
-
-    The index build, the retriever's query encoding and the baselines all embed the same reports; with this
-    wrapper each report is encoded once per run, in batches that report progress. It keeps the wrapped
-    encoder's name, dimension and fingerprint, so indexes and guards treat it as that encoder.
-    """
-
-    def __init__(
-        self, encoder: Encoder, *, cache_path: str | Path | None = None, progress: ProgressFn | None = None
-    ) -> None:
-        self.inner = encoder
-        self.name = encoder.name
-        self._memo: dict[str, np.ndarray] = {}
-        self._cache_path = Path(cache_path) if cache_path is not None else None
-        self.progress = progress
-        self.encode_seconds = 0.0
-
-    @property
-    def dim(self) -> int:
-        return int(self.inner.dim)
-
-    @property
-    def fingerprint(self) -> str:
-        return self.inner.fingerprint
-
-    @property
-    def supports_text(self) -> bool:
-        return True
-
-    @property
-    def supports_volume(self) -> bool:
-        return False
-
-    def _encode_new(self, texts: list[str], batch_size: int) -> np.ndarray:
-        from ctrag.index.build import embed_texts
-
-        cache = None
-        if self._cache_path is not None:
-            from ctrag.encoders.cache import EmbeddingCache
-
-            cache = EmbeddingCache(self._cache_path)
-        progress = self.progress
-        try:
-            return embed_texts(
-                self.inner,
-                texts,
-                batch_size=batch_size,
-                cache=cache,
-                progress=None if progress is None else lambda done, total: progress("encode reports", done, total),
-            )
-        finally:
-            if cache is not None:
-                cache.close()
-
-    def encode_text(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        items = list(texts)
-        new = list(dict.fromkeys(t for t in items if t not in self._memo))
-        if new:
-            t0 = time.perf_counter()
-            vectors = self._encode_new(new, max(1, int(batch_size)))
-            self.encode_seconds += time.perf_counter() - t0
-            self._memo.update(zip(new, vectors, strict=True))
-        if not items:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self._memo[t] for t in items]).astype(np.float32)
-
-    def encode_volume(self, volumes: Any, batch_size: int = 4) -> np.ndarray:
-        raise NotImplementedError("the memo encoder wraps text encoders only")
 
 
 # ------------------------------------------------------------------------------------------------ methods
@@ -417,7 +259,7 @@ def method_metrics(
     rouge_stem: bool = True,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Summary metrics (with CIs) and the per-query arrays of one method."""
-    from ctrag.evaluation.text_metrics import rouge_l, rouge_n
+    from ctrag.evaluation.metrics.text import rouge_l, rouge_n
 
     q_labels = _labels(query_cases)
     i_labels = _labels(index_cases)
@@ -574,11 +416,13 @@ def evaluate_retrieval(
     With ``index`` (e.g. loaded by ``Retriever.from_dir``), its rows are the index and ``scorer`` (may be None:
     dense) is what it stores; ``data.index_cases`` is then ignored.
     """
-    from ctrag.index.build import build_text_index
+    from ctrag.index.build import build_index
 
     config = config or RetrievalEvalConfig()
     hybrid_config = hybrid_config or HybridConfig()
-    memo: Any = encoder if isinstance(encoder, _MemoMixin) else memo_encoder(encoder, progress=progress)
+    from ctrag.encoders.cache import MemoTextEncoder, memo_encoder
+
+    memo: Any = encoder if isinstance(encoder, MemoTextEncoder) else memo_encoder(encoder, progress=progress)
     if progress is not None and memo.progress is None:
         memo.progress = progress
     timings: dict[str, float] = {}
@@ -590,25 +434,21 @@ def evaluate_retrieval(
     if index is None:
         # Embed every report once, with progress; the index build and the retriever then hit the memo.
         memo.encode_text([c.report_text for c in data.index_cases] + query_texts, batch_size=64)
-        t0 = time.perf_counter()
-        index, index_emb = build_text_index(
+        built = build_index(
             data.index_cases,
             memo,
+            scorer="hybrid",
+            hybrid_config=hybrid_config,
             splits=("train",),
             config=index_config,
             seed=config.seed,
             encoder_spec=encoder_spec,
             source={"evaluation": "ctrag evaluate retrieval"},
+            progress=progress,
         )
-        timings["build_index_seconds"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if progress is not None:
-            progress("fit hybrid scorer", 0, 1)
-        scorer = HybridScorer.fit(index.cases, index_emb, hybrid_config, config.seed)
-        index.attach_component("hybrid", scorer)
-        timings["fit_default_seconds"] = time.perf_counter() - t0
-        if progress is not None:
-            progress("fit hybrid scorer", 1, 1)
+        index, index_emb, scorer = built.index, built.embeddings, built.scorer
+        timings["build_index_seconds"] = built.timings["build_index_seconds"]
+        timings["fit_default_seconds"] = built.timings["fit_scorer_seconds"]
     else:
         index_emb = np.asarray(index.vectors, dtype=np.float32)
         notes.append(f"evaluated a saved index ({len(index)} rows); its rows replace the train.csv rows.")
@@ -698,160 +538,3 @@ def _with_changes(cfg: HybridConfig, changes: dict[str, Any]) -> HybridConfig:
     data = config_to_dict(cfg)
     data.update(changes)
     return from_dict(HybridConfig, data)
-
-
-# ------------------------------------------------------------------------------------------------ outputs
-
-_ORDER = {"default": 0, "ablation": 1, "baseline": 2, "reference": 3}
-
-
-def _fmt(entry: Any, ci: bool = True) -> str:
-    if not isinstance(entry, dict):
-        return "–"
-    lo, hi = entry.get("ci95", [math.nan, math.nan])
-    if ci and not (math.isnan(lo) or math.isnan(hi)):
-        return f"{entry['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
-    return f"{entry['mean']:.3f}"
-
-
-def summary_rows(result: RetrievalEvalResult, ks: Sequence[int] = (1, 5), ci: bool = True) -> list[dict[str, str]]:
-    """Table rows (strings) shared by the CLI's rich table and the Markdown file; CIs for J@1 and ROUGE-L."""
-    rows = []
-    for m in sorted(result.methods, key=lambda m: _ORDER.get(m["group"], 9)):
-        row = {"method": m["name"], "group": m["group"]}
-        for k in ks:
-            row[f"J@{k}"] = _fmt(m.get(f"label_jaccard@{k}"), ci=ci and k == 1)
-            row[f"EM-P@{k}"] = _fmt(m.get(f"exact_match_precision@{k}"), ci=False)
-            row[f"hit@{k}"] = f"{m.get(f'mean_label_hit_rate@{k}', math.nan):.3f}"
-        row["ROUGE-L@1"] = _fmt(m.get("rouge_l@1"), ci=ci)
-        row["ROUGE-2@1"] = _fmt(m.get("rouge_2@1"), ci=False)
-        row["fit s"] = f"{m['fit_seconds']:.1f}"
-        rows.append(row)
-    return rows
-
-
-def render_markdown(result: RetrievalEvalResult, command: str | None = None) -> str:
-    ks = tuple(result.setup["eval_config"]["ks"])
-    rows = summary_rows(result, ks)
-    cols = list(rows[0].keys())
-    lines = ["# Retrieval evaluation: report -> case", ""]
-    if command:
-        lines += ["Command:", "", f"    {command}", ""]
-    d = result.data
-    lines += [
-        f"Index: {d['index_rows']} CT-RATE train reports; queries: {d['queries']} val reports; "
-        f"leakage guard: {d['leakage_guard']}.",
-        "",
-        "J@k = mean label-Jaccard over the top k (two all-zero label vectors: Jaccard 1); EM-P@k = exact-match "
-        "precision at k; hit@k = per-label hit rate at k averaged over the 18 labels; ROUGE-L@1 / ROUGE-2@1 = "
-        "F-measure between the query and the top-1 report (rouge-score tokenisation, Porter stemming). "
-        "Brackets: 95 % percentile bootstrap CI over queries.",
-        "",
-        "| " + " | ".join(cols) + " |",
-        "|" + "|".join("---" for _ in cols) + "|",
-    ]
-    lines += ["| " + " | ".join(r[c] for c in cols) + " |" for r in rows]
-    if result.comparisons:
-        lines += ["", "Paired differences (default minus baseline, 95 % bootstrap CI):", ""]
-        lines += ["| vs | metric | difference |", "|---|---|---|"]
-        for c in result.comparisons:
-            lo, hi = c["ci95"]
-            lines.append(f"| {c['b']} | {c['metric']} | {c['mean_difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] |")
-    default = next((m for m in result.methods if m["name"] == "default"), None)
-    if default and default.get("weights"):
-        sel = default.get("selection", {})
-        lines += ["", "## Default retriever", "", f"Weights: `{default['weights']}`.", ""]
-        if sel.get("searched"):
-            ch = sel["chosen"]
-            ref = sel["reference"]
-            base = sel["baselines"][ref]
-            lines += [
-                f"Chosen by {sel['folds']}-fold patient-level cross-fitting on the index rows only "
-                f"({sel['tuning_queries']} tuning queries): {sel['rule']}. Cross-validated label-Jaccard@1 "
-                f"{ch['label_jaccard']:.3f}, LCS-F1@1 {ch['lcs_f1']:.3f} (reference {ref}: "
-                f"{base['label_jaccard']:.3f}, {base['lcs_f1']:.3f}).",
-            ]
-    shown = ("default", "bm25", "tfidf", "minilm", "labels-only", "label-oracle")
-    hit_methods = [m for m in result.methods if m["name"] in shown]
-    if hit_methods:
-        k = ks[0]
-        lines += ["", f"## Per-label hit rate @{k}", ""]
-        lines += ["| label | " + " | ".join(m["name"] for m in hit_methods) + " |"]
-        lines += ["|---|" + "|".join("---" for _ in hit_methods) + "|"]
-        for name in CT_RATE_LABELS:
-            vals = [m[f"per_label_hit_rate@{k}"][name] for m in hit_methods]
-            lines.append(f"| {name} | " + " | ".join("–" if v is None else f"{v:.2f}" for v in vals) + " |")
-    lines += ["", "## Methods", ""]
-    lines += [f"- **{m['name']}** ({m['group']}): {m['description']}" for m in result.methods]
-    lm = result.label_model
-    if lm:
-        lines += [
-            "",
-            "## Label model (trained on the index rows, measured on the queries)",
-            "",
-            f"Macro-F1 (threshold 0.5) {lm['macro_f1']:.3f}, macro AUC {lm['macro_auc']:.3f} over "
-            f"{lm['n_queries']} query reports.",
-        ]
-    notes = result.setup.get("notes") or []
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    t = result.timings
-    lines += ["", "Timings (s): " + ", ".join(f"{k} {v}" for k, v in t.items()), ""]
-    return "\n".join(lines)
-
-
-def write_figure(result: RetrievalEvalResult, path: Path) -> Path | None:
-    """Scatter of top-1 label-Jaccard vs ROUGE-L (with CIs): the trade-off the default retriever resolves."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - matplotlib is a dependency
-        return None
-    from ctrag.utils.atomic import atomic_path
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    colours = {"default": "tab:red", "ablation": "tab:orange", "baseline": "tab:blue", "reference": "tab:gray"}
-    for m in result.methods:
-        j, r = m["label_jaccard@1"], m["rouge_l@1"]
-        xerr = [[j["mean"] - j["ci95"][0]], [j["ci95"][1] - j["mean"]]] if not math.isnan(j["ci95"][0]) else None
-        yerr = [[r["mean"] - r["ci95"][0]], [r["ci95"][1] - r["mean"]]] if not math.isnan(r["ci95"][0]) else None
-        ax.errorbar(j["mean"], r["mean"], xerr=xerr, yerr=yerr, fmt="o", color=colours.get(m["group"], "k"),
-                    capsize=2, alpha=0.85)  # fmt: skip
-        ax.annotate(m["name"], (j["mean"], r["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xlabel("top-1 label-Jaccard (18 CT-RATE labels)")
-    ax.set_ylabel("ROUGE-L F (query vs top-1 report)")
-    ax.set_title(f"Report -> case retrieval ({result.data['queries']} queries, {result.data['index_rows']} rows)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=130, format="png")
-    plt.close(fig)
-    return path
-
-
-def write_outputs(result: RetrievalEvalResult, out_dir: str | Path, command: str | None = None) -> list[Path]:
-    """``retrieval_eval.json``, ``retrieval_eval.md`` and ``retrieval_tradeoff.png`` in ``out_dir`` (atomic)."""
-    from ctrag.utils.atomic import atomic_open
-
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    payload = result.to_dict()
-    if command:
-        payload["command"] = command
-    write_json(folder / JSON_NAME, payload)
-    kept = ""
-    if (folder / MD_NAME).is_file():
-        old = (folder / MD_NAME).read_text(encoding="utf-8")
-        if KEEP_MARKER in old:
-            kept = old[old.index(KEEP_MARKER) :]
-    with atomic_open(folder / MD_NAME, "w") as fh:
-        fh.write(render_markdown(result, command))
-        if kept:
-            fh.write("\n" + kept)
-    written = [folder / JSON_NAME, folder / MD_NAME]
-    fig = write_figure(result, folder / FIGURE_NAME)
-    if fig is not None:
-        written.append(fig)
-    return written

@@ -3,7 +3,7 @@
 Definitions are Lin (2004), "ROUGE: A Package for Automatic Evaluation of Summaries", with the tokenisation of
 Google's ``rouge-score`` package (lower-case, non-alphanumerics -> spaces, Porter stemming of tokens longer than 3
 characters when ``stem=True``), so the values equal ``rouge_score.rouge_scorer.RougeScorer(["rougeL"],
-use_stemmer=stem)`` F-measures (checked in tests/evaluation/test_text_metrics.py). The longest common subsequence
+use_stemmer=stem)`` F-measures (checked in tests/evaluation/metrics/test_text.py). The longest common subsequence
 uses the bit-parallel algorithm in :func:`ctrag.utils.sequences.lcs_length`, and each distinct text is
 tokenised once, which makes a 100-query table ~100x faster than calling ``RougeScorer.score`` pair by pair.
 

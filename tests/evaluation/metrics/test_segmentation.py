@@ -13,7 +13,7 @@ from scipy import ndimage
 from ctrag.data.labels import COARSE_LABELS, to_coarse
 from ctrag.data.nifti import Volume, load_volume
 from ctrag.errors import DataValidationError
-from ctrag.evaluation.segmentation_metrics import dice_per_label, hd95_per_label, spatial_agreement
+from ctrag.evaluation.metrics.segmentation import dice_per_label, hd95_per_label, spatial_agreement
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""ROUGE-L / ROUGE-N of ctrag.evaluation.text_metrics equal Google's rouge-score on real CT-RATE report pairs."""
+"""ROUGE-L / ROUGE-N of ctrag.evaluation.metrics.text equal Google's rouge-score on real CT-RATE report pairs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from ctrag.data.ct_rate import read_ctclip_classifier
 from ctrag.errors import InvalidInputError
-from ctrag.evaluation.text_metrics import rouge_l, rouge_n
+from ctrag.evaluation.metrics.text import rouge_l, rouge_n
 
 
 @pytest.fixture(scope="module")
