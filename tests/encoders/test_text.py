@@ -101,3 +101,55 @@ def test_truncation_is_logged_with_the_dropped_token_count(minilm, minilm_chunk,
         minilm.encode_text(["Bilateral pleural effusion."])  # fits: nothing to say
         minilm_chunk.encode_text(long)  # chunk-mean reads all of every report: nothing is cut
     assert caplog.records == []
+
+
+def test_mean_pooling_folder_runs_without_sentence_transformers_and_gives_its_vectors(minilm, ct_rate_reports):
+    """The packaged MiniLM is "transformer -> mean pooling -> L2 norm": run with transformers alone, its vectors
+    equal the sentence-transformers package's on real reports (so the fingerprint may stay the same)."""
+    from sentence_transformers import SentenceTransformer
+
+    from ctrag.encoders.text import _MeanPoolModel, mean_pooling_layout
+
+    assert isinstance(minilm.model, _MeanPoolModel)
+    assert mean_pooling_layout(minilm.model_path) == {"max_seq_length": 256, "do_lower_case": False}
+    texts = [*ct_rate_reports[:12], "  Short text with spaces.  "]
+    reference = SentenceTransformer(str(minilm.model_path), device="cpu", local_files_only=True)
+    expected = reference.encode(texts, batch_size=5, convert_to_numpy=True, normalize_embeddings=True)
+    ours = minilm.encode_text(texts, batch_size=5)
+    assert float((ours * expected).sum(axis=1).min()) > 0.99999
+    assert minilm.settings() == {"kind": "sentence-transformers", "max_seq_length": 256}
+
+
+def test_other_sentence_transformers_layouts_are_not_taken_for_mean_pooling(minilm, tmp_path):
+    import json
+    import shutil
+
+    from ctrag.encoders.text import mean_pooling_layout
+
+    folder = tmp_path / "cls"
+    shutil.copytree(minilm.model_path / "1_Pooling", folder / "1_Pooling")
+    for name in ("modules.json", "sentence_bert_config.json"):
+        shutil.copy(minilm.model_path / name, folder / name)
+    assert mean_pooling_layout(folder) is not None
+    config = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    config.update(pooling_mode_cls_token=True, pooling_mode_mean_tokens=False)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    assert mean_pooling_layout(folder) is None  # CLS pooling: left to the sentence-transformers package
+    (folder / "modules.json").write_text("[]")
+    assert mean_pooling_layout(folder) is None
+
+
+def test_default_encoder_does_not_import_sentence_transformers():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from ctrag.encoders.factory import create_encoder\n"
+        "made = create_encoder('minilm')\n"
+        "enc = made[0] if isinstance(made, tuple) else made\n"
+        "assert enc.encode_text(['No pleural effusion.']).shape == (1, 384)\n"
+        "assert 'sentence_transformers' not in sys.modules, 'sentence_transformers imported'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
