@@ -206,3 +206,20 @@ def test_memo_encoder_is_a_text_only_encoder(minilm):
 
     memo = memo_encoder(minilm)
     assert memo.supports_text and not memo.supports_volume
+
+
+def test_a_corpus_embedded_in_chunks_gets_one_truncation_warning(minilm, ct_rate_reports, caplog):
+    """Chunked embedding (ctrag index) sums what truncate mode cut into one line instead of one per chunk."""
+    from ctrag.encoders.cache import embed_in_chunks
+
+    texts = list(ct_rate_reports[:24])
+    counts = minilm.count_tokens(texts)
+    limit = minilm.max_tokens
+    cut = sum(n > limit for n in counts)
+    assert cut > 1
+    with caplog.at_level("WARNING", logger="ctrag.encoders.text"):
+        emb = embed_in_chunks(minilm, texts, batch_size=8)
+    assert emb.shape == (24, 384)
+    assert len(caplog.records) == 1
+    assert f"{cut} of 24 texts" in caplog.text
+    assert f"{sum(n - limit for n in counts if n > limit)} token(s) dropped" in caplog.text

@@ -256,20 +256,23 @@ def embed_in_chunks(
     """
     if batch_size < 1:
         raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
+    from ctrag.encoders.text import one_truncation_warning
+
     out = np.empty((len(texts), encoder.dim), dtype=np.float32)
-    for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start : start + batch_size])
-        if cache is not None:
-            emb = encode_text_cached(encoder, chunk, cache, batch_size=batch_size)
-        else:
-            emb = np.asarray(encoder.encode_text(chunk, batch_size=batch_size), dtype=np.float32)
-        if emb.shape != (len(chunk), encoder.dim):
-            raise InvalidInputError(
-                f"encoder {encoder.name} returned shape {emb.shape} for {len(chunk)} texts (dim {encoder.dim})"
-            )
-        out[start : start + len(chunk)] = emb
-        if progress is not None:
-            progress(stage, start + len(chunk), len(texts))
+    with one_truncation_warning(encoder):  # one line for the corpus, not one per chunk
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start : start + batch_size])
+            if cache is not None:
+                emb = encode_text_cached(encoder, chunk, cache, batch_size=batch_size)
+            else:
+                emb = np.asarray(encoder.encode_text(chunk, batch_size=batch_size), dtype=np.float32)
+            if emb.shape != (len(chunk), encoder.dim):
+                raise InvalidInputError(
+                    f"encoder {encoder.name} returned shape {emb.shape} for {len(chunk)} texts (dim {encoder.dim})"
+                )
+            out[start : start + len(chunk)] = emb
+            if progress is not None:
+                progress(stage, start + len(chunk), len(texts))
     return out
 
 

