@@ -79,6 +79,7 @@ def test_import_external_checkpoints_and_generate(tmp_path: Path, text_encoder) 
     assert main([*args, "--controlnet", str(files["cn"]), "--out", str(tmp_path / "run")]) == 0
     index = json.loads((tmp_path / "run" / "pipeline.json").read_text())
     assert index["components"]["controlnet"] == "controlnet"
+    assert index["encoder"]["name_or_path"] == "hf-text"  # the preset's encoder, not the MiniLM fallback (bug 2a)
     assert json.loads((tmp_path / "run" / "unet" / "config.json").read_text())["scale_factor"] == pytest.approx(0.8)
     pipe = GenerationPipeline.from_pretrained(tmp_path / "run", encoder=text_encoder)
     mask = SAMPLE / "ct_rate_nc_sa" / "lowres" / "ragtext2ct_ctrate_chest_mask_total_128.nii.gz"

@@ -146,7 +146,7 @@ def import_weights_command(
     from ctrag.generation.pipeline_io import import_external_weights
 
     cfg = load_generator_config(config, list(set_ or []))
-    spec = encoder_spec_from_config(config) if cfg.diffusion.with_conditioning else None
+    spec = encoder_spec_from_config(config, list(set_ or [])) if cfg.diffusion.with_conditioning else None
     path = import_external_weights(
         cfg, out, vae=vae, unet=unet, controlnet=controlnet, scale_factor=scale_factor, encoder_spec=spec
     )

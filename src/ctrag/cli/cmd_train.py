@@ -80,10 +80,10 @@ def _report(kind: str, result: Any, out: Path, started: float) -> None:
     )
 
 
-def _encoder(config: str, device: str) -> tuple[Any, dict[str, Any]]:
+def _encoder(config: str, device: str, overrides: list[str] | None = None) -> tuple[Any, dict[str, Any]]:
     from ctrag.generation.pipeline import create_text_encoder, encoder_spec_from_config
 
-    spec = encoder_spec_from_config(config)
+    spec = encoder_spec_from_config(config, overrides or [])
     return create_text_encoder(spec, device), spec
 
 
@@ -179,7 +179,9 @@ def train_diffusion_command(
 
     started = time.perf_counter()
     cfg = _setup(config, set_, "train_diffusion", device, threads)
-    encoder, spec = _encoder(config, cfg.train_diffusion.device) if cfg.diffusion.with_conditioning else (None, None)
+    encoder, spec = (
+        _encoder(config, cfg.train_diffusion.device, set_) if cfg.diffusion.with_conditioning else (None, None)
+    )
     result = train_diffusion(
         load_corpus(corpus),
         cfg,
@@ -213,7 +215,9 @@ def train_controlnet_command(
 
     started = time.perf_counter()
     cfg = _setup(config, set_, "train_controlnet", device, threads)
-    encoder, _ = _encoder(config, cfg.train_controlnet.device) if cfg.diffusion.with_conditioning else (None, None)
+    encoder, _ = (
+        _encoder(config, cfg.train_controlnet.device, set_) if cfg.diffusion.with_conditioning else (None, None)
+    )
     result = train_controlnet(
         load_corpus(corpus),
         cfg,

@@ -231,7 +231,8 @@ class GenerationPipeline:
         gen_cfg = load_generator_config(config if not isinstance(config, os.PathLike) else str(config), overrides)
         index = read_pipeline_index(weights)
         if encoder is None and gen_cfg.diffusion.with_conditioning:
-            spec = {**encoder_spec_from_config(config if not isinstance(config, os.PathLike) else str(config))}
+            source = config if not isinstance(config, os.PathLike) else str(config)
+            spec = encoder_spec_from_config(source, overrides)
             recorded = index.get("encoder") or {}
             if recorded.get("fingerprint"):
                 spec["fingerprint"] = recorded["fingerprint"]
@@ -701,22 +702,31 @@ def _autocast_dtype(precision: str) -> torch.dtype | None:
 # ---------------------------------------------------------------------------------------------- factories
 
 
-def encoder_spec_from_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
-    """``{"name_or_path", "weights"}`` of the text encoder named by a preset's ``encoder`` section (default
-    ``minilm``, the packaged all-MiniLM-L6-v2)."""
-    from ctrag.config import read_yaml, resolve_config_path
+def encoder_spec_from_config(
+    config: str | os.PathLike[str] | Mapping[str, Any], overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """``{"name_or_path", "weights", "long_text"}`` of the text encoder a preset's ``encoder`` section names.
 
-    raw = dict(config) if isinstance(config, Mapping) else read_yaml(resolve_config_path(str(config)))
-    section = dict(raw.get("encoder") or {})
-    name = section.get("name_or_path") or section.get("name") or "minilm"
-    return {"name_or_path": str(name), "weights": section.get("weights")}
+    The section is read through its schema (``ctrag.encoders.config.EncoderConfig``: ``text``, ``text_weights``,
+    ``long_text``), so a preset that names another encoder gets that encoder and not the MiniLM default.
+    ``overrides`` are ``--set`` items; those addressed to ``encoder.`` apply here.
+    """
+    from ctrag.config import load_config
+    from ctrag.encoders.config import EncoderConfig
+
+    mine = [o.split(".", 1)[1] for o in overrides if o.split("=", 1)[0].startswith("encoder.")]
+    source = dict(config) if isinstance(config, Mapping) else str(config)
+    section = load_config(EncoderConfig, source, mine, section="encoder")
+    return {"name_or_path": section.text, "weights": section.text_weights, "long_text": section.long_text}
 
 
 def create_text_encoder(spec: Mapping[str, Any], device: str) -> Any:
     """Build the encoder a spec names (``ctrag.encoders.create_encoder``; local files only)."""
     from ctrag.encoders.factory import create_encoder
 
-    made = create_encoder(str(spec["name_or_path"]), weights=spec.get("weights"), device=device)
+    # only a non-default long-text mode is passed on: every encoder type defaults to truncation
+    settings = {"long_text": spec["long_text"]} if spec.get("long_text", "truncate") != "truncate" else {}
+    made = create_encoder(str(spec["name_or_path"]), weights=spec.get("weights"), device=device, **settings)
     encoder = made[0] if isinstance(made, tuple) else made
     expected = spec.get("fingerprint")
     if expected and encoder.fingerprint != expected:
