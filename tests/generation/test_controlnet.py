@@ -145,3 +145,24 @@ def test_residuals_reject_features_on_another_grid() -> None:
     control = encode_control(cn, encode_mask(labels[..., :8, :8, :4], 5, pool=2))  # half-size mask
     with pytest.raises(ValueError, match="latent grid"):
         controlnet_residuals(cn, x, t, control, context=ctx)
+
+
+def test_maisi_controlnet_mirrors_every_encoder_parameter_time_projections_included() -> None:
+    """Bug 2g: the spacing-widened ``time_emb_proj`` weights were re-initialised instead of copied."""
+    unet = _randomised_unet(MAISI_UNET)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.normal_(std=0.1)  # every UNet parameter random, so a fresh ControlNet tensor cannot match by chance
+    cn = controlnet_from_unet(unet, MAISI_UNET, CN, num_labels=5)
+    unet_sd, cn_sd = unet.state_dict(), cn.state_dict()
+    shared = [k for k in cn_sd if k in unet_sd]
+    projections = [k for k in shared if "time_emb_proj" in k]
+    assert projections and any(cn_sd[k].shape != unet_sd[k].shape for k in projections)
+    for k in shared:
+        expected = unet_sd[k] if cn_sd[k].shape == unet_sd[k].shape else unet_sd[k][:, : cn_sd[k].shape[1]]
+        assert torch.equal(cn_sd[k], expected), k
+    # with the spacing embedding's contribution removed, a res-block's time projection is the UNet's
+    block = "down_blocks.0.resnets.0.time_emb_proj"
+    temb = torch.randn(2, cn_sd[f"{block}.weight"].shape[1])
+    wide = torch.cat([temb, torch.zeros(2, unet_sd[f"{block}.weight"].shape[1] - temb.shape[1])], dim=1)
+    assert torch.allclose(cn.get_submodule(block)(temb), unet.get_submodule(block)(wide))

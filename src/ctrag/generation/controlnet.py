@@ -111,27 +111,35 @@ def controlnet_from_unet(
     bad_missing = [k for k in missing if not k.startswith(CONTROL_ONLY_PREFIXES)]
     bad_leftover = [k for k in leftover if not k.startswith(UNET_ONLY_PREFIXES)]
     mismatched = [k for k in shared if cn_sd[k].shape != unet_sd[k].shape]
-    # A MAISI UNet with a spacing input feeds (time + spacing) embeddings to its res-blocks, the ControlNet only
-    # the time embedding, so those projections cannot be copied and start fresh (as in MAISI's own training).
-    widened = unet_cfg.include_spacing_input
-    fresh = [k for k in mismatched if widened and k.endswith("time_emb_proj.weight")]
-    bad_shape = [k for k in mismatched if k not in fresh]
+    # A MAISI UNet with a spacing input feeds [time embedding, spacing embedding] (concatenated, time first) to its
+    # res-blocks, the ControlNet only the time embedding: its projections are the UNet's columns for the time part.
+    widened = [
+        k
+        for k in mismatched
+        if unet_cfg.include_spacing_input
+        and k.endswith("time_emb_proj.weight")
+        and cn_sd[k].ndim == 2
+        and cn_sd[k].shape[0] == unet_sd[k].shape[0]
+        and cn_sd[k].shape[1] < unet_sd[k].shape[1]
+    ]
+    bad_shape = [k for k in mismatched if k not in widened]
     if bad_missing or bad_leftover or bad_shape:
         raise CheckpointMismatchError(
             "controlnet_from_unet: the UNet does not match the ControlNet encoder: "
             f"ControlNet keys absent from the UNet {bad_missing[:8]}, unexpected UNet keys {bad_leftover[:8]}, "
             f"shape mismatches {bad_shape[:8]}"
         )
-    copied = [k for k in shared if k not in fresh]
+    copied = {k: unet_sd[k] for k in shared if k not in widened}
     if not copied:
         raise CheckpointMismatchError("controlnet_from_unet: no parameter names in common with the UNet")
-    controlnet.load_state_dict({**cn_sd, **{k: unet_sd[k] for k in copied}}, strict=True)
+    copied.update({k: unet_sd[k][:, : cn_sd[k].shape[1]] for k in widened})
+    controlnet.load_state_dict({**cn_sd, **copied}, strict=True)
     logger.info(
-        "ControlNet initialised from the UNet: %d tensors copied, %d new (mask encoder + zero convs), "
-        "%d re-initialised (spacing-widened time projections), %d UNet decoder tensors not used",
+        "ControlNet initialised from the UNet: %d tensors copied (%d of them the time-embedding columns of "
+        "spacing-widened time projections), %d new (mask encoder + zero convs), %d UNet decoder tensors not used",
         len(copied),
+        len(widened),
         len(missing),
-        len(fresh),
         len(leftover),
     )
     return controlnet.to(next(unet.parameters()).device)
