@@ -24,3 +24,21 @@ def test_groups_are_disjoint_and_cover_thorax() -> None:
 def test_to_coarse() -> None:
     mask = np.array([[[0, 10, 13, 16, 32, 5]]], dtype=np.uint8)
     assert to_coarse(mask).tolist() == [[[0, 2, 3, 4, 5, 1]]]
+
+
+def test_left_right_table_pairs_every_mirrored_structure() -> None:
+    from ctrag.data.labels import COARSE_LABELS, left_right_partner, left_right_table
+
+    ts = totalseg_v2_labels()
+    ids = {name: code for code, name in ts.items()}
+    table = left_right_table(ts)
+    pairs = [("rib_left_1", "rib_right_1"), ("kidney_left", "kidney_right")]
+    pairs += [("lung_upper_lobe_left", "lung_upper_lobe_right"), ("clavicula_left", "clavicula_right")]
+    for left, right in pairs:
+        assert table[ids[left]] == ids[right] and table[ids[right]] == ids[left]
+    for unpaired in ("heart", "aorta", "lung_middle_lobe_right", "atrial_appendage_left", "liver"):
+        assert table[ids[unpaired]] == ids[unpaired]
+    assert np.array_equal(table[table], np.arange(len(table)))  # mirroring twice is the identity
+    coarse = left_right_table(COARSE_LABELS)
+    assert coarse.tolist() == [0, 1, 3, 2, 4, 5]
+    assert left_right_partner("rib_right_12") == "rib_left_12" and left_right_partner("sternum") == "sternum"

@@ -121,3 +121,23 @@ def to_coarse(mask: npt.NDArray[np.integer], body: npt.NDArray[np.bool_] | None 
     for group in ("bone", "airway", "lung_right", "lung_left"):
         out[np.isin(mask, ANATOMY_GROUPS[group])] = inv[group]
     return out
+
+
+def left_right_partner(name: str) -> str:
+    """The name of the mirror-image structure: every ``left`` word swapped with ``right`` (``rib_left_3`` ->
+    ``rib_right_3``, ``lung_upper_lobe_left`` -> ``lung_upper_lobe_right``); unpaired names come back unchanged."""
+    swap = {"left": "right", "right": "left"}
+    return "_".join(swap.get(part, part) for part in name.split("_"))
+
+
+def left_right_table(names: dict[int, str]) -> npt.NDArray[np.int64]:
+    """Lookup table ``new_id = table[old_id]`` that relabels a mirrored label map so the labels stay anatomical.
+
+    Structures whose partner exists in ``names`` swap ids (lungs, kidneys, ribs, clavicles...); midline and
+    unpaired structures (heart, aorta, the right middle lobe) keep theirs. Background 0 maps to itself.
+    """
+    by_name = {v: k for k, v in names.items()}
+    table = np.arange(max(names, default=0) + 1, dtype=np.int64)
+    for code, name in names.items():
+        table[code] = by_name.get(left_right_partner(name), code)
+    return table

@@ -288,8 +288,10 @@ class TrainConfig:
     precision: Precision = "fp32"
     compile: bool = False
     channels_last: bool = True
-    flip_prob: float = 0.5
-    """Probability of a left-right flip per sample (lung labels swap sides with it)."""
+    flip_prob: float = 0.0
+    """Probability of a left-right flip per sample; off by default. A flip mirrors the whole CT (heart and aorta
+    change sides) and swaps the left/right mask labels with it, but the report keeps its laterality words, so the
+    run log records that text and image disagree on the flipped samples."""
     splits: tuple[str, ...] = ("train",)
     """Corpus splits used for training; "test" is refused (held-out evaluation data)."""
     num_threads: int = 0
@@ -306,6 +308,8 @@ class TrainConfig:
             raise ConfigError(f"{type(self).__name__}: training on the 'test' split is not allowed (held-out data)")
         if self.save_every < 1:
             raise ConfigError(f"{type(self).__name__}: save_every must be >= 1")
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise ConfigError(f"{type(self).__name__}: flip_prob must be in [0, 1], got {self.flip_prob}")
 
     @property
     def total_steps(self) -> int:

@@ -164,11 +164,14 @@ def _case_labels(
 
 @dataclass
 class CropSampler:
-    """Random crops (+ left-right flips that swap lung labels) from in-memory training cases."""
+    """Random crops (+ optional left-right flips that swap left/right labels) from in-memory training cases.
+
+    The flip draw is made whatever ``flip_prob`` is, so every other draw of a step is the same with and without
+    flips."""
 
     cases: list[TrainingCase]
     crop_shape: tuple[int, int, int]
-    flip_prob: float = 0.5
+    flip_prob: float = 0.0
     label_set: str | None = None
     weights: np.ndarray | None = field(default=None)
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-from ctrag.data.labels import ANATOMY_GROUPS, COARSE_LABELS, to_coarse, totalseg_v2_labels
+from ctrag.data.labels import ANATOMY_GROUPS, COARSE_LABELS, left_right_table, to_coarse, totalseg_v2_labels
 from ctrag.errors import DataValidationError
 
 logger = logging.getLogger(__name__)
@@ -138,14 +138,7 @@ def convert_labels(
 
 @cache
 def _flip_table(label_set: str) -> np.ndarray:
-    names = label_names(label_set)
-    by_name = {v: k for k, v in names.items()}
-    table = np.arange(max(names) + 1, dtype=np.int64)
-    for code, nm in names.items():
-        for a, b in (("_left", "_right"), ("_right", "_left")):
-            if nm.endswith(a) and nm[: -len(a)] + b in by_name:
-                table[code] = by_name[nm[: -len(a)] + b]
-    return table
+    return left_right_table(label_names(label_set))
 
 
 def flip_left_right(mask: torch.Tensor, label_set: str, axis: int) -> torch.Tensor:

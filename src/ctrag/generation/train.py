@@ -473,6 +473,7 @@ def train_vae(
         run_key={"vae": config_to_dict(config.vae), "cases": _corpus_key(cases)},
     )
     result = loop.run(resume=resume, stop_after=stop_after)
+    result.info["flip"] = flip_record(cfg, None, False)
     if dist.is_main and result.steps == cfg.total_steps:
         _publish(loop, vae, objective, "vae", config_to_dict(config.vae), out, {"train": config_to_dict(cfg)})
         update_pipeline_index(run, config)
@@ -509,6 +510,20 @@ def _publish(
         finally:
             for k, v in backup.items():
                 loop.params[k].copy_(v)
+
+
+def flip_record(cfg: TrainConfig, label_set: str | None, text_conditioned: bool) -> dict[str, Any]:
+    """What left-right flipping did to a run, for its log: a mirrored CT has heart and aorta on the wrong side
+    and its left/right labels swapped, while the report text keeps its laterality words."""
+    if cfg.flip_prob <= 0:
+        return {"prob": 0.0}
+    note = "left-right flips mirror the CT (heart and aorta change sides)"
+    if label_set is not None:
+        note += f" and swap the left/right labels of the {label_set!r} masks"
+    if text_conditioned:
+        note += "; laterality words in the report text (left/right) no longer match the flipped samples"
+    logger.warning("flip_prob %.2f: %s", cfg.flip_prob, note)
+    return {"prob": cfg.flip_prob, "labels_swapped": label_set, "note": note}
 
 
 def _write_log(out: Path, result: TrainResult, dist: DistInfo) -> None:
@@ -610,7 +625,7 @@ def _flow_prepare(
         x0 = batch["latents"] * scale_factor
         b = x0.shape[0]
         noise = torch.randn(x0.shape, generator=gen)
-        t = sampler.sample_timesteps(b, gen)
+        t = sampler.sample_timesteps(b, gen, latent_shape=tuple(x0.shape))
         x_t = sampler.add_noise(x0, noise, t)
         out: dict[str, Any] = {
             "x_t": x_t.to(dev, memory_format=memory_format),
@@ -730,6 +745,7 @@ def train_diffusion(
     )
     result = loop.run(resume=resume, stop_after=stop_after)
     result.info["scale_factor"] = scale_factor
+    result.info["flip"] = flip_record(cfg, None, dim is not None)
     result.info["text_cases"] = [c.case_id for c in cases if c.context is not None]
     if dist.is_main and result.steps == cfg.total_steps:
         meta = unet_meta(scale_factor, config, cfg, text_cases=result.info["text_cases"])
@@ -805,6 +821,7 @@ def train_controlnet(
     )
     result = loop.run(resume=resume, stop_after=stop_after)
     result.info["mask_origins"] = {c.case_id: c.mask_origin for c in cases}
+    result.info["flip"] = flip_record(cfg, config.controlnet.label_set, config.diffusion.with_conditioning)
     if dist.is_main and result.steps == cfg.total_steps:
         meta = {
             "label_set": config.controlnet.label_set,
