@@ -169,3 +169,22 @@ def test_learned_null_embedding_is_trained_saved_and_loaded(
     _, null, _, info = load_unet_component(tmp_path / "unet", cfg, "cpu")
     assert info["null_embedding"] == "learned" and null.shape == (1, 1, 384)
     assert float(null.abs().max()) > 0  # moved away from its zero start by the dropped-text samples
+
+
+def test_generator_training_refuses_what_the_evaluation_evaluates(tmp_path: Path, gen_corpus, training_cases) -> None:  # type: ignore[no-untyped-def]
+    """Bug 2f: training refused only ``test`` while the tiny evaluation evaluates ``val`` reports."""
+    from ctrag.generation.train import train_vae
+
+    cfg = tiny_config("train_vae.splits=[train,val]", "train_vae.steps_per_epoch=1", "train_vae.batch_size=1")
+    assert cfg.held_out.splits == ("test", "val")
+    with pytest.raises(LeakageError, match=r"\['val'\].*evaluation section of tiny-cpu"):
+        train_vae(gen_corpus, cfg, tmp_path / "run")
+    # a case the evaluation names is refused even inside the train split, also when the cases come preloaded
+    named = load_generator_config(
+        {"evaluation": {"split": "test", "case_ids": ["lung_pet_ct_dx_A0001"]}},
+        ["train_vae.steps_per_epoch=1", "train_vae.batch_size=1", "train_vae.crop_shape=[32,32,16]"],
+    )
+    with pytest.raises(LeakageError, match="lung_pet_ct_dx_A0001"):
+        select_training_cases(gen_corpus, ("train",), held_out=named.held_out)
+    with pytest.raises(LeakageError, match="lung_pet_ct_dx_A0001"):
+        train_vae(None, named, tmp_path / "run2", cases=training_cases)

@@ -248,6 +248,7 @@ def train_classifier_command(
 ) -> None:
     """Train the CT-Net-like 18-label classifier used for clinical consistency (and as FID backbone)."""
     from ctrag.data.case import Corpus
+    from ctrag.data.heldout import held_out_set
     from ctrag.evaluation.classifier import ClassifierConfig, train_from_corpus
 
     set_threads(threads)
@@ -259,7 +260,8 @@ def train_classifier_command(
             if update is not None:
                 update("epochs", epoch, total)
 
-        clf = train_from_corpus(cases, cfg, split=split, label_file=labels, progress=on_epoch)
+        held_out = held_out_set(config, set_ or [])
+        clf = train_from_corpus(cases, cfg, split=split, label_file=labels, progress=on_epoch, held_out=held_out)
     clf.metadata["command"] = command_line("train", "classifier", "--corpus", corpus, "--out", out, "--config", config)
     folder = clf.save(out)
     meta = clf.metadata

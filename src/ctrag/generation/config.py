@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ctrag.config import apply_overrides, config_to_dict, from_dict, read_yaml, resolve_config_path
+from ctrag.data.heldout import HeldOut, held_out_set
 from ctrag.errors import ConfigError
 
 Arch = Literal["monai", "maisi"]
@@ -354,6 +355,8 @@ class GeneratorConfig:
     train_vae: TrainVAEConfig = field(default_factory=TrainVAEConfig)
     train_diffusion: TrainDiffusionConfig = field(default_factory=TrainDiffusionConfig)
     train_controlnet: TrainControlNetConfig = field(default_factory=TrainControlNetConfig)
+    held_out: HeldOut = field(default_factory=HeldOut)
+    """What the preset's evaluation run evaluates (from its ``evaluation`` section): no training may use it."""
 
     def __post_init__(self) -> None:
         check_compatible(self)
@@ -394,7 +397,8 @@ def load_generator_config(
     """Load every generator section of a preset name / YAML path / mapping, with ``section.key=value`` overrides.
 
     Other sections of the file (``preprocess``, ``encoder``, ...) belong to other modules and are ignored here,
-    as are overrides addressed to them.
+    as are overrides addressed to them; the ``evaluation`` section only gives ``held_out``, the cases no
+    training of this preset may use (``ctrag.data.heldout``).
     """
     if source is None:
         raw: dict[str, Any] = {}
@@ -404,7 +408,10 @@ def load_generator_config(
         raw = read_yaml(resolve_config_path(source))
     mine = [o for o in overrides if o.split("=", 1)[0].split(".", 1)[0] in SECTIONS]
     data = apply_overrides({name: dict(raw.get(name) or {}) for name in SECTIONS}, mine)
-    return from_dict(GeneratorConfig, data)
+    config = from_dict(GeneratorConfig, data)
+    name = None if source is None or isinstance(source, Mapping) else str(source)
+    config.held_out = held_out_set(raw, overrides, name=name)
+    return config
 
 
 def latent_shape(cfg: GeneratorConfig, image_shape: tuple[int, ...]) -> tuple[int, int, int, int]:

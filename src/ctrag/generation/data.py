@@ -2,7 +2,8 @@
 
 What the shipped corpus allows is small, so what each case contributes is explicit:
 
-* every CT of the training split (never ``test``) in the VAE's image space, for the VAE and as crops to encode;
+* every CT of the training split in the VAE's image space, for the VAE and as crops to encode (never a case
+  the preset's evaluation evaluates, see ``ctrag.data.heldout``);
 * its text embedding when the case has text (for the shipped CTs an *annotation-derived* caption, recorded
   as such), otherwise the null embedding;
 * a label map in the ControlNet's label set: from ``ctrag.segment`` (``mask_from="segment"``), from the case's
@@ -24,8 +25,9 @@ import numpy as np
 import torch
 
 from ctrag.data.case import Case, Corpus
+from ctrag.data.heldout import HeldOut
 from ctrag.data.nifti import Volume, load_volume
-from ctrag.errors import DataValidationError, InvalidInputError, LeakageError
+from ctrag.errors import DataValidationError, InvalidInputError
 from ctrag.generation.config import ImageSpaceConfig
 from ctrag.generation.imagespace import ct_to_space, labels_to_grid
 from ctrag.generation.masks import convert_labels, flip_left_right, source_space
@@ -77,11 +79,18 @@ def segment_ct(volume: Volume, segment_config: Any | None = None, *, check_inten
     return segment_volume(volume, cfg)
 
 
-def select_training_cases(corpus: Corpus | Sequence[Case], splits: Sequence[str], need: str = "volume") -> list[Case]:
-    """Training cases of ``splits`` that have a volume (and a mask when ``need == "mask"``); never ``test``."""
-    if "test" in splits:
-        raise LeakageError("the test split is held out: it may never be used to train the generator")
+def select_training_cases(
+    corpus: Corpus | Sequence[Case], splits: Sequence[str], need: str = "volume", held_out: HeldOut | None = None
+) -> list[Case]:
+    """Training cases of ``splits`` that have a volume (and a mask when ``need == "mask"``).
+
+    Nothing an evaluation run evaluates is ever used: ``held_out`` (the preset's, ``GeneratorConfig.held_out``;
+    by default the test split) refuses its splits and its cases with a ``LeakageError`` naming them.
+    """
+    guard = held_out if held_out is not None else HeldOut()
+    guard.check_splits(splits, "the generator")
     cases = [c for c in corpus if c.split in splits and c.has_volume and (need != "mask" or c.has_mask)]
+    guard.check_cases(cases, "the generator")
     if not cases:
         raise InvalidInputError(
             f"no {need}-bearing cases in split(s) {list(splits)} of the corpus; the generator needs real CT volumes"
@@ -99,9 +108,10 @@ def load_training_cases(
     mask_from: MaskFrom = "segment",
     encoder: Any | None = None,
     segment_config: Any | None = None,
+    held_out: HeldOut | None = None,
 ) -> list[TrainingCase]:
     """Load the training split's CTs into image space, with label maps and text embeddings when asked."""
-    cases = select_training_cases(corpus, splits)
+    cases = select_training_cases(corpus, splits, held_out=held_out)
     out: list[TrainingCase] = []
     for case in cases:
         assert case.volume_path is not None

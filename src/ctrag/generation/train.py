@@ -439,7 +439,10 @@ def train_vae(
     if cases is None:
         if corpus is None:
             raise InvalidInputError("train_vae needs a corpus or preloaded cases")
-        cases = load_training_cases(corpus, config.vae.image, splits=cfg.splits, min_shape=cfg.crop_shape)
+        cases = load_training_cases(
+            corpus, config.vae.image, splits=cfg.splits, min_shape=cfg.crop_shape, held_out=config.held_out
+        )
+    config.held_out.check_case_ids([c.case_id for c in cases], "the VAE")
     crops = CropSampler(cases, cfg.crop_shape, cfg.flip_prob)
     with seeded_init(cfg.seed):
         vae = build_vae(config.vae).to(device)
@@ -667,6 +670,7 @@ def _load_flow_cases(
         mask_from=mask_from,  # type: ignore[arg-type]
         encoder=encoder if config.diffusion.with_conditioning else None,
         segment_config=segment_config,
+        held_out=config.held_out,
     )
 
 
@@ -711,6 +715,7 @@ def train_diffusion(
     vae, _ = load_vae_component(run / VAE_DIR, config, device)
     if cases is None:
         cases = _load_flow_cases(corpus, config, cfg, encoder, mask_from, segment_config)
+    config.held_out.check_case_ids([c.case_id for c in cases], "the diffusion UNet")
     show = progress and dist.is_main
     bank, dim, contexts, has_text = _flow_data(run, vae, cases, config, cfg, mask_from, device, show)
     scale_factor = float(1.0 / bank.latents.std().clamp_min(1e-6))
@@ -783,6 +788,7 @@ def train_controlnet(
     _check_same_encoder(run, encoder)
     if cases is None:
         cases = _load_flow_cases(corpus, config, cfg, encoder, mask_from, segment_config)
+    config.held_out.check_case_ids([c.case_id for c in cases], "the ControlNet")
     if any(c.labels is None for c in cases):
         raise InvalidInputError("ControlNet training needs a label map for every training case")
     show = progress and dist.is_main
