@@ -29,7 +29,7 @@ def result(pipeline, val_reports):  # type: ignore[no-untyped-def]
 def test_result_grid_affine_and_hu(result, pipeline) -> None:  # type: ignore[no-untyped-def]
     cfg = pipeline.config
     assert result.volume.shape == tuple(cfg.sampler.output_shape)
-    assert result.spacing == pytest.approx(cfg.vae.image.spacing)
+    assert result.spacing == pytest.approx(cfg.preprocess.spacing)
     assert nib.aff2axcodes(result.affine) == ("R", "A", "S")
     assert float(result.volume.min()) >= -1000.0 and float(result.volume.max()) <= 1000.0
     assert float(result.volume.std()) > 50  # a structured volume, not a constant
@@ -157,40 +157,3 @@ def test_cli_generate_end_to_end(trained_run: Path, gen_index: Path, tmp_path: P
     assert set(prov["dice_vs_proxy"]) >= {"body", "lungs"}
     assert main(["generate", "--report", "", "--weights", str(trained_run), "--out", str(out)]) == 2
     assert main(["generate", "--report", "x", "--weights", str(trained_run), "--out", str(tmp_path / "ct.txt")]) == 2
-
-
-# ---------------------------------------------------------------------------------------------- text encoder spec
-
-
-@pytest.mark.parametrize("preset", ["tiny-cpu", "text2ct-512"])
-def test_encoder_spec_reads_the_encoder_section_schema(preset: str) -> None:
-    """Bug 2a: the spec came from keys the ``encoder`` schema does not have, so every preset fell back to MiniLM."""
-    from ctrag.config import load_config
-    from ctrag.encoders.config import EncoderConfig
-    from ctrag.generation.pipeline import encoder_spec_from_config
-
-    section = load_config(EncoderConfig, preset, section="encoder")
-    spec = encoder_spec_from_config(preset)
-    assert spec["name_or_path"] == section.text and spec["weights"] == section.text_weights
-    assert spec["long_text"] == section.long_text
-    other = encoder_spec_from_config({"encoder": {"text": "hf-text", "text_weights": "/models/bert"}})
-    assert other["name_or_path"] == "hf-text" and other["weights"] == "/models/bert"
-
-
-def test_text2ct_preset_names_a_768d_text_space(tmp_path: Path) -> None:
-    """text2ct-512's UNet reads 768-d report embeddings: its encoder section builds a 768-d encoder (here a tiny
-    local BERT with hidden size 768 in place of CXR-BERT), and the MiniLM default it used to get does not fit."""
-    from ctrag.generation.config import load_generator_config
-    from ctrag.generation.pipeline import create_text_encoder, encoder_spec_from_config
-    from tests.encoders.conftest import write_tiny_bert
-
-    dim = load_generator_config("text2ct-512").diffusion.cross_attention_dim
-    assert dim == 768
-    write_tiny_bert(tmp_path / "bert", hidden=768, layers=1)
-    spec = encoder_spec_from_config("text2ct-512", [f"encoder.text_weights={tmp_path / 'bert'}"])
-    assert spec["name_or_path"] == "hf-text"
-    encoder = create_text_encoder(spec, "cpu")
-    assert encoder.dim == dim and encoder.encode_text(["No pleural effusion."]).shape == (1, dim)
-    tiny = encoder_spec_from_config("tiny-cpu")
-    assert tiny["name_or_path"] == "minilm"
-    assert load_generator_config("tiny-cpu").diffusion.cross_attention_dim == 384

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from ctrag.generation.config import ControlNetConfig, DiffusionConfig, SchedulerConfig
-from ctrag.generation.controlnet import CONTROL_ONLY_PREFIXES, controlnet_from_unet, encode_control
-from ctrag.generation.masks import encode_mask
+from ctrag.generation.controlnet import CONTROL_ONLY_PREFIXES, controlnet_from_unet, encode_control, encode_mask
 from ctrag.generation.networks import build_unet
 from ctrag.generation.sampler import GuidanceInputs, RectifiedFlowSampler, sample_latents
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ctrag.data.labels import as_coarse
 from ctrag.data.nifti import save_volume
-from ctrag.generation.masks import as_coarse
 from ctrag.generation.pipeline import GenerationResult
 from ctrag.utils.atomic import atomic_path
 

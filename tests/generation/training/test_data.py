@@ -1,4 +1,5 @@
-"""Training data: crops, left-right flips (off by default, labels swapped when on) and the run-log record."""
+"""Training data: crops, left-right flips (off by default, labels swapped when on), the run-log record, the test
+split never trained on."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ctrag.data.labels import left_right_table
+from ctrag.data.labels import label_names, left_right_table, totalseg_v2_labels
 from ctrag.generation.config import GeneratorConfig, TrainConfig, load_generator_config
-from ctrag.generation.data import CropSampler, step_generator
-from ctrag.generation.masks import label_names
+from ctrag.generation.training.data import CropSampler, flip_left_right
+from ctrag.generation.training.engine import step_generator
 
 
 @pytest.mark.parametrize("preset", ["tiny-cpu", "text2ct-512"])
@@ -41,7 +42,8 @@ def test_enabled_flip_mirrors_the_ct_and_swaps_left_right_labels(training_cases)
 
 
 def test_run_log_says_when_flips_break_text_laterality(tmp_path: Path, training_cases) -> None:  # type: ignore[no-untyped-def]
-    from ctrag.generation.train import LOG_FILE, flip_record, train_vae
+    from ctrag.generation.training import LOG_FILE, train_vae
+    from ctrag.generation.training.data import flip_record
 
     base = ["train_vae.steps_per_epoch=2", "train_vae.batch_size=1", "train_vae.save_every=2"]
     cfg = load_generator_config("tiny-cpu", base)
@@ -52,3 +54,14 @@ def test_run_log_says_when_flips_break_text_laterality(tmp_path: Path, training_
     train_vae(None, flip_cfg, tmp_path, cases=training_cases[:1])
     log = json.loads((tmp_path / "vae" / LOG_FILE).read_text())
     assert log["flip"]["prob"] == 0.5 and "mirror" in log["flip"]["note"]
+
+
+def test_flip_swaps_left_and_right_structures() -> None:
+    labels = torch.zeros(1, 1, 4, 2, 2, dtype=torch.uint8)
+    labels[0, 0, 0] = 2  # lung_left on the first column
+    labels[0, 0, 3] = 5  # bone on the last
+    flipped = flip_left_right(labels, "coarse", axis=2)
+    assert torch.all(flipped[0, 0, 3] == 3) and torch.all(flipped[0, 0, 0] == 5)
+    ts = {v: k for k, v in totalseg_v2_labels().items()}
+    t = torch.tensor([ts["kidney_left"], ts["liver"]]).view(1, 1, 2, 1, 1)
+    assert flip_left_right(t, "totalseg", axis=2).flatten().tolist() == [ts["liver"], ts["kidney_right"]]
