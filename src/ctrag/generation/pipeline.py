@@ -23,7 +23,6 @@ import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ctrag._version import __version__
 from ctrag.data import transforms
 from ctrag.data.labels import num_labels
 from ctrag.data.nifti import Volume
@@ -40,6 +38,7 @@ from ctrag.generation.config import GeneratorConfig, load_generator_config
 from ctrag.generation.controlnet import ControlInputs, controlnet_residuals, encode_control, encode_mask
 from ctrag.generation.decode import decode_latents
 from ctrag.generation.networks import controlnet_extra_inputs, extra_unet_inputs, to_channels_last
+from ctrag.generation.output import GenerationResult
 from ctrag.generation.proxy import (
     MASK_VOCABULARIES,
     ProxyMask,
@@ -75,64 +74,6 @@ SAMPLING_STAGE = "sampling"
 """The ``ProgressFn`` stage the denoising loop reports under (``progress("sampling", step, steps)``)."""
 
 __all__ = ["STRATEGIES", "GenerationPipeline", "GenerationResult", "ProxyMask"]
-
-
-@dataclass
-class GenerationResult:
-    """A generated CT and its provenance. ``volume`` is in Hounsfield units on the grid given by ``affine``."""
-
-    volume: np.ndarray
-    affine: np.ndarray
-    mask: np.ndarray | None
-    mask_source: str
-    label_set: str
-    report_sha256: str
-    strategy: str
-    retrieved: list[dict[str, Any]]
-    seed: int
-    steps: int
-    cfg: float
-    control_scale: float
-    config: dict[str, Any]
-    weights: dict[str, str]
-    timings: dict[str, float] = field(default_factory=dict)
-    mask_origin: str = ""
-    device: str = "cpu"
-
-    @property
-    def spacing(self) -> tuple[float, float, float]:
-        s = np.linalg.norm(self.affine[:3, :3], axis=0)
-        return (float(s[0]), float(s[1]), float(s[2]))
-
-    def to_volume(self) -> Volume:
-        return Volume(array=self.volume, affine=self.affine.copy(), meta={"generated": True})
-
-    def mask_volume(self) -> Volume | None:
-        return None if self.mask is None else Volume(array=self.mask, affine=self.affine.copy())
-
-    def provenance(self) -> dict[str, Any]:
-        """JSON-ready record of how this volume was made (no report text, only its hash)."""
-        return {
-            "ctrag_version": __version__,
-            "report_sha256": self.report_sha256,
-            "strategy": self.strategy,
-            "retrieved": self.retrieved,
-            "mask_source": self.mask_source,
-            "mask_origin": self.mask_origin,
-            "label_set": self.label_set,
-            "seed": self.seed,
-            "steps": self.steps,
-            "cfg": self.cfg,
-            "control_scale": self.control_scale,
-            "shape": list(self.volume.shape),
-            "spacing_mm": list(self.spacing),
-            "affine": self.affine.tolist(),
-            "hu_range": [float(self.volume.min()), float(self.volume.max())],
-            "weights_sha256": self.weights,
-            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
-            "device": self.device,
-            "config": self.config,
-        }
 
 
 class GenerationPipeline:
@@ -207,9 +148,7 @@ class GenerationPipeline:
                     "pass encoder="
                 )
             encoder = create_text_encoder(record, device or config.sampler.device)
-        pipe = cls._load(run_dir, index, config, encoder, retriever, index_dir, device, require_controlnet)
-        pipe.encoder_spec = dict(index.get("encoder") or {})
-        return pipe
+        return cls._load(run_dir, index, config, encoder, retriever, index_dir, device, require_controlnet)
 
     @classmethod
     def from_config(
@@ -237,9 +176,7 @@ class GenerationPipeline:
             if recorded.get("fingerprint"):
                 spec["fingerprint"] = recorded["fingerprint"]
             encoder = create_text_encoder(spec, device or gen_cfg.sampler.device)
-        pipe = cls._load(weights, index, gen_cfg, encoder, retriever, index_dir, device, False)
-        pipe.encoder_spec = dict(index.get("encoder") or {})
-        return pipe
+        return cls._load(weights, index, gen_cfg, encoder, retriever, index_dir, device, False)
 
     @classmethod
     def _load(
@@ -272,6 +209,7 @@ class GenerationPipeline:
             null_embedding=parts.null_embedding,
             controlnet=parts.controlnet,
             encoder=encoder,
+            encoder_spec=index.get("encoder") or {},
             retriever=retriever,
             weights=parts.weights,
             device=dev,

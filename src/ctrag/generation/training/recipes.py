@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -141,18 +142,16 @@ def train_diffusion(
         unet = to_channels_last(unet)
     null = torch.zeros(1, 1, dim or 1)
     objective = FlowObjective(unet, null, config.diffusion.null_embedding == "learned", cfg.loss).to(device)
-    sampler = RectifiedFlowSampler.from_config(config.sampler.scheduler)
-    make_batch = bank_batches(bank, cfg.batch_size, False)
-    prepare = prepare_batch or flow_prepare_batch(
-        config, cfg, contexts, has_text, sampler, scale_factor, False, _memory_format(cfg)
-    )
     run_key = {
         "diffusion": config_to_dict(config.diffusion),
         "scheduler": config_to_dict(config.sampler.scheduler),
         "vae": component_hash(run / VAE_DIR),
         "cases": [c.case_id for c in cases],
     }
-    loop, result = _run(objective, cfg, run / UNET_DIR, make_batch, prepare, progress, run_key, resume, stop_after)
+    flow = _FlowData(bank, contexts, has_text, scale_factor, with_mask=False)
+    loop, result, sampler = _run_flow(
+        objective, config, cfg, flow, run / UNET_DIR, run_key, progress, prepare_batch, resume, stop_after
+    )
     result.info["scale_factor"] = scale_factor
     result.info["flip"] = flip_record(cfg, None, dim is not None)
     result.info["text_cases"] = [c.case_id for c in cases if c.context is not None]
@@ -203,11 +202,6 @@ def train_controlnet(
     if cfg.channels_last:
         controlnet, unet = to_channels_last(controlnet), to_channels_last(unet)
     objective = FlowObjective(unet, null, False, cfg.loss, controlnet=controlnet).to(device)
-    sampler = RectifiedFlowSampler.from_config(config.sampler.scheduler)
-    make_batch = bank_batches(bank, cfg.batch_size, True)
-    prepare = prepare_batch or flow_prepare_batch(
-        config, cfg, contexts, has_text, sampler, scale_factor, True, _memory_format(cfg)
-    )
     run_key = {
         "controlnet": config_to_dict(config.controlnet),
         "unet": component_hash(run / UNET_DIR),
@@ -216,7 +210,8 @@ def train_controlnet(
         "mask_from": mask_from,
     }
     out = run / CONTROLNET_DIR
-    loop, result = _run(objective, cfg, out, make_batch, prepare, progress, run_key, resume, stop_after)
+    flow = _FlowData(bank, contexts, has_text, scale_factor, with_mask=True)
+    loop, result, _ = _run_flow(objective, config, cfg, flow, out, run_key, progress, prepare_batch, resume, stop_after)
     result.info["mask_origins"] = {c.case_id: c.mask_origin for c in cases}
     result.info["flip"] = flip_record(cfg, label_set, config.diffusion.with_conditioning)
     if dist.is_main and result.steps == cfg.total_steps:
@@ -257,6 +252,39 @@ def _run(
         objective, cfg, out, make_batch, prepare, device=device, dist=dist, progress=progress, run_key=run_key
     )
     return loop, loop.run(resume=resume, stop_after=stop_after)
+
+
+@dataclass
+class _FlowData:
+    """What a latent-flow training draws its batches from."""
+
+    bank: LatentBank
+    contexts: torch.Tensor | None
+    has_text: torch.Tensor
+    scale_factor: float
+    with_mask: bool
+
+
+def _run_flow(
+    objective: nn.Module,
+    config: GeneratorConfig,
+    cfg: TrainDiffusionConfig,
+    flow: _FlowData,
+    out: Path,
+    run_key: Mapping[str, Any],
+    progress: ProgressFn | None,
+    prepare_batch: PrepareBatch | None,
+    resume: bool,
+    stop_after: int | None,
+) -> tuple[TrainLoop, TrainResult, RectifiedFlowSampler]:
+    """The loop of a latent-flow training: bank batches, flow-loss preparation with the preset's schedule."""
+    sampler = RectifiedFlowSampler.from_config(config.sampler.scheduler)
+    make_batch = bank_batches(flow.bank, cfg.batch_size, flow.with_mask)
+    prepare = prepare_batch or flow_prepare_batch(
+        config, cfg, flow.contexts, flow.has_text, sampler, flow.scale_factor, flow.with_mask, _memory_format(cfg)
+    )
+    loop, result = _run(objective, cfg, out, make_batch, prepare, progress, run_key, resume, stop_after)
+    return loop, result, sampler
 
 
 def _flow_cases(
