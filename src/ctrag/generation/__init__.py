@@ -5,7 +5,7 @@ Main entry points (imported lazily, so ``import ctrag.generation`` does not load
 - ``GenerationPipeline`` (``pipeline.py``): ``GenerationPipeline.from_pretrained(run_dir,
   index_dir=...)`` or ``.from_config("tiny-cpu", weights=run_dir, index_dir=...)``, then
   ``pipe(report, strategy="nearest", seed=0, steps=30, cfg=5.0, control_scale=1.0)``.
-- ``GenerationResult`` / ``save_result`` (``output.py``): the result; NIfTI + provenance JSON + PNG, written as one unit.
+- ``GenerationResult`` / ``save_result`` (``output.py``): the result; NIfTI + provenance + PNG written as one unit.
 - ``train_vae`` / ``train_diffusion`` / ``train_controlnet`` (``training/``): resumable training into a run folder.
 - ``load_generator_config`` / ``GeneratorConfig`` (``config.py``): the ``vae``/``diffusion``/``controlnet``/
   ``sampler``/``train_*`` sections of a preset, and its image space (``preprocess``).
