@@ -178,7 +178,8 @@ def flip_record(cfg: TrainConfig, label_set: str | None, text_conditioned: bool)
         note += f" and swap the left/right labels of the {label_set!r} masks"
     if text_conditioned:
         note += "; laterality words in the report text (left/right) no longer match the flipped samples"
-    logger.warning("flip_prob %.2f: %s", cfg.flip_prob, note)
+    # a text-free run (the VAE) loses nothing by mirroring; a text-conditioned one learns contradictions
+    logger.log(logging.WARNING if text_conditioned else logging.INFO, "flip_prob %.2f: %s", cfg.flip_prob, note)
     return {"prob": cfg.flip_prob, "labels_swapped": label_set, "note": note}
 
 
