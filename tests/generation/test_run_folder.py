@@ -298,3 +298,14 @@ def test_vae_from_another_image_space_is_refused_and_old_folders_still_load(tmp_
         load_vae_component(legacy, load_generator_config("tiny-cpu", ["preprocess.hu_window=[-1000,500]"]), "cpu")
     legacy_config = load_generator_config({"vae": {**config_to_dict(cfg.vae), "image": {"spacing": [5.0, 5.0, 5.0]}}})
     assert legacy_config.preprocess.spacing == (5.0, 5.0, 5.0)
+
+
+def test_an_imported_run_takes_its_encoder_weights_at_load_time(tmp_path: Path) -> None:
+    """import-weights records hf-text by name; ``--set encoder.text_weights=DIR`` supplies the local folder."""
+    from ctrag.generation.run_folder import recorded_encoder_spec
+
+    record = {"name_or_path": "hf-text", "weights": None, "fingerprint": None}
+    spec = recorded_encoder_spec(record, ["encoder.text_weights=/models/cxr-bert", "sampler.steps=3"])
+    assert spec == {"name_or_path": "hf-text", "weights": "/models/cxr-bert", "fingerprint": None}
+    assert recorded_encoder_spec(record, ["encoder.long_text=chunk-mean"])["long_text"] == "chunk-mean"
+    assert recorded_encoder_spec(record) == record

@@ -57,6 +57,7 @@ from ctrag.generation.run_folder import (
     encoder_spec_from_config,
     load_run_components,
     read_pipeline_index,
+    recorded_encoder_spec,
     save_controlnet,
     save_unet,
     save_vae,
@@ -147,7 +148,7 @@ class GenerationPipeline:
                     f"{run_dir}/{PIPELINE_FILE} does not record the text encoder the UNet was trained with; "
                     "pass encoder="
                 )
-            encoder = create_text_encoder(record, device or config.sampler.device)
+            encoder = create_text_encoder(recorded_encoder_spec(record, overrides), device or config.sampler.device)
         return cls._load(run_dir, index, config, encoder, retriever, index_dir, device, require_controlnet)
 
     @classmethod

@@ -551,6 +551,19 @@ def encoder_spec_from_config(
     return {"name_or_path": section.text, "weights": section.text_weights, "long_text": section.long_text}
 
 
+def recorded_encoder_spec(record: Mapping[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The encoder a run recorded, with ``encoder.text_weights=`` / ``encoder.long_text=`` overrides applied (an
+    imported run records the encoder by name only; its local weights folder is given at load time)."""
+    keys = {"text_weights": "weights", "long_text": "long_text"}
+    spec = dict(record)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        field_name = key.removeprefix("encoder.")
+        if key.startswith("encoder.") and field_name in keys:
+            spec[keys[field_name]] = None if value in ("", "null", "None") else value
+    return spec
+
+
 def create_text_encoder(spec: Mapping[str, Any], device: str) -> Any:
     """Build the encoder a spec names (``ctrag.encoders.create_encoder``; local files only)."""
     from ctrag.encoders.factory import create_encoder
