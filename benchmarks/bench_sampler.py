@@ -42,7 +42,7 @@ def _models(config: str, weights: str | None, device: torch.device) -> dict[str,
     from ctrag.generation.config import load_generator_config
     from ctrag.generation.controlnet import CONTROL_ONLY_PREFIXES
     from ctrag.generation.networks import build_unet, build_vae, seeded_init
-    from ctrag.generation.pipeline_io import (
+    from ctrag.generation.run_folder import (
         fresh_controlnet,
         load_controlnet_component,
         load_unet_component,
@@ -73,15 +73,16 @@ def _models(config: str, weights: str | None, device: torch.device) -> dict[str,
 
 def _proxy(cfg: Any, device: torch.device) -> torch.Tensor:
     """Coarse proxy labels (1, 1, X, Y, Z) on the output grid from a real TotalSegmentator mask."""
+    from ctrag.data.labels import convert_labels
     from ctrag.data.nifti import load_volume
-    from ctrag.generation.imagespace import grid_affine, labels_to_grid
-    from ctrag.generation.masks import convert_labels
+    from ctrag.data.transforms import grid_affine, resample_to_grid
 
     mask = load_volume(MASK)
     shape = tuple(cfg.sampler.output_shape)
     center = mask.affine[:3, :3] @ (np.array(mask.shape) / 2.0) + mask.affine[:3, 3]
-    affine = grid_affine(center, shape, cfg.vae.image.spacing, cfg.vae.image.orientation)
-    labels = convert_labels(labels_to_grid(mask, shape, affine), "totalseg", cfg.controlnet.label_set)
+    affine = grid_affine(center, shape, cfg.preprocess.spacing, cfg.preprocess.orientation)
+    on_grid = resample_to_grid(mask, shape, affine, mode="nearest", fill=0).array
+    labels = convert_labels(on_grid, "totalseg", cfg.controlnet.label_set)
     return torch.from_numpy(labels.astype(np.int64))[None, None].to(device)
 
 
@@ -92,7 +93,8 @@ def _sync(device: torch.device) -> None:
 
 def worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
     """Run one method in this (fresh) process; return timings, memory and the decoded volume's file."""
-    from ctrag.generation.masks import encode_mask, num_labels
+    from ctrag.data.labels import num_labels
+    from ctrag.generation.controlnet import encode_mask
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

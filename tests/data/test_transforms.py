@@ -210,3 +210,25 @@ def test_volume_metatensor_roundtrip(sample_dir: Path) -> None:
     np.testing.assert_array_equal(back.array, vol.array)
     np.testing.assert_allclose(back.affine, vol.affine)
     assert isinstance(back, Volume)
+
+
+def test_covering_grid_and_ct_to_space_keep_the_scan_in_world_coordinates(sample_dir: Path) -> None:
+    """A real LPS CT onto a 4 mm RAS grid that covers it: same world extent, [0, 1] values, air outside."""
+    from ctrag.data.transforms import covering_grid, ct_to_space, direction_matrix, world_bounds, world_center
+
+    ct = load_volume(sample_dir / "ct" / "lowres" / "lung_pet_ct_dx_A0001_ct_128.nii.gz")
+    space = load_preprocess_config("tiny-cpu")
+    shape, affine = covering_grid(ct, space.spacing, space.orientation, min_shape=(64, 64, 32))
+    assert np.allclose(affine[:3, :3], direction_matrix("RAS") * 4.0)
+    lo, hi = world_bounds(ct.shape, ct.affine)
+    glo, ghi = world_bounds(shape, affine)
+    assert np.all(glo <= lo + 1e-6) and np.all(ghi >= hi - 4.0)  # the grid covers the scan (to a voxel)
+    assert np.allclose(world_center(shape, affine), world_center(ct.shape, ct.affine), atol=2.0)
+    image, image_affine = ct_to_space(ct, space, min_shape=(64, 64, 32))
+    assert image.shape == shape and np.allclose(image_affine, affine) and image.dtype == np.float32
+    assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
+    # the voxel nearest the scan's centre holds (about) the HU the scan has there, mapped to [0, 1]
+    centre_ijk = np.rint(np.linalg.solve(affine[:3, :3], world_center(ct.shape, ct.affine) - affine[:3, 3])).astype(int)
+    src_ijk = np.rint(np.linalg.solve(ct.affine[:3, :3], world_center(ct.shape, ct.affine) - ct.affine[:3, 3]))
+    hu = float(np.asarray(ct.array)[tuple(src_ijk.astype(int))])
+    assert abs(image[tuple(centre_ijk)] * 2000.0 - 1000.0 - np.clip(hu, -1000, 1000)) < 300

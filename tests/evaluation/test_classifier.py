@@ -120,3 +120,26 @@ def test_bad_inputs_are_refused(trained) -> None:
         train_classifier(arrays, labels[:, :5], TINY)
     with pytest.raises(InvalidInputError, match="one label row per volume"):
         train_classifier(arrays[:2], labels, TINY)
+
+
+def test_classifier_training_refuses_what_the_evaluation_evaluates(tmp_path: Path, sample_dir: Path) -> None:
+    """Bug 2f: the classifier trained on any split, including the ``val`` reports the tiny evaluation uses."""
+    from ctrag.data.heldout import HeldOut, held_out_set
+    from ctrag.data.ingest import ingest
+    from ctrag.errors import LeakageError
+    from ctrag.evaluation.classifier import train_from_corpus
+
+    corpus = ingest([sample_dir / "ct", sample_dir / "ct_rate_nc_sa"], tmp_path / "corpus").corpus
+    cfg = ClassifierConfig(input_shape=(16, 16, 12), trunk_channels=(4, 8, 8, 8), reducer_channels=(8, 4), epochs=1)
+    with pytest.raises(LeakageError, match=r"\['val'\]"):
+        train_from_corpus(list(corpus), cfg, split="val", held_out=held_out_set("tiny-cpu"))
+    with pytest.raises(LeakageError, match=r"\['test'\]"):
+        train_from_corpus(list(corpus), cfg, split="test")  # the test split is held out even without a preset
+    labels = tmp_path / "labels.csv"
+    import csv
+
+    with open(labels, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([["case_id", *CT_RATE_LABELS], ["lung_pet_ct_dx_A0001", *["1"] * len(CT_RATE_LABELS)]])
+    named = HeldOut(case_ids=("lung_pet_ct_dx_A0001",), source="a test evaluation")
+    with pytest.raises(LeakageError, match="lung_pet_ct_dx_A0001"):
+        train_from_corpus(list(corpus), cfg, split="train", label_file=labels, held_out=named)

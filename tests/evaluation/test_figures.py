@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ctrag.data.labels import as_coarse
 from ctrag.data.nifti import Volume, load_volume
 from ctrag.evaluation.figures import BarSeries, GridRow, bar_series_from_summary, save_ct_grid, save_metric_bars
-from ctrag.generation.masks import as_coarse
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -54,25 +54,25 @@ def gen_corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
 
 @pytest.fixture(scope="session")
 def text_encoder():  # type: ignore[no-untyped-def]
-    from ctrag.generation.pipeline import create_text_encoder
+    from ctrag.generation.run_folder import create_text_encoder
 
     return create_text_encoder({"name_or_path": "minilm", "weights": None}, "cpu")
 
 
 @pytest.fixture(scope="session")
 def training_cases(gen_corpus: Corpus, text_encoder):  # type: ignore[no-untyped-def]
-    from ctrag.generation.data import load_training_cases
+    from ctrag.generation.training.data import load_training_cases
 
     cfg = tiny_config()
     return load_training_cases(
-        gen_corpus, cfg.vae.image, min_shape=(64, 64, 32), label_set="coarse", encoder=text_encoder
+        gen_corpus, cfg.preprocess, min_shape=(64, 64, 32), label_set="coarse", encoder=text_encoder
     )
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, training_cases, text_encoder) -> Path:  # type: ignore[no-untyped-def]
     """VAE + UNet + ControlNet trained briefly on the real training CTs (coarse masks from ctrag.segment)."""
-    from ctrag.generation.train import train_controlnet, train_diffusion, train_vae
+    from ctrag.generation.training import train_controlnet, train_diffusion, train_vae
 
     run = tmp_path_factory.mktemp("gen_run")
     cfg = tiny_config()

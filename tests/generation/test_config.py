@@ -11,7 +11,7 @@ from ctrag.generation.config import latent_shape, load_generator_config
 def test_presets_describe_the_intended_models() -> None:
     tiny = load_generator_config("tiny-cpu")
     assert latent_shape(tiny, tiny.sampler.output_shape) == (4, 16, 16, 8)
-    assert tiny.vae.image.spacing == (4.0, 4.0, 4.0) and tiny.diffusion.cross_attention_dim == 384
+    assert tiny.preprocess.spacing == (4.0, 4.0, 4.0) and tiny.diffusion.cross_attention_dim == 384
     paper = load_generator_config("text2ct-512")
     # RAG-Text2CT backbone: 4 latent channels, 4x compression (latent 4x128x128x32), UNet channels 64..512
     assert latent_shape(paper, paper.sampler.output_shape) == (4, 128, 128, 32)
@@ -32,7 +32,7 @@ def test_presets_describe_the_intended_models() -> None:
         ("diffusion.cross_attention_dim=null", "with_conditioning"),
         ("sampler.control_start=0.8", "control_start"),
         ("train_vae.splits=[test]", "test"),
-        ("vae.image.spacing=[0,4,4]", "spacing"),
+        ("preprocess.spacing=[0,4,4]", "spacing"),
         ("train_vae.learning_rate=1.0", "unknown key"),
     ],
 )

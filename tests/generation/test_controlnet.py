@@ -7,15 +7,15 @@ import dataclasses
 import pytest
 import torch
 
-from ctrag.errors import CheckpointMismatchError
+from ctrag.errors import CheckpointMismatchError, DataValidationError
 from ctrag.generation.config import ControlNetConfig, DiffusionConfig
 from ctrag.generation.controlnet import (
     CONTROL_ONLY_PREFIXES,
     controlnet_from_unet,
     controlnet_residuals,
     encode_control,
+    encode_mask,
 )
-from ctrag.generation.masks import encode_mask
 from ctrag.generation.networks import build_unet, extra_unet_inputs
 
 UNET = DiffusionConfig(
@@ -145,3 +145,50 @@ def test_residuals_reject_features_on_another_grid() -> None:
     control = encode_control(cn, encode_mask(labels[..., :8, :8, :4], 5, pool=2))  # half-size mask
     with pytest.raises(ValueError, match="latent grid"):
         controlnet_residuals(cn, x, t, control, context=ctx)
+
+
+def test_maisi_controlnet_mirrors_every_encoder_parameter_time_projections_included() -> None:
+    """Bug 2g: the spacing-widened ``time_emb_proj`` weights were re-initialised instead of copied."""
+    unet = _randomised_unet(MAISI_UNET)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.normal_(std=0.1)  # every UNet parameter random, so a fresh ControlNet tensor cannot match by chance
+    cn = controlnet_from_unet(unet, MAISI_UNET, CN, num_labels=5)
+    unet_sd, cn_sd = unet.state_dict(), cn.state_dict()
+    shared = [k for k in cn_sd if k in unet_sd]
+    projections = [k for k in shared if "time_emb_proj" in k]
+    assert projections and any(cn_sd[k].shape != unet_sd[k].shape for k in projections)
+    for k in shared:
+        expected = unet_sd[k] if cn_sd[k].shape == unet_sd[k].shape else unet_sd[k][:, : cn_sd[k].shape[1]]
+        assert torch.equal(cn_sd[k], expected), k
+    # with the spacing embedding's contribution removed, a res-block's time projection is the UNet's
+    block = "down_blocks.0.resnets.0.time_emb_proj"
+    temb = torch.randn(2, cn_sd[f"{block}.weight"].shape[1])
+    wide = torch.cat([temb, torch.zeros(2, unet_sd[f"{block}.weight"].shape[1] - temb.shape[1])], dim=1)
+    assert torch.allclose(cn.get_submodule(block)(temb), unet.get_submodule(block)(wide))
+
+
+# ------------------------------------------------------------------------------------------------ mask input
+
+
+def test_onehot_is_built_per_batch_and_pooled() -> None:
+    labels = torch.tensor([0, 1, 2, 5] * 16).reshape(1, 1, 4, 4, 4)
+    onehot = encode_mask(labels, 5)
+    assert onehot.shape == (1, 6, 4, 4, 4) and onehot.dtype == torch.float32
+    assert torch.equal(onehot.argmax(1, keepdim=True), labels)
+    pooled = encode_mask(labels, 5, pool=2)
+    assert pooled.shape == (1, 6, 2, 2, 2)
+    assert torch.allclose(pooled.sum(1), torch.ones(1, 2, 2, 2))  # fractions of each structure per coarse voxel
+
+
+def test_binary_encoding_matches_maisi_bits() -> None:
+    labels = torch.tensor([0, 1, 2, 3, 117, 255, 6, 9]).reshape(1, 1, 2, 2, 2)
+    bits = encode_mask(labels, 117, "binary", bits=8)
+    assert bits.shape == (1, 8, 2, 2, 2)
+    weights = (2 ** torch.arange(8)).view(1, 8, 1, 1, 1).float()
+    assert torch.equal((bits * weights).sum(1, keepdim=True).long(), labels)
+
+
+def test_onehot_refuses_ids_outside_the_label_set() -> None:
+    with pytest.raises(DataValidationError, match=r"outside 0\.\.5"):
+        encode_mask(torch.full((1, 1, 2, 2, 2), 7), 5)

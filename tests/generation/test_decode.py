@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ctrag.generation.decode import decode_latents
-from ctrag.generation.pipeline_io import load_vae_component
+from ctrag.generation.run_folder import load_vae_component
 from tests.generation.conftest import tiny_config
 
 

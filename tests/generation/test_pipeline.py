@@ -29,7 +29,7 @@ def result(pipeline, val_reports):  # type: ignore[no-untyped-def]
 def test_result_grid_affine_and_hu(result, pipeline) -> None:  # type: ignore[no-untyped-def]
     cfg = pipeline.config
     assert result.volume.shape == tuple(cfg.sampler.output_shape)
-    assert result.spacing == pytest.approx(cfg.vae.image.spacing)
+    assert result.spacing == pytest.approx(cfg.preprocess.spacing)
     assert nib.aff2axcodes(result.affine) == ("R", "A", "S")
     assert float(result.volume.min()) >= -1000.0 and float(result.volume.max()) <= 1000.0
     assert float(result.volume.std()) > 50  # a structured volume, not a constant
@@ -159,3 +159,9 @@ def test_cli_generate_end_to_end(trained_run: Path, gen_index: Path, tmp_path: P
     assert set(prov["dice_vs_proxy"]) >= {"body", "lungs"}
     assert main(["generate", "--report", "", "--weights", str(trained_run), "--out", str(out)]) == 2
     assert main(["generate", "--report", "x", "--weights", str(trained_run), "--out", str(tmp_path / "ct.txt")]) == 2
+
+
+def test_progress_is_reported_through_progress_fn(pipeline, val_reports) -> None:  # type: ignore[no-untyped-def]
+    calls: list[tuple[str, int, int]] = []
+    pipeline(val_reports[0], strategy="none", seed=0, steps=3, progress=lambda *a: calls.append(a))
+    assert calls == [("sampling", 0, 3), ("sampling", 1, 3), ("sampling", 2, 3), ("sampling", 3, 3)]

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from ctrag.generation.config import ControlNetConfig, DiffusionConfig, SchedulerConfig
-from ctrag.generation.controlnet import CONTROL_ONLY_PREFIXES, controlnet_from_unet, encode_control
-from ctrag.generation.masks import encode_mask
+from ctrag.generation.controlnet import CONTROL_ONLY_PREFIXES, controlnet_from_unet, encode_control, encode_mask
 from ctrag.generation.networks import build_unet
 from ctrag.generation.sampler import GuidanceInputs, RectifiedFlowSampler, sample_latents
 
@@ -148,16 +147,19 @@ def test_control_scale_zero_equals_sampling_without_controlnet(nets) -> None:  #
 
 
 def test_equals_monai_controlnet_inferer(nets) -> None:  # type: ignore[no-untyped-def]
-    """Same models, same noise: our loop and MONAI's ControlNetDiffusionInferer agree (zero null embedding)."""
+    """Same models, same noise: our loop and MONAI's ControlNetDiffusionInferer agree (zero null embedding).
+
+    5 steps put every time on a whole number (1000, 800, ...), where MONAI's float16 + ``int()`` schedule is exact;
+    at other step counts it drifts from the exact one (``test_step_sizes_sum_to_one``)."""
     from monai.inferers import ControlNetDiffusionInferer
     from monai.networks.schedulers import RFlowScheduler
 
     unet, cn = nets
     noise, inputs, mask_input = _inputs(cn)
     with torch.no_grad():
-        ours = sample_latents(unet, RectifiedFlowSampler(), noise, inputs, steps=6, cfg=5.0, controlnet=cn)
+        ours = sample_latents(unet, RectifiedFlowSampler(), noise, inputs, steps=5, cfg=5.0, controlnet=cn)
         scheduler = RFlowScheduler(use_discrete_timesteps=False, sample_method="logit-normal")
-        scheduler.set_timesteps(6)
+        scheduler.set_timesteps(5)
         theirs = ControlNetDiffusionInferer(scheduler).sample(
             input_noise=noise, diffusion_model=unet, controlnet=cn, cn_cond=mask_input, scheduler=scheduler,
             conditioning=inputs.context, cfg=5.0, cfg_fill_value=0.0, verbose=False,
@@ -176,3 +178,56 @@ def test_bf16_autocast_path_runs_and_stays_close(nets) -> None:  # type: ignore[
         )
     assert low.dtype == torch.float32 and not torch.equal(low, ref)
     assert float((low - ref).abs().mean()) < 0.05 * float(ref.abs().mean()) + 1e-3
+
+
+# ------------------------------------------------------------------------------------ one schedule (bug 2b)
+
+
+def _latent_shape(preset: str) -> tuple[int, ...]:
+    from ctrag.generation.config import load_generator_config
+
+    cfg = load_generator_config(preset)
+    return (cfg.vae.latent_channels, *(s // cfg.vae.downsample for s in cfg.sampler.output_shape))
+
+
+@pytest.mark.parametrize("preset", ["tiny-cpu", "text2ct-512"])
+def test_step_sizes_sum_to_one(preset: str) -> None:
+    """30 steps cover the path from noise to data exactly once (MONAI's float16 + int() schedule: ~1.01)."""
+    from ctrag.generation.config import load_generator_config
+
+    cfg = load_generator_config(preset)
+    sampler = RectifiedFlowSampler.from_config(cfg.sampler.scheduler)
+    sampler.set_timesteps(cfg.sampler.steps, latent_shape=_latent_shape(preset))
+    assert len(sampler.timesteps) == 30
+    x = torch.zeros(1, dtype=torch.float32)
+    for t in sampler.timesteps:  # unit velocity: the Euler steps must add up to exactly 1
+        x = sampler.step(torch.ones(1), t, x).prev_sample
+    assert float(x) == pytest.approx(1.0, abs=1e-6)
+    assert float(sampler.step_sizes().sum()) == pytest.approx(1.0, abs=1e-6)
+    assert bool((sampler.step_sizes() > 0).all())
+
+
+def test_training_timesteps_use_the_sampling_transform() -> None:
+    """text2ct-512 samples with the resolution shift; training must draw its timesteps through the same shift."""
+    from monai.networks.schedulers.rectified_flow import timestep_transform
+
+    from ctrag.generation.config import load_generator_config
+
+    scheduler = load_generator_config("text2ct-512").sampler.scheduler
+    assert scheduler.use_timestep_transform
+    sampler = RectifiedFlowSampler.from_config(scheduler)
+    shape = _latent_shape("text2ct-512")
+    drawn = sampler.sample_timesteps(256, torch.Generator().manual_seed(0), latent_shape=(2, *shape))
+    raw = torch.rand(256, generator=torch.Generator().manual_seed(0)) * scheduler.num_train_timesteps
+    numel = torch.tensor(float(shape[1] * shape[2] * shape[3]))
+    expected = timestep_transform(raw, numel, scheduler.base_img_size_numel, 1.0, 1000, 3)
+    assert torch.allclose(drawn, expected.float(), atol=1e-3)
+    assert float((drawn - raw).abs().max()) > 50  # the shift is real at this latent size
+    # the sampling schedule is the same map applied to the uniform grid
+    sampler.set_timesteps(30, latent_shape=shape)
+    grid = torch.tensor([1000.0 * (1 - i / 30) for i in range(30)])
+    assert torch.allclose(sampler.timesteps, sampler.transform_timesteps(grid.double(), shape).float(), atol=1e-3)
+    # tiny-cpu has no shift: training and sampling both use the plain times
+    tiny = RectifiedFlowSampler.from_config(load_generator_config("tiny-cpu").sampler.scheduler)
+    plain = tiny.sample_timesteps(8, torch.Generator().manual_seed(1), latent_shape=(8, 4, 16, 16, 8))
+    assert torch.equal(plain, torch.rand(8, generator=torch.Generator().manual_seed(1)) * 1000)

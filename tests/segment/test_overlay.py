@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ctrag.data.labels import as_coarse
 from ctrag.data.nifti import Volume, load_volume
 from ctrag.errors import DataValidationError
-from ctrag.generation.masks import as_coarse
 from ctrag.segment.overlay import (
     COARSE_COLOURS,
     coarse_colormap,

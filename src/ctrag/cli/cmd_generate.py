@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from ctrag.cli._app import app, console
+from ctrag.cli._progress import stage_progress
 from ctrag.cli._shared import ConfigOpt, DeviceOpt, ProgressOpt, SetOpt, ThreadsOpt, check_report, read_report_file
 from ctrag.errors import InvalidInputError
 
@@ -82,17 +83,18 @@ def generate_command(
     else:
         pipe = GenerationPipeline.from_pretrained(weights, overrides=overrides, index_dir=index, device=device)
     load_s = time.perf_counter() - started
-    result = pipe(
-        report,
-        strategy=strategy if mask is None else "none",
-        mask=mask,
-        mask_labels=mask_labels,
-        seed=seed,
-        steps=steps,
-        cfg=cfg,
-        control_scale=control_scale,
-        progress=progress,
-    )
+    with stage_progress(progress, "generate") as update:
+        result = pipe(
+            report,
+            strategy=strategy if mask is None else "none",
+            mask=mask,
+            mask_labels=mask_labels,
+            seed=seed,
+            steps=steps,
+            cfg=cfg,
+            control_scale=control_scale,
+            progress=update,
+        )
     result.timings["load"] = load_s
     text_only = None
     if baseline and result.mask is not None:
@@ -139,11 +141,10 @@ def import_weights_command(
 ) -> None:
     """Load MAISI / Text2CT / RAG-Text2CT weights from local files into a ctrag run folder (strict key checks)."""
     from ctrag.generation.config import load_generator_config
-    from ctrag.generation.pipeline import encoder_spec_from_config
-    from ctrag.generation.pipeline_io import import_external_weights
+    from ctrag.generation.run_folder import encoder_spec_from_config, import_external_weights
 
     cfg = load_generator_config(config, list(set_ or []))
-    spec = encoder_spec_from_config(config) if cfg.diffusion.with_conditioning else None
+    spec = encoder_spec_from_config(config, list(set_ or [])) if cfg.diffusion.with_conditioning else None
     path = import_external_weights(
         cfg, out, vae=vae, unet=unet, controlnet=controlnet, scale_factor=scale_factor, encoder_spec=spec
     )

@@ -80,10 +80,10 @@ def _report(kind: str, result: Any, out: Path, started: float) -> None:
     )
 
 
-def _encoder(config: str, device: str) -> tuple[Any, dict[str, Any]]:
-    from ctrag.generation.pipeline import create_text_encoder, encoder_spec_from_config
+def _encoder(config: str, device: str, overrides: list[str] | None = None) -> tuple[Any, dict[str, Any]]:
+    from ctrag.generation.run_folder import create_text_encoder, encoder_spec_from_config
 
-    spec = encoder_spec_from_config(config)
+    spec = encoder_spec_from_config(config, overrides or [])
     return create_text_encoder(spec, device), spec
 
 
@@ -152,11 +152,12 @@ def train_vae_command(
     stop_after: StopOpt = None,
 ) -> None:
     """Train the VAE on random crops of the corpus's training CTs (writes OUT/vae)."""
-    from ctrag.generation.train import train_vae
+    from ctrag.generation.training import train_vae
 
     started = time.perf_counter()
     cfg = _setup(config, set_, "train_vae", device, threads)
-    result = train_vae(load_corpus(corpus), cfg, out, progress=progress, resume=resume, stop_after=stop_after)
+    with stage_progress(progress, "vae") as update:
+        result = train_vae(load_corpus(corpus), cfg, out, progress=update, resume=resume, stop_after=stop_after)
     result.info["complete"] = result.steps == cfg.train_vae.total_steps
     _report("vae", result, out, started)
 
@@ -175,22 +176,25 @@ def train_diffusion_command(
     stop_after: StopOpt = None,
 ) -> None:
     """Train the text-conditioned diffusion UNet on latents of the frozen VAE in OUT (writes OUT/unet)."""
-    from ctrag.generation.train import train_diffusion
+    from ctrag.generation.training import train_diffusion
 
     started = time.perf_counter()
     cfg = _setup(config, set_, "train_diffusion", device, threads)
-    encoder, spec = _encoder(config, cfg.train_diffusion.device) if cfg.diffusion.with_conditioning else (None, None)
-    result = train_diffusion(
-        load_corpus(corpus),
-        cfg,
-        out,
-        encoder=encoder,
-        encoder_spec=spec,
-        mask_from=mask_from,
-        progress=progress,
-        resume=resume,
-        stop_after=stop_after,
+    encoder, spec = (
+        _encoder(config, cfg.train_diffusion.device, set_) if cfg.diffusion.with_conditioning else (None, None)
     )
+    with stage_progress(progress, "diffusion") as update:
+        result = train_diffusion(
+            load_corpus(corpus),
+            cfg,
+            out,
+            encoder=encoder,
+            encoder_spec=spec,
+            mask_from=mask_from,
+            progress=update,
+            resume=resume,
+            stop_after=stop_after,
+        )
     result.info["complete"] = result.steps == cfg.train_diffusion.total_steps
     _report("diffusion", result, out, started)
 
@@ -209,21 +213,24 @@ def train_controlnet_command(
     stop_after: StopOpt = None,
 ) -> None:
     """Train the ControlNet on (CT, mask) pairs with the VAE and UNet in OUT frozen (writes OUT/controlnet)."""
-    from ctrag.generation.train import train_controlnet
+    from ctrag.generation.training import train_controlnet
 
     started = time.perf_counter()
     cfg = _setup(config, set_, "train_controlnet", device, threads)
-    encoder, _ = _encoder(config, cfg.train_controlnet.device) if cfg.diffusion.with_conditioning else (None, None)
-    result = train_controlnet(
-        load_corpus(corpus),
-        cfg,
-        out,
-        encoder=encoder,
-        mask_from=mask_from,
-        progress=progress,
-        resume=resume,
-        stop_after=stop_after,
+    encoder, _ = (
+        _encoder(config, cfg.train_controlnet.device, set_) if cfg.diffusion.with_conditioning else (None, None)
     )
+    with stage_progress(progress, "controlnet") as update:
+        result = train_controlnet(
+            load_corpus(corpus),
+            cfg,
+            out,
+            encoder=encoder,
+            mask_from=mask_from,
+            progress=update,
+            resume=resume,
+            stop_after=stop_after,
+        )
     result.info["complete"] = result.steps == cfg.train_controlnet.total_steps
     _report("controlnet", result, out, started)
 
@@ -244,13 +251,15 @@ def train_classifier_command(
 ) -> None:
     """Train the CT-Net-like 18-label classifier used for clinical consistency (and as FID backbone)."""
     from ctrag.data.case import Corpus
+    from ctrag.data.heldout import held_out_set
     from ctrag.evaluation.classifier import ClassifierConfig, train_from_corpus
 
     set_threads(threads)
     cfg = load_config(ClassifierConfig, config, set_ or [], section="classifier")
     cases = Corpus.load(corpus)
     with stage_progress(progress, "classifier") as update:
-        clf = train_from_corpus(cases, cfg, split=split, label_file=labels, progress=update)
+        held_out = held_out_set(config, set_ or [])
+        clf = train_from_corpus(cases, cfg, split=split, label_file=labels, progress=update, held_out=held_out)
     clf.metadata["command"] = command_line("train", "classifier", "--corpus", corpus, "--out", out, "--config", config)
     folder = clf.save(out)
     meta = clf.metadata

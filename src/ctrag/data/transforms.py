@@ -323,3 +323,81 @@ def resample_to_grid(
         prefilter=False,
     )
     return Volume(out, target.copy(), None, dict(volume.meta))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Image-space grids (what the generator and the evaluation networks resample onto)
+# --------------------------------------------------------------------------------------------------------------
+
+_AXES = {"R": (0, 1.0), "L": (0, -1.0), "A": (1, 1.0), "P": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
+
+
+def direction_matrix(orientation: str) -> np.ndarray:
+    """3x3 matrix whose columns are the world (RAS) directions of the voxel axes for codes like ``"RAS"``."""
+    mat = np.zeros((3, 3))
+    for col, code in enumerate(orientation.upper()):
+        axis, sign = _AXES[code]
+        mat[axis, col] = sign
+    return mat
+
+
+def grid_affine(
+    center_world: np.ndarray, shape: Sequence[int], spacing: Sequence[float], orientation: str = "RAS"
+) -> np.ndarray:
+    """Affine of a grid of ``shape`` voxels at ``spacing`` whose centre lies at ``center_world`` (RAS mm)."""
+    affine = np.eye(4)
+    affine[:3, :3] = direction_matrix(orientation) * np.asarray(spacing, dtype=np.float64)[None, :]
+    half = (np.asarray(shape[:3], dtype=np.float64) - 1.0) / 2.0
+    affine[:3, 3] = np.asarray(center_world, dtype=np.float64) - affine[:3, :3] @ half
+    return affine
+
+
+def world_bounds(shape: Sequence[int], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Min/max RAS corner coordinates of a grid's voxel centres."""
+    corners = np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)])
+    world = corners @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+    return world.min(axis=0), world.max(axis=0)
+
+
+def world_center(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
+    """RAS position of the centre of a grid's voxel-centre bounding box."""
+    lo, hi = world_bounds(shape, affine)
+    return (lo + hi) / 2.0
+
+
+def covering_grid(
+    volume: Volume, spacing: Sequence[float], orientation: str = "RAS", min_shape: Sequence[int] = (1, 1, 1)
+) -> tuple[tuple[int, int, int], np.ndarray]:
+    """A grid at ``spacing`` in ``orientation`` covering ``volume``'s extent, at least ``min_shape`` voxels
+    (extra voxels are added symmetrically and lie outside the scan)."""
+    lo, hi = world_bounds(volume.shape, volume.affine)
+    direc = np.abs(direction_matrix(orientation))
+    extent_vox = (np.abs(direc.T @ (hi - lo)) / np.asarray(spacing)) + 1.0
+    shape = tuple(max(int(np.ceil(e - 1e-6)), int(m)) for e, m in zip(extent_vox, min_shape, strict=True))
+    size = (shape[0], shape[1], shape[2])
+    return size, grid_affine((lo + hi) / 2.0, size, spacing, orientation)
+
+
+def antialias(array: np.ndarray, affine: np.ndarray, target_affine: np.ndarray) -> np.ndarray:
+    """Gaussian pre-blur of sigma ``(target/source - 1) / 2`` voxels per source axis when a grid is coarser than
+    its source, so small bright structures are averaged into the coarse voxels rather than aliased."""
+    src_from_dst = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ np.asarray(target_affine, dtype=np.float64)
+    step = np.abs(src_from_dst[:3, :3]).max(axis=1)  # source voxels per target step (exact for aligned grids)
+    sigma = np.clip((step - 1.0) / 2.0, 0.0, None)
+    data = np.asarray(array, dtype=np.float32)
+    return ndimage.gaussian_filter(data, sigma=sigma, mode="nearest") if np.any(sigma > 0.05) else data
+
+
+def resample_ct(volume: Volume, shape: Sequence[int], affine: np.ndarray, fill: float = -1000.0) -> Volume:
+    """A CT (HU) on another grid: anti-aliased when the grid is coarser, then trilinear; outside the scan ``fill``."""
+    smooth = Volume(array=antialias(volume.array, volume.affine, affine), affine=volume.affine)
+    return resample_to_grid(smooth, shape, affine, mode="linear", fill=fill)
+
+
+def ct_to_space(
+    volume: Volume, space: PreprocessConfig, min_shape: Sequence[int] = (1, 1, 1)
+) -> tuple[np.ndarray, np.ndarray]:
+    """A CT in HU on a grid of ``space`` (orientation + spacing) covering it, mapped to ``space.output_range``."""
+    shape, affine = covering_grid(volume, space.spacing, space.orientation, min_shape)
+    hu = resample_ct(volume, shape, affine, fill=space.hu_window[0]).array
+    return np.asarray(hu_to_unit(hu, space.hu_window, space.output_range), dtype=np.float32), affine

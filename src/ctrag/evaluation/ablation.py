@@ -271,8 +271,8 @@ def coarse_reference_mask(case: Case, ct: Volume, segmenter: Segmenter) -> tuple
     """
     if case.mask_path is None:
         return segmenter(ct), "segmenter-derived"
+    from ctrag.data.labels import source_space
     from ctrag.data.nifti import check_same_grid
-    from ctrag.generation.masks import source_space
 
     mask = load_volume(case.mask_path)
     check_same_grid(mask, ct)
@@ -291,7 +291,7 @@ def _proxy_as_coarse(result: Any) -> np.ndarray | None:
     label_set = getattr(result, "label_set", "coarse")
     if label_set == "coarse":
         return np.asarray(mask).astype(np.uint8)
-    from ctrag.generation.masks import as_coarse
+    from ctrag.data.labels import as_coarse
 
     return as_coarse(np.asarray(mask), label_set)
 

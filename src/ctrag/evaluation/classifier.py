@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctrag.config import config_to_dict, from_dict
+from ctrag.data.heldout import HeldOut
 from ctrag.data.labels import CT_RATE_LABELS
 from ctrag.data.nifti import Volume
 from ctrag.errors import CheckpointMismatchError, InvalidInputError, WeightsNotFoundError
@@ -337,12 +338,18 @@ def train_from_corpus(
     split: str = "train",
     label_file: str | os.PathLike[str] | None = None,
     progress: ProgressFn | None = None,
+    held_out: HeldOut | None = None,
 ) -> ClinicalClassifier:
     """Train on the ``split`` cases that have a CT and labels (manifest labels, or ``label_file`` rows).
 
-    Refuses to train without any labelled CT, and records every training case and its label source.
+    Refuses to train without any labelled CT, and records every training case and its label source. Refuses
+    (``LeakageError``) any split or case the evaluation run evaluates: ``held_out`` is the preset's held-out set
+    (``ctrag.data.heldout.held_out_set``); by default the test split.
     """
     from ctrag.data.nifti import load_volume
+
+    guard = held_out if held_out is not None else HeldOut()
+    guard.check_splits([split], "the clinical classifier")
 
     extra = read_label_table(label_file) if label_file is not None else {}
     chosen: list[tuple[Any, np.ndarray, str]] = []
@@ -360,6 +367,7 @@ def train_from_corpus(
     unknown = sorted(set(extra) - {c.case_id for c in corpus})
     if unknown:
         raise InvalidInputError(f"label file names cases not in the corpus: {unknown[:5]}")
+    guard.check_cases([c for c, _, _ in chosen], "the clinical classifier")
     if not chosen:
         raise InvalidInputError(
             f"no {split!r} case has both a CT volume and CT-RATE labels, so there is nothing to train the classifier "

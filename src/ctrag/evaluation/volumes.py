@@ -2,14 +2,16 @@
 
 Every evaluation network (feature extractors for FID, the clinical classifier) must see real and generated
 volumes prepared *identically*, otherwise a metric measures a preprocessing difference instead of a generation
-difference. The rule here, applied to both sides:
+difference. Resizing every volume to a fixed voxel count would not do: a 431 mm scan and a 256 mm generated
+volume would both fill the array, at different scales. The rule here, applied to both sides, is physical:
 
-1. reorient to RAS (nibabel's closest canonical orientation; flips/permutations only, no interpolation): array
-   axis 0 increases towards the patient's right, axis 1 towards anterior, axis 2 towards superior, whatever
-   orientation the file stored (the shipped Lung-PET-CT-Dx and LIDC volumes are LPS, generated ones RAS);
-2. clip Hounsfield units to ``[hu_min, hu_max]`` (default [-1000, 1000], the Text2CT window) and scale to [0, 1];
-3. resize to a fixed ``shape`` (trilinear), as Text2CT resizes every CT to 512×512×128; the aspect change is the
-   same for both sides of a comparison.
+1. one field of view and one spacing for everything: the image space's field of view (``spacing x size`` of
+   the preset's ``preprocess`` section, ``ctrag.data.transforms.PreprocessConfig``; Text2CT's 384 mm cube by
+   default) divided into the requested ``shape`` of voxels;
+2. each volume is resampled onto that grid in RAS orientation (array axis 0 towards the patient's right, 1
+   anterior, 2 superior, whatever the file stored), centred on the volume's own centre: anti-aliased and
+   trilinear, padded with air where the scan ends, cropped where it is larger;
+3. Hounsfield units are clipped to the image space's window and scaled to [0, 1].
 
 Arrays come out as float32 ``(I, J, K)`` = (R, A, S) axes; axial slices are ``[:, :, k]``, coronal ``[:, j, :]``,
 sagittal ``[i, :, :]``.
@@ -21,13 +23,15 @@ from collections.abc import Sequence
 
 import nibabel as nib
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from ctrag.data import transforms
 from ctrag.data.nifti import Volume
+from ctrag.data.transforms import PreprocessConfig
 from ctrag.errors import DataValidationError
 
-HU_WINDOW: tuple[float, float] = (-1000.0, 1000.0)
+DEFAULT_SPACE = PreprocessConfig()
+"""The image space evaluation grids are cut from when the caller names none (Text2CT's)."""
+HU_WINDOW: tuple[float, float] = DEFAULT_SPACE.hu_window
 
 
 def to_ras(volume: Volume) -> Volume:
@@ -45,28 +49,47 @@ def normalise_hu(array: np.ndarray, window: tuple[float, float] = HU_WINDOW) -> 
     lo, hi = float(window[0]), float(window[1])
     if not hi > lo:
         raise ValueError(f"normalise_hu: window must be (low, high) with high > low, got {window}")
-    arr = np.asarray(array, dtype=np.float32)
-    return ((np.clip(arr, lo, hi) - lo) / (hi - lo)).astype(np.float32, copy=False)
+    return np.asarray(transforms.hu_to_unit(np.asarray(array, dtype=np.float32), (lo, hi)), dtype=np.float32)
 
 
-def resize_array(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Trilinear resize of a 3-D float array to ``shape`` (no-op when it already matches)."""
+def evaluation_spacing(shape: Sequence[int], space: PreprocessConfig = DEFAULT_SPACE) -> tuple[float, float, float]:
+    """Voxel size (mm) of a ``shape`` grid over the image space's field of view (``space.spacing * space.size``)."""
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"resize_array: shape must be 3 positive ints, got {shape}")
-    if tuple(array.shape) == shape:
-        return np.asarray(array, dtype=np.float32)
-    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
-    out = F.interpolate(t, size=shape, mode="trilinear", align_corners=False)
-    return out[0, 0].numpy()
+        raise ValueError(f"evaluation grid shape must be 3 positive ints, got {shape}")
+    fov = np.asarray(space.spacing, dtype=np.float64) * np.asarray(space.size, dtype=np.float64)
+    sp = fov / np.asarray(shape, dtype=np.float64)
+    return (float(sp[0]), float(sp[1]), float(sp[2]))
 
 
-def prepare_volume(volume: Volume, shape: Sequence[int], window: tuple[float, float] = HU_WINDOW) -> np.ndarray:
-    """RAS → HU window → [0, 1] → fixed ``shape``: the single preparation every evaluation network uses."""
+def evaluation_grid(
+    volume: Volume, shape: Sequence[int], space: PreprocessConfig = DEFAULT_SPACE
+) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The RAS grid (shape, affine) a volume is prepared on: the image space's field of view in ``shape`` voxels,
+    centred on the volume."""
+    size = (int(shape[0]), int(shape[1]), int(shape[2]))
+    center = transforms.world_center(volume.shape, volume.affine)
+    return size, transforms.grid_affine(center, size, evaluation_spacing(size, space), "RAS")
+
+
+def prepare_volume(
+    volume: Volume,
+    shape: Sequence[int],
+    window: tuple[float, float] | None = None,
+    *,
+    space: PreprocessConfig = DEFAULT_SPACE,
+) -> np.ndarray:
+    """One spacing, one field of view, one HU window: the single preparation every evaluation network uses.
+
+    ``space`` is the image space (``preprocess`` section) whose field of view the ``shape`` grid covers and whose
+    HU window applies (``window`` overrides it).
+    """
     arr = np.asarray(volume.array)
     if arr.ndim != 3:
         raise DataValidationError(f"{volume.path or 'volume'}: expected a 3-D CT, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise DataValidationError(f"{volume.path or 'volume'}: CT contains NaN or infinite values")
-    ras = to_ras(volume)
-    return resize_array(normalise_hu(ras.array, window), shape)
+    hu_window = space.hu_window if window is None else (float(window[0]), float(window[1]))
+    size, affine = evaluation_grid(volume, shape, space)
+    hu = transforms.resample_ct(volume, size, affine, fill=hu_window[0]).array
+    return normalise_hu(hu, hu_window)

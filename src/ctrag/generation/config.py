@@ -1,11 +1,13 @@
 """Typed configs of the generator: networks, sampler and the three training runs.
 
-A preset YAML holds one section per component (``vae``, ``diffusion``, ``controlnet``, ``sampler``,
-``train_vae``, ``train_diffusion``, ``train_controlnet``); each loads into one dataclass below. Architecture
+A preset YAML holds the image space (``preprocess``) and one section per component (``vae``, ``diffusion``,
+``controlnet``, ``sampler``, ``train_vae``, ``train_diffusion``, ``train_controlnet``); each loads into one
+dataclass below. Architecture
 fields mirror the MONAI constructor arguments one to one (``monai.networks.nets`` and
 ``monai.apps.generation.maisi.networks``), so a config *is* the network description and a checkpoint folder can
-be rebuilt from its ``config.json`` alone. The image space the VAE was trained in (voxel spacing, HU window)
-lives in ``VAEConfig.image`` and travels with the VAE's weights, so training and sampling cannot disagree on it.
+be rebuilt from its ``config.json`` alone. The image space (voxel spacing, HU window, grid size) is the
+preset's one ``preprocess`` section (``ctrag.data.transforms.PreprocessConfig``); the VAE records the one it was
+trained in, so training and sampling cannot disagree on it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ctrag.config import apply_overrides, config_to_dict, from_dict, read_yaml, resolve_config_path
+from ctrag.data.heldout import HeldOut, held_out_set
+from ctrag.data.transforms import PreprocessConfig
 from ctrag.errors import ConfigError
 
 Arch = Literal["monai", "maisi"]
@@ -26,6 +30,7 @@ NullEmbedding = Literal["zero", "learned"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
 SECTIONS: tuple[str, ...] = (
+    "preprocess",
     "vae",
     "diffusion",
     "controlnet",
@@ -34,30 +39,6 @@ SECTIONS: tuple[str, ...] = (
     "train_diffusion",
     "train_controlnet",
 )
-
-
-@dataclass
-class ImageSpaceConfig:
-    """Where voxels live and what their values mean, for every volume the generator sees or writes.
-
-    Volumes are reoriented to ``orientation``, resampled to ``spacing`` (mm, along i/j/k) and mapped
-    ``[hu_min, hu_max] -> [0, 1]`` (clipped); generated volumes are mapped back with the same window.
-    """
-
-    spacing: tuple[float, float, float] = (4.0, 4.0, 4.0)
-    hu_min: float = -1000.0
-    hu_max: float = 1000.0
-    orientation: str = "RAS"
-
-    def __post_init__(self) -> None:
-        if any(s <= 0 for s in self.spacing):
-            raise ConfigError(f"ImageSpaceConfig: spacing must be positive, got {self.spacing}")
-        if self.hu_max <= self.hu_min:
-            raise ConfigError(f"ImageSpaceConfig: hu_max ({self.hu_max}) must exceed hu_min ({self.hu_min})")
-        if sorted(self.orientation) != sorted("RAS") and sorted(self.orientation) != sorted("LPS"):
-            raise ConfigError(
-                f"ImageSpaceConfig: orientation must be 3 axis codes such as RAS, got {self.orientation!r}"
-            )
 
 
 @dataclass
@@ -81,7 +62,6 @@ class VAEConfig:
     norm_float16: bool = False
     num_splits: int = 1
     dim_split: int = 1
-    image: ImageSpaceConfig = field(default_factory=ImageSpaceConfig)
 
     def __post_init__(self) -> None:
         n = len(self.channels)
@@ -226,8 +206,9 @@ class SamplerConfig:
     control_start: float = 0.0
     control_end: float = 1.0
     """Control residuals are applied while the fraction of steps done lies in [control_start, control_end]."""
-    output_shape: tuple[int, int, int] = (64, 64, 32)
-    """Generated volume size in voxels of ``VAEConfig.image.spacing``; must be divisible by the VAE compression."""
+    output_shape: tuple[int, int, int] | None = None
+    """Generated volume size in voxels of the image space's spacing; None (the default) takes the image space's
+    ``size``. Must be divisible by the VAE x UNet compression."""
     proxy_center: Literal["lungs", "foreground", "volume"] = "lungs"
     """Where the output grid is centred on a proxy mask: its lungs (chest generation), all labelled voxels, or the
     mask volume's centre."""
@@ -288,8 +269,10 @@ class TrainConfig:
     precision: Precision = "fp32"
     compile: bool = False
     channels_last: bool = True
-    flip_prob: float = 0.5
-    """Probability of a left-right flip per sample (lung labels swap sides with it)."""
+    flip_prob: float = 0.0
+    """Probability of a left-right flip per sample; off by default. A flip mirrors the whole CT (heart and aorta
+    change sides) and swaps the left/right mask labels with it, but the report keeps its laterality words, so the
+    run log records that text and image disagree on the flipped samples."""
     splits: tuple[str, ...] = ("train",)
     """Corpus splits used for training; "test" is refused (held-out evaluation data)."""
     num_threads: int = 0
@@ -306,6 +289,8 @@ class TrainConfig:
             raise ConfigError(f"{type(self).__name__}: training on the 'test' split is not allowed (held-out data)")
         if self.save_every < 1:
             raise ConfigError(f"{type(self).__name__}: save_every must be >= 1")
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise ConfigError(f"{type(self).__name__}: flip_prob must be in [0, 1], got {self.flip_prob}")
 
     @property
     def total_steps(self) -> int:
@@ -341,8 +326,13 @@ class TrainControlNetConfig(TrainDiffusionConfig):
 
 @dataclass
 class GeneratorConfig:
-    """All generator sections of one preset, loaded together."""
+    """All generator sections of one preset, loaded together.
 
+    ``preprocess`` is the one image space of the preset (``ctrag.data.transforms.PreprocessConfig``: spacing, HU
+    window, orientation, grid size), shared with every other module; the VAE is trained in it and records it.
+    """
+
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     controlnet: ControlNetConfig = field(default_factory=ControlNetConfig)
@@ -350,9 +340,19 @@ class GeneratorConfig:
     train_vae: TrainVAEConfig = field(default_factory=TrainVAEConfig)
     train_diffusion: TrainDiffusionConfig = field(default_factory=TrainDiffusionConfig)
     train_controlnet: TrainControlNetConfig = field(default_factory=TrainControlNetConfig)
+    held_out: HeldOut = field(default_factory=HeldOut)
+    """What the preset's evaluation run evaluates (from its ``evaluation`` section): no training may use it."""
 
     def __post_init__(self) -> None:
+        if self.sampler.output_shape is None:
+            self.sampler.output_shape = tuple(self.preprocess.size)  # type: ignore[assignment]
         check_compatible(self)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        """Generated volume size (voxels): ``sampler.output_shape``, by default the image space's size."""
+        assert self.sampler.output_shape is not None
+        return self.sampler.output_shape
 
     def to_dict(self) -> dict[str, Any]:
         return dict(config_to_dict(self))
@@ -360,7 +360,7 @@ class GeneratorConfig:
 
 def check_compatible(cfg: GeneratorConfig) -> None:
     """Cross-section checks: latent channels, compression factors, grid divisibility."""
-    vae, unet, cn, smp = cfg.vae, cfg.diffusion, cfg.controlnet, cfg.sampler
+    vae, unet, cn = cfg.vae, cfg.diffusion, cfg.controlnet
     if unet.in_channels != vae.latent_channels or unet.out_channels != vae.latent_channels:
         raise ConfigError(
             f"diffusion.in_channels/out_channels ({unet.in_channels}/{unet.out_channels}) must equal "
@@ -372,7 +372,7 @@ def check_compatible(cfg: GeneratorConfig) -> None:
             f"the VAE compression {vae.downsample} so mask features land on the latent grid"
         )
     factor = vae.downsample * unet.downsample
-    shapes = {"sampler.output_shape": smp.output_shape}
+    shapes = {"sampler.output_shape": cfg.output_shape}
     for name in ("train_vae", "train_diffusion", "train_controlnet"):
         shapes[f"{name}.crop_shape"] = getattr(cfg, name).crop_shape
     for name, shape in shapes.items():
@@ -389,8 +389,9 @@ def load_generator_config(
 ) -> GeneratorConfig:
     """Load every generator section of a preset name / YAML path / mapping, with ``section.key=value`` overrides.
 
-    Other sections of the file (``preprocess``, ``encoder``, ...) belong to other modules and are ignored here,
-    as are overrides addressed to them.
+    ``preprocess`` is the image space, shared with the other modules. Other sections (``encoder``, ...) belong
+    to other modules and are ignored here, as are overrides addressed to them; the ``evaluation`` section only
+    gives ``held_out``, the cases no training of this preset may use (``ctrag.data.heldout``).
     """
     if source is None:
         raw: dict[str, Any] = {}
@@ -399,8 +400,42 @@ def load_generator_config(
     else:
         raw = read_yaml(resolve_config_path(source))
     mine = [o for o in overrides if o.split("=", 1)[0].split(".", 1)[0] in SECTIONS]
-    data = apply_overrides({name: dict(raw.get(name) or {}) for name in SECTIONS}, mine)
-    return from_dict(GeneratorConfig, data)
+    data = apply_overrides(_migrate_image_space({name: dict(raw.get(name) or {}) for name in SECTIONS}), mine)
+    config = from_dict(GeneratorConfig, data)
+    name = None if source is None or isinstance(source, Mapping) else str(source)
+    config.held_out = held_out_set(raw, overrides, name=name)
+    return config
+
+
+def _migrate_image_space(data: dict[str, Any]) -> dict[str, Any]:
+    """Configs written before the image space moved to ``preprocess`` (``pipeline.json`` of older runs) kept it
+    in ``vae.image``; read it from there."""
+    legacy = data.get("vae", {}).pop("image", None)
+    if legacy and not data.get("preprocess"):
+        data["preprocess"] = image_space_from_legacy(legacy)
+    return data
+
+
+def image_space_from_legacy(image: Mapping[str, Any]) -> dict[str, Any]:
+    """``preprocess`` fields of an old ``vae.image`` section (spacing, hu_min/hu_max, orientation)."""
+    out: dict[str, Any] = {}
+    if "spacing" in image:
+        out["spacing"] = list(image["spacing"])
+    if "hu_min" in image or "hu_max" in image:
+        out["hu_window"] = [float(image.get("hu_min", -1000.0)), float(image.get("hu_max", 1000.0))]
+    if "orientation" in image:
+        out["orientation"] = image["orientation"]
+    return out
+
+
+def image_space_record(space: PreprocessConfig) -> dict[str, Any]:
+    """The image-space facts a trained VAE depends on (its grid size does not matter: it is convolutional)."""
+    return {
+        "spacing": [float(s) for s in space.spacing],
+        "hu_window": [float(v) for v in space.hu_window],
+        "output_range": [float(v) for v in space.output_range],
+        "orientation": space.orientation.upper(),
+    }
 
 
 def latent_shape(cfg: GeneratorConfig, image_shape: tuple[int, ...]) -> tuple[int, int, int, int]:

@@ -1,9 +1,13 @@
-"""ControlNet branch: initialisation from the UNet, cached mask features, scaled residuals.
+"""ControlNet branch: initialisation from the UNet, the mask input, cached mask features, scaled residuals.
 
 The control branch is MONAI's ``ControlNet`` (or ``ControlNetMaisi``): a trainable copy of the UNet encoder, a
 mask encoder of strided convolutions (``controlnet_cond_embedding``) that brings the mask to the latent grid,
 and zero-initialised 1x1x1 convolutions on every skip connection and on the bottleneck. Zero initialisation means
 the frozen UNet's prediction is unchanged until training moves those convolutions (RAG-Text2CT, Sec. 2.0.4).
+
+Masks are stored as small integer maps; the float input the mask encoder reads (one-hot or MAISI's binary bits)
+is built per batch with ``encode_mask``. A one-hot bank of every training mask would cost ``num_labels + 1``
+floats per voxel up front, which is what made an earlier experiment run out of memory.
 
 ``controlnet_residuals`` runs the same computation as ``ControlNet.forward`` but takes the mask features from
 ``encode_control`` instead of recomputing them: the mask is identical at every sampling step and in both halves
@@ -18,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ctrag.errors import CheckpointMismatchError
+from ctrag.errors import CheckpointMismatchError, DataValidationError
 from ctrag.generation.config import ControlNetConfig, DiffusionConfig
 from ctrag.generation.networks import build_controlnet
 
@@ -50,10 +55,37 @@ class ControlInputs:
         return ControlInputs(torch.cat([self.features] * times, dim=0), labels)
 
 
+def encode_mask(
+    labels: torch.Tensor, n_labels: int, encoding: str = "onehot", pool: int = 1, bits: int = 8
+) -> torch.Tensor:
+    """(B, 1, X, Y, Z) integer labels -> float input of the mask encoder, built for this batch only.
+
+    ``onehot``: ``n_labels + 1`` channels (background first), average-pooled by ``pool`` so each coarse voxel
+    keeps the fraction of every structure; ``binary``: ``bits`` channels holding the label id in binary, the
+    MAISI/RAG-Text2CT encoding (pooling a bit pattern is meaningless, so it uses nearest subsampling).
+    """
+    if labels.ndim != 5 or labels.shape[1] != 1:
+        raise ValueError(f"encode_mask: expected (B, 1, X, Y, Z) labels, got {tuple(labels.shape)}")
+    lab = labels.long()
+    if encoding == "binary":
+        if pool > 1:
+            lab = lab[..., ::pool, ::pool, ::pool]
+        weights = 2 ** torch.arange(bits, device=lab.device)
+        out = (lab.unsqueeze(-1).bitwise_and(weights) != 0).float()  # (B, 1, X, Y, Z, bits)
+        return out.squeeze(1).permute(0, 4, 1, 2, 3).contiguous()
+    if int(lab.max()) > n_labels or int(lab.min()) < 0:
+        raise DataValidationError(f"mask holds ids outside 0..{n_labels} ({int(lab.min())}..{int(lab.max())})")
+    onehot = torch.zeros((lab.shape[0], n_labels + 1, *lab.shape[2:]), dtype=torch.float32, device=lab.device)
+    onehot.scatter_(1, lab, 1.0)
+    if pool > 1:
+        onehot = F.avg_pool3d(onehot, kernel_size=pool, stride=pool)
+    return onehot
+
+
 def encode_control(
     controlnet: Any, mask_input: torch.Tensor, class_labels: torch.Tensor | None = None
 ) -> ControlInputs:
-    """Run the mask encoder (strided convolutions) on an encoded mask (see ``masks.encode_mask``)."""
+    """Run the mask encoder (strided convolutions) on an encoded mask (see ``encode_mask``)."""
     return ControlInputs(controlnet.controlnet_cond_embedding(mask_input), class_labels)
 
 
@@ -111,27 +143,35 @@ def controlnet_from_unet(
     bad_missing = [k for k in missing if not k.startswith(CONTROL_ONLY_PREFIXES)]
     bad_leftover = [k for k in leftover if not k.startswith(UNET_ONLY_PREFIXES)]
     mismatched = [k for k in shared if cn_sd[k].shape != unet_sd[k].shape]
-    # A MAISI UNet with a spacing input feeds (time + spacing) embeddings to its res-blocks, the ControlNet only
-    # the time embedding, so those projections cannot be copied and start fresh (as in MAISI's own training).
-    widened = unet_cfg.include_spacing_input
-    fresh = [k for k in mismatched if widened and k.endswith("time_emb_proj.weight")]
-    bad_shape = [k for k in mismatched if k not in fresh]
+    # A MAISI UNet with a spacing input feeds [time embedding, spacing embedding] (concatenated, time first) to its
+    # res-blocks, the ControlNet only the time embedding: its projections are the UNet's columns for the time part.
+    widened = [
+        k
+        for k in mismatched
+        if unet_cfg.include_spacing_input
+        and k.endswith("time_emb_proj.weight")
+        and cn_sd[k].ndim == 2
+        and cn_sd[k].shape[0] == unet_sd[k].shape[0]
+        and cn_sd[k].shape[1] < unet_sd[k].shape[1]
+    ]
+    bad_shape = [k for k in mismatched if k not in widened]
     if bad_missing or bad_leftover or bad_shape:
         raise CheckpointMismatchError(
             "controlnet_from_unet: the UNet does not match the ControlNet encoder: "
             f"ControlNet keys absent from the UNet {bad_missing[:8]}, unexpected UNet keys {bad_leftover[:8]}, "
             f"shape mismatches {bad_shape[:8]}"
         )
-    copied = [k for k in shared if k not in fresh]
+    copied = {k: unet_sd[k] for k in shared if k not in widened}
     if not copied:
         raise CheckpointMismatchError("controlnet_from_unet: no parameter names in common with the UNet")
-    controlnet.load_state_dict({**cn_sd, **{k: unet_sd[k] for k in copied}}, strict=True)
+    copied.update({k: unet_sd[k][:, : cn_sd[k].shape[1]] for k in widened})
+    controlnet.load_state_dict({**cn_sd, **copied}, strict=True)
     logger.info(
-        "ControlNet initialised from the UNet: %d tensors copied, %d new (mask encoder + zero convs), "
-        "%d re-initialised (spacing-widened time projections), %d UNet decoder tensors not used",
+        "ControlNet initialised from the UNet: %d tensors copied (%d of them the time-embedding columns of "
+        "spacing-widened time projections), %d new (mask encoder + zero convs), %d UNet decoder tensors not used",
         len(copied),
+        len(widened),
         len(missing),
-        len(fresh),
         len(leftover),
     )
     return controlnet.to(next(unet.parameters()).device)

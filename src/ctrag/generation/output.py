@@ -1,4 +1,5 @@
-"""Writing a generation result: NIfTI (HU, int16, correct affine), provenance JSON, tri-planar PNG.
+"""A generation result (``GenerationResult``) and writing it: NIfTI (HU, int16, correct affine), provenance JSON,
+tri-planar PNG.
 
 The three files are written as one unit: each goes to a temporary name beside its destination, and only when
 all three are complete are they renamed into place. A failure on the way (disk full, a killed process, a bad
@@ -10,15 +11,74 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ctrag.data.nifti import save_volume
-from ctrag.generation.masks import as_coarse
-from ctrag.generation.pipeline import GenerationResult
+from ctrag._version import __version__
+from ctrag.data.labels import as_coarse
+from ctrag.data.nifti import Volume, save_volume
 from ctrag.utils.atomic import atomic_path
+
+
+@dataclass
+class GenerationResult:
+    """A generated CT and its provenance. ``volume`` is in Hounsfield units on the grid given by ``affine``."""
+
+    volume: np.ndarray
+    affine: np.ndarray
+    mask: np.ndarray | None
+    mask_source: str
+    label_set: str
+    report_sha256: str
+    strategy: str
+    retrieved: list[dict[str, Any]]
+    seed: int
+    steps: int
+    cfg: float
+    control_scale: float
+    config: dict[str, Any]
+    weights: dict[str, str]
+    timings: dict[str, float] = field(default_factory=dict)
+    mask_origin: str = ""
+    device: str = "cpu"
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        s = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return (float(s[0]), float(s[1]), float(s[2]))
+
+    def to_volume(self) -> Volume:
+        return Volume(array=self.volume, affine=self.affine.copy(), meta={"generated": True})
+
+    def mask_volume(self) -> Volume | None:
+        return None if self.mask is None else Volume(array=self.mask, affine=self.affine.copy())
+
+    def provenance(self) -> dict[str, Any]:
+        """JSON-ready record of how this volume was made (no report text, only its hash)."""
+        return {
+            "ctrag_version": __version__,
+            "report_sha256": self.report_sha256,
+            "strategy": self.strategy,
+            "retrieved": self.retrieved,
+            "mask_source": self.mask_source,
+            "mask_origin": self.mask_origin,
+            "label_set": self.label_set,
+            "seed": self.seed,
+            "steps": self.steps,
+            "cfg": self.cfg,
+            "control_scale": self.control_scale,
+            "shape": list(self.volume.shape),
+            "spacing_mm": list(self.spacing),
+            "affine": self.affine.tolist(),
+            "hu_range": [float(self.volume.min()), float(self.volume.max())],
+            "weights_sha256": self.weights,
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+            "device": self.device,
+            "config": self.config,
+        }
 
 
 def output_paths(out: str | os.PathLike[str]) -> dict[str, Path]:

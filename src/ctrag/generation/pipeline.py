@@ -1,19 +1,19 @@
 """``GenerationPipeline``: report -> retrieved anatomy proxy -> ControlNet-guided latent flow -> CT volume.
 
 The pipeline is a set of components (text encoder, retriever, VAE, UNet, ControlNet, sampler) and one way to
-run them, ``__call__``. Its body is a sequence of numbered steps, each a small method:
+run them, ``__call__``. Its body is a sequence of numbered steps, each handing off to a small method:
 
-1. ``check_inputs``   refuse empty reports, unknown strategies, bad masks before any work;
-2. ``encode_prompt``  report embedding (cross-attention context) and the null embedding for guidance;
-3. ``retrieve``       nearest / random / farthest training case *with a mask* (RAG-Text2CT Sec. 2.0.3);
-4. ``prepare_proxy``  its mask (or the user's) converted to the ControlNet label set and resampled with nearest
-                      neighbour onto the output grid (RAS, configured spacing, centred on the proxy's lungs);
-5. ``prepare_latents`` seeded noise from a ``torch.Generator`` (never the global RNG);
-6. ``denoise``        the rectified-flow loop (batched CFG, cached mask features) under a progress bar;
-7. ``decode``         VAE decode (sliding window for large volumes), [0, 1] -> HU.
+1. ``check_inputs``    refuse empty reports, unknown strategies, bad masks before any work;
+2. ``encode_prompt``   report embedding (cross-attention context); the null embedding serves guidance;
+3. ``prepare_proxy``   retrieve a training case with anatomy and put its mask (or the user's) on the output grid
+                       (``ctrag.generation.proxy``);
+4. ``prepare_latents`` seeded noise from a ``torch.Generator`` (never the global RNG);
+5. ``denoise``         mask features encoded once, then the rectified-flow loop (batched CFG), reporting progress;
+6. ``decode``          VAE decode (sliding window for large volumes), [0, 1] -> HU.
 
 It returns a ``GenerationResult`` holding the volume, its affine, the proxy mask and everything needed to
-reproduce it. Training lives in ``ctrag.generation.train`` and is never imported here.
+reproduce it. Run folders are read and written by ``ctrag.generation.run_folder``; training lives in
+``ctrag.generation.training`` and is never imported here.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,108 +30,52 @@ import numpy as np
 import torch
 from torch import nn
 
-from ctrag._version import __version__
-from ctrag.data.nifti import Volume, load_volume
+from ctrag.data import transforms
+from ctrag.data.labels import num_labels
+from ctrag.data.nifti import Volume
 from ctrag.data.report_text import check_report_text
-from ctrag.errors import CheckpointMismatchError, ConfigError, InvalidInputError, LeakageError, WeightsNotFoundError
+from ctrag.errors import CheckpointMismatchError, ConfigError, InvalidInputError, WeightsNotFoundError
 from ctrag.generation.config import GeneratorConfig, load_generator_config
-from ctrag.generation.controlnet import ControlInputs, controlnet_residuals, encode_control
-from ctrag.generation.data import segment_ct
+from ctrag.generation.controlnet import ControlInputs, controlnet_residuals, encode_control, encode_mask
 from ctrag.generation.decode import decode_latents
-from ctrag.generation.imagespace import grid_affine, labels_to_grid, unit_to_hu, world_bounds
-from ctrag.generation.masks import check_labels, convert_labels, encode_mask, label_names, num_labels, source_space
 from ctrag.generation.networks import controlnet_extra_inputs, extra_unet_inputs, to_channels_last
-from ctrag.generation.pipeline_io import (
+from ctrag.generation.output import GenerationResult
+from ctrag.generation.proxy import (
+    MASK_VOCABULARIES,
+    ProxyMask,
+    default_grid,
+    load_retriever,
+    load_user_mask,
+    place_on_grid,
+    retrieve_proxy,
+)
+from ctrag.generation.run_folder import (
     CONTROLNET_DIR,
     PIPELINE_FILE,
     SAMPLER_DIR,
-    UNET_DIR,
-    VAE_DIR,
-    component_folder,
-    load_controlnet_component,
-    load_unet_component,
-    load_vae_component,
+    create_text_encoder,
+    encoder_record,
+    encoder_spec_from_config,
+    load_run_components,
     read_pipeline_index,
+    recorded_encoder_spec,
+    save_controlnet,
+    save_unet,
+    save_vae,
     update_pipeline_index,
+    vae_meta,
 )
 from ctrag.generation.sampler import GuidanceInputs, RectifiedFlowSampler, sample_latents
-from ctrag.generation.weights import component_hash, save_component
 from ctrag.utils.hashing import sha256_text
+from ctrag.utils.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
 
 STRATEGIES: tuple[str, ...] = ("nearest", "random", "farthest", "none")
-ProgressFn = Callable[[int, int], None]
+SAMPLING_STAGE = "sampling"
+"""The ``ProgressFn`` stage the denoising loop reports under (``progress("sampling", step, steps)``)."""
 
-
-@dataclass
-class ProxyMask:
-    """The structural proxy on the output grid, and where it came from."""
-
-    labels: np.ndarray
-    affine: np.ndarray
-    source: str
-    """"retrieval", "user" or "none"."""
-    origin: str = ""
-    """File (and vocabulary) the labels were read from."""
-
-
-@dataclass
-class GenerationResult:
-    """A generated CT and its provenance. ``volume`` is in Hounsfield units on the grid given by ``affine``."""
-
-    volume: np.ndarray
-    affine: np.ndarray
-    mask: np.ndarray | None
-    mask_source: str
-    label_set: str
-    report_sha256: str
-    strategy: str
-    retrieved: list[dict[str, Any]]
-    seed: int
-    steps: int
-    cfg: float
-    control_scale: float
-    config: dict[str, Any]
-    weights: dict[str, str]
-    timings: dict[str, float] = field(default_factory=dict)
-    mask_origin: str = ""
-    device: str = "cpu"
-
-    @property
-    def spacing(self) -> tuple[float, float, float]:
-        s = np.linalg.norm(self.affine[:3, :3], axis=0)
-        return (float(s[0]), float(s[1]), float(s[2]))
-
-    def to_volume(self) -> Volume:
-        return Volume(array=self.volume, affine=self.affine.copy(), meta={"generated": True})
-
-    def mask_volume(self) -> Volume | None:
-        return None if self.mask is None else Volume(array=self.mask, affine=self.affine.copy())
-
-    def provenance(self) -> dict[str, Any]:
-        """JSON-ready record of how this volume was made (no report text, only its hash)."""
-        return {
-            "ctrag_version": __version__,
-            "report_sha256": self.report_sha256,
-            "strategy": self.strategy,
-            "retrieved": self.retrieved,
-            "mask_source": self.mask_source,
-            "mask_origin": self.mask_origin,
-            "label_set": self.label_set,
-            "seed": self.seed,
-            "steps": self.steps,
-            "cfg": self.cfg,
-            "control_scale": self.control_scale,
-            "shape": list(self.volume.shape),
-            "spacing_mm": list(self.spacing),
-            "affine": self.affine.tolist(),
-            "hu_range": [float(self.volume.min()), float(self.volume.max())],
-            "weights_sha256": self.weights,
-            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
-            "device": self.device,
-            "config": self.config,
-        }
+__all__ = ["STRATEGIES", "GenerationPipeline", "GenerationResult", "ProxyMask"]
 
 
 class GenerationPipeline:
@@ -168,7 +111,6 @@ class GenerationPipeline:
         self.encoder_spec = dict(encoder_spec or {})
         self.retriever = retriever
         self.weights = dict(weights or {})
-        self._progress_config: dict[str, Any] = {}
         if config.diffusion.with_conditioning and encoder is not None and getattr(encoder, "dim", dim) != dim:
             raise ConfigError(
                 f"text encoder dimension {encoder.dim} differs from the UNet's cross_attention_dim {dim}; "
@@ -207,10 +149,8 @@ class GenerationPipeline:
                     f"{run_dir}/{PIPELINE_FILE} does not record the text encoder the UNet was trained with; "
                     "pass encoder="
                 )
-            encoder = create_text_encoder(record, device or config.sampler.device)
-        pipe = cls._load(run_dir, index, config, encoder, retriever, index_dir, device, require_controlnet)
-        pipe.encoder_spec = dict(index.get("encoder") or {})
-        return pipe
+            encoder = create_text_encoder(recorded_encoder_spec(record, overrides), device or config.sampler.device)
+        return cls._load(run_dir, index, config, encoder, retriever, index_dir, device, require_controlnet)
 
     @classmethod
     def from_config(
@@ -232,14 +172,13 @@ class GenerationPipeline:
         gen_cfg = load_generator_config(config if not isinstance(config, os.PathLike) else str(config), overrides)
         index = read_pipeline_index(weights)
         if encoder is None and gen_cfg.diffusion.with_conditioning:
-            spec = {**encoder_spec_from_config(config if not isinstance(config, os.PathLike) else str(config))}
+            source = config if not isinstance(config, os.PathLike) else str(config)
+            spec = encoder_spec_from_config(source, overrides)
             recorded = index.get("encoder") or {}
             if recorded.get("fingerprint"):
                 spec["fingerprint"] = recorded["fingerprint"]
             encoder = create_text_encoder(spec, device or gen_cfg.sampler.device)
-        pipe = cls._load(weights, index, gen_cfg, encoder, retriever, index_dir, device, False)
-        pipe.encoder_spec = dict(index.get("encoder") or {})
-        return pipe
+        return cls._load(weights, index, gen_cfg, encoder, retriever, index_dir, device, False)
 
     @classmethod
     def _load(
@@ -260,94 +199,42 @@ class GenerationPipeline:
             raise CheckpointMismatchError(
                 f"the UNet in {run_dir} was trained with text encoder {recorded}, but encoder {given} was given"
             )
-        folders = {n: component_folder(run_dir, index, n) for n in (VAE_DIR, UNET_DIR, CONTROLNET_DIR, SAMPLER_DIR)}
-        for needed in (VAE_DIR, UNET_DIR):
-            if folders[needed] is None:
-                command = "vae" if needed == VAE_DIR else "diffusion"
-                raise WeightsNotFoundError(f"{run_dir} has no trained {needed} (run `ctrag train {command}`)")
-        if require_controlnet and folders[CONTROLNET_DIR] is None:
-            raise WeightsNotFoundError(f"{run_dir} has no trained controlnet (run `ctrag train controlnet`)")
-        vae_dir, unet_dir = folders[VAE_DIR], folders[UNET_DIR]
-        assert vae_dir is not None and unet_dir is not None
-        vae, _ = load_vae_component(vae_dir, config, dev)
-        unet, null, scale_factor, _ = load_unet_component(unet_dir, config, dev)
-        weights = {VAE_DIR: component_hash(vae_dir), UNET_DIR: component_hash(unet_dir)}
-        controlnet = None
-        cn_dir = folders[CONTROLNET_DIR]
-        if cn_dir is not None:
-            controlnet, _ = load_controlnet_component(cn_dir, config, dev)
-            weights[CONTROLNET_DIR] = component_hash(cn_dir)
-        sampler_dir = folders[SAMPLER_DIR]
-        sampler = (
-            RectifiedFlowSampler.from_pretrained(sampler_dir)
-            if sampler_dir is not None
-            else RectifiedFlowSampler.from_config(config.sampler.scheduler)
-        )
+        parts = load_run_components(run_dir, index, config, dev, require_controlnet=require_controlnet)
         if retriever is None and index_dir is not None:
             retriever = load_retriever(index_dir, encoder, str(dev))
         return cls(
             config=config,
-            vae=vae,
-            unet=unet,
-            sampler=sampler,
-            scale_factor=scale_factor,
-            null_embedding=null,
-            controlnet=controlnet,
+            vae=parts.vae,
+            unet=parts.unet,
+            sampler=parts.sampler,
+            scale_factor=parts.scale_factor,
+            null_embedding=parts.null_embedding,
+            controlnet=parts.controlnet,
             encoder=encoder,
+            encoder_spec=index.get("encoder") or {},
             retriever=retriever,
-            weights=weights,
+            weights=parts.weights,
             device=dev,
         )
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write every component folder and ``pipeline.json``; ``from_pretrained`` reads it back."""
-        from ctrag.config import config_to_dict
-        from ctrag.generation.pipeline_io import unet_meta
-
         root = Path(directory)
         root.mkdir(parents=True, exist_ok=True)
         cfg = self.config
-        save_component(root / VAE_DIR, "vae", self.vae, config_to_dict(cfg.vae))
-        extra = (
-            {"null_embedding": self.null_embedding.detach().cpu()}
-            if cfg.diffusion.null_embedding == "learned"
-            else None
-        )
-        save_component(
-            root / UNET_DIR,
-            "unet",
-            self.unet,
-            config_to_dict(cfg.diffusion),
-            unet_meta(self.scale_factor, cfg, None),
-            extra,
-        )
+        save_vae(root, cfg, self.vae, vae_meta(cfg, None))
+        save_unet(root, cfg, self.unet, self.scale_factor, self.null_embedding)
         if self.controlnet is not None:
-            meta = {
-                "label_set": cfg.controlnet.label_set,
-                "num_labels": num_labels(cfg.controlnet.label_set),
-                "unet": config_to_dict(cfg.diffusion),
-            }
-            save_component(root / CONTROLNET_DIR, "controlnet", self.controlnet, config_to_dict(cfg.controlnet), meta)
+            save_controlnet(root, cfg, self.controlnet)
         elif (root / CONTROLNET_DIR).exists():
             shutil.rmtree(root / CONTROLNET_DIR)
         self.sampler.save_config(root / SAMPLER_DIR)
         record = None
         if self.encoder is not None:
-            from ctrag.generation.pipeline_io import encoder_record
-
-            spec = {k: v for k, v in self.encoder_spec.items() if k in ("name_or_path", "weights")}
+            spec = {k: v for k, v in self.encoder_spec.items() if k in ("name_or_path", "weights", "long_text")}
             record = encoder_record(self.encoder, spec)
         update_pipeline_index(root, cfg, encoder=record)
         return root / PIPELINE_FILE
-
-    # ------------------------------------------------------------------ progress
-    def set_progress_bar_config(self, **kwargs: Any) -> None:
-        self._progress_config = dict(kwargs)
-
-    def progress_bar(self, total: int) -> Any:
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, **{"desc": "sampling", "leave": False, **self._progress_config})
 
     # ------------------------------------------------------------------ call
     @torch.inference_mode()
@@ -365,7 +252,7 @@ class GenerationPipeline:
         output_shape: tuple[int, int, int] | None = None,
         grid: np.ndarray | None = None,
         latents: torch.Tensor | None = None,
-        progress: bool | ProgressFn | None = None,
+        progress: ProgressFn | None = None,
     ) -> GenerationResult:
         """Generate one CT for ``report``.
 
@@ -373,82 +260,39 @@ class GenerationPipeline:
         with no mask is the text-only baseline. ``mask_labels`` names the mask's vocabulary ("coarse",
         "totalseg") or "auto" (ids above the coarse range mean TotalSegmentator). ``grid`` is the output affine
         to use when no proxy places the volume (e.g. a text-only baseline on a guided result's grid).
+        ``progress`` receives ``("sampling", step, steps)`` as the loop advances.
         """
         smp = self.config.sampler
         steps = smp.steps if steps is None else int(steps)
         cfg = smp.cfg if cfg is None else float(cfg)
         control_scale = smp.control_scale if control_scale is None else float(control_scale)
-        shape = tuple(output_shape or smp.output_shape)
+        shape = tuple(output_shape or self.config.output_shape)
         timings: dict[str, float] = {}
         t_all = time.perf_counter()
 
         # 1. check inputs
         mask_volume = self.check_inputs(report, strategy, mask, mask_labels, seed, steps, cfg, control_scale, shape)
 
-        # 2. encode prompt
+        # 2. encode the prompt
         t0 = time.perf_counter()
         context = self.encode_prompt(report)
         timings["encode"] = time.perf_counter() - t0
 
-        # 3. retrieve a structural proxy (unless the user gave one or asked for none)
-        t0 = time.perf_counter()
-        hits: list[dict[str, Any]] = []
-        proxy: ProxyMask | None = None
-        if mask_volume is not None:
-            proxy = self.prepare_proxy(mask_volume, mask_labels, shape, source="user")
-        elif strategy != "none":
-            hit = self.retrieve(report, strategy, seed)
-            hits = [hit["record"]]
-            timings["retrieve"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            # 4. proxy mask on the output grid
-            proxy = self.prepare_proxy(hit["mask"], hit["vocabulary"], shape, source="retrieval", body=hit["body"])
-        timings["proxy"] = time.perf_counter() - t0
-        if proxy is not None:
-            affine = proxy.affine
-        elif grid is not None:
-            affine = np.asarray(grid, dtype=np.float64)
-            spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
-            if affine.shape != (4, 4) or not np.allclose(spacing, self.config.vae.image.spacing, atol=1e-3):
-                raise InvalidInputError(f"grid must be a 4x4 affine with spacing {self.config.vae.image.spacing}")
-        else:
-            affine = self.default_affine(shape)
+        # 3. structural proxy on the output grid: the user's mask, a retrieved case's, or none
+        proxy, hits = self.prepare_proxy(report, strategy, mask_volume, mask_labels, seed, shape, timings)
+        affine = self.output_grid(proxy, grid, shape)
 
-        # 5. seeded latents
+        # 4. seeded latents
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         noise = self.prepare_latents(shape, generator, latents)
 
-        # 6. denoising loop
+        # 5. denoising loop
         t0 = time.perf_counter()
         control = self.prepare_control(proxy) if proxy is not None and self.controlnet is not None else None
-        inputs = GuidanceInputs(
-            context=context,
-            null_context=None if context is None else self.null_embedding.expand_as(context),
-            unet_extra=extra_unet_inputs(self.config.diffusion, 1, self.config.vae.image.spacing, self.device),
-            control=control,
-        )
-        callback, bar = self._progress(progress, steps)
-        try:
-            z = sample_latents(
-                self._unet_fn,
-                self.sampler,
-                noise,
-                inputs,
-                steps=steps,
-                cfg=cfg,
-                controlnet=self.controlnet if control is not None else None,
-                residual_fn=self._residual_fn,
-                control_scale=control_scale,
-                control_window=(smp.control_start, smp.control_end),
-                autocast_dtype=_autocast_dtype(smp.precision),
-                callback=callback,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
+        z = self.denoise(noise, context, control, steps, cfg, control_scale, progress)
         timings["denoise"] = time.perf_counter() - t0
 
-        # 7. decode
+        # 6. decode
         t0 = time.perf_counter()
         volume = self.decode(z)
         timings["decode"] = time.perf_counter() - t0
@@ -490,7 +334,7 @@ class GenerationPipeline:
         check_report_text(report, what="report")
         if strategy not in STRATEGIES:
             raise InvalidInputError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
-        if mask_labels not in ("auto", "coarse", "totalseg"):
+        if mask_labels not in MASK_VOCABULARIES:
             raise InvalidInputError(f"mask_labels must be 'auto', 'coarse' or 'totalseg', got {mask_labels!r}")
         if not isinstance(seed, int) or seed < 0:
             raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}")
@@ -505,11 +349,7 @@ class GenerationPipeline:
             raise InvalidInputError(f"output shape {tuple(shape)} must be 3 positive sizes divisible by {factor}")
         volume: Volume | None = None
         if mask is not None:
-            volume = mask if isinstance(mask, Volume) else load_volume(mask)
-            if np.asarray(volume.array).ndim != 3:
-                raise InvalidInputError(f"mask {volume.path or ''} must be 3-D, got shape {volume.array.shape}")
-            vocabulary = self._vocabulary(volume, mask_labels)
-            check_labels(volume.array, vocabulary, name=volume.path or "mask")
+            volume = load_user_mask(mask, mask_labels)
             if self.controlnet is None:
                 raise WeightsNotFoundError("a mask was given but these weights have no ControlNet to use it")
         elif strategy != "none" and self.retriever is None:
@@ -527,109 +367,48 @@ class GenerationPipeline:
         vec = np.asarray(self.encoder.encode_text([report]), dtype=np.float32)
         return torch.from_numpy(vec).reshape(1, 1, -1).to(self.device)
 
-    def retrieve(self, report: str, strategy: str, seed: int) -> dict[str, Any]:
-        """Top-1 training case that can give a proxy (a mask, or a CT to segment) under ``strategy``.
-
-        Returns its label volume in its own vocabulary, a body mask when its CT is available, and a record for
-        the provenance file.
-        """
-        from ctrag.retrieval.types import CaseFilter
-
-        if self.retriever is None:
-            raise InvalidInputError("this pipeline has no retriever; pass index_dir= or retriever=")
-        proxy_from = self.config.sampler.proxy_from
-        usable = (lambda c: c.has_mask) if proxy_from == "case" else (lambda c: c.has_mask or c.has_volume)
-        excluded = frozenset(c.case_id for c in self.retriever.index.cases if not usable(c))
-        hits = self.retriever.search(
-            report, k=1, strategy=strategy, filters=CaseFilter(splits=("train",), exclude_case_ids=excluded), seed=seed
-        )
-        if not hits:
-            raise InvalidInputError("retrieval found no training case with a mask or a CT in the index")
-        hit = hits[0]
-        case = hit.case
-        if case.split != "train":
-            raise LeakageError(
-                f"retrieved case {case.case_id} is from split {case.split!r}; proxies come from train only"
-            )
-        ct = load_volume(case.volume_path) if case.volume_path is not None else None
-        use_mask = case.mask_path is not None and (proxy_from != "segment-or-case" or ct is None)
-        body = None
-        if use_mask:
-            assert case.mask_path is not None
-            mask = load_volume(case.mask_path)
-            vocabulary = source_space(case.mask_source, [int(v) for v in np.unique(mask.array)])
-            origin = f"case mask ({case.mask_source})"
-            if vocabulary != self.config.controlnet.label_set and ct is not None:
-                body = segment_ct(ct).array > 0
-        else:
-            assert ct is not None
-            mask = segment_ct(ct)
-            vocabulary, origin = "coarse", "ctrag.segment (classical) of the retrieved CT"
-        record = {
-            "case_id": case.case_id,
-            "score": float(hit.score),
-            "rank": int(hit.rank),
-            "strategy": strategy,
-            "proxy": origin,
-            "report_source": case.report_source,
-        }
-        return {"mask": mask, "vocabulary": vocabulary, "record": record, "body": body}
-
-    def _vocabulary(self, volume: Volume, mask_labels: str) -> str:
-        if mask_labels != "auto":
-            return mask_labels
-        return source_space(None, [int(v) for v in np.unique(np.asarray(volume.array)) if v == v])
-
-    def default_affine(self, shape: tuple[int, ...]) -> np.ndarray:
-        """Grid centred on the world origin when there is no proxy to place it on."""
-        img = self.config.vae.image
-        return grid_affine(np.zeros(3), shape, img.spacing, img.orientation)
-
     def prepare_proxy(
         self,
-        mask: Volume,
-        vocabulary: str,
+        report: str,
+        strategy: str,
+        mask: Volume | None,
+        mask_labels: str,
+        seed: int,
         shape: tuple[int, ...],
-        *,
-        source: str,
-        body: np.ndarray | None = None,
-    ) -> ProxyMask:
-        """Resample a mask (nearest neighbour) onto the output grid, then convert it to the ControlNet label set.
+        timings: dict[str, float],
+    ) -> tuple[ProxyMask | None, list[dict[str, Any]]]:
+        """The proxy on the output grid and the retrieval records: from ``mask``, else retrieved (unless the
+        strategy is ``none``)."""
+        space, smp, label_set = self.config.preprocess, self.config.sampler, self.config.controlnet.label_set
+        t0 = time.perf_counter()
+        proxy: ProxyMask | None = None
+        hits: list[dict[str, Any]] = []
+        if mask is not None:
+            proxy = place_on_grid(mask, mask_labels, shape, space, label_set, center=smp.proxy_center, source="user")
+        elif strategy != "none":
+            hit = retrieve_proxy(self.retriever, report, strategy, seed, proxy_from=smp.proxy_from, label_set=label_set)
+            hits = [hit.record]
+            timings["retrieve"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            proxy = place_on_grid(
+                hit.mask, hit.vocabulary, shape, space, label_set, center=smp.proxy_center, source="retrieval",
+                body=hit.body,
+            )  # fmt: skip
+        timings["proxy"] = time.perf_counter() - t0
+        return proxy, hits
 
-        The grid is centred on the mask's lungs (``sampler.proxy_center``); resampling before converting keeps
-        the work proportional to the output size even for a 512x512x128 TotalSegmentator mask.
-        """
-        vocab = self._vocabulary(mask, vocabulary) if vocabulary == "auto" else vocabulary
-        name = mask.path or "mask"
-        img = self.config.vae.image
-        center = self._proxy_center(np.asarray(mask.array), mask.affine, vocab)
-        affine = grid_affine(center, shape, img.spacing, img.orientation)
-        on_grid = labels_to_grid(mask, shape, affine)
-        body_grid = None
-        if body is not None:
-            body_grid = labels_to_grid(Volume(array=body.astype(np.uint8), affine=mask.affine), shape, affine) > 0
-        labels = convert_labels(on_grid, vocab, self.config.controlnet.label_set, body=body_grid, name=name)
-        return ProxyMask(labels=labels, affine=affine, source=source, origin=f"{mask.path or 'array'} ({vocab})")
-
-    def _proxy_center(self, labels: np.ndarray, affine: np.ndarray, vocabulary: str) -> np.ndarray:
-        """World position of the centre of the lungs' (or all labels') bounding box, per ``proxy_center``."""
-        mode = self.config.sampler.proxy_center
-        sel: np.ndarray | None = None
-        if mode == "lungs":
-            lung_ids = [k for k, v in label_names(vocabulary).items() if v.startswith("lung")]
-            sel = np.isin(labels, lung_ids)
-            if not sel.any():
-                sel = labels > 0
-        elif mode == "foreground":
-            sel = labels > 0
-        if sel is None or not sel.any():
-            lo, hi = world_bounds(labels.shape, affine)
-            return (lo + hi) / 2.0
-        center_vox = np.zeros(3)
-        for axis in range(3):
-            present = np.flatnonzero(sel.any(axis=tuple(a for a in range(3) if a != axis)))
-            center_vox[axis] = (present[0] + present[-1]) / 2.0
-        return affine[:3, :3] @ center_vox + affine[:3, 3]
+    def output_grid(self, proxy: ProxyMask | None, grid: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+        """The affine of the generated volume: the proxy's grid, the caller's, or one centred on the origin."""
+        space = self.config.preprocess
+        if proxy is not None:
+            return proxy.affine
+        if grid is None:
+            return default_grid(shape, space)
+        affine = np.asarray(grid, dtype=np.float64)
+        spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+        if affine.shape != (4, 4) or not np.allclose(spacing, space.spacing, atol=1e-3):
+            raise InvalidInputError(f"grid must be a 4x4 affine with spacing {space.spacing}")
+        return affine
 
     def prepare_control(self, proxy: ProxyMask) -> ControlInputs:
         """Encode the proxy once (one-hot/binary, pooled, strided convs) for every step of the loop."""
@@ -641,7 +420,7 @@ class GenerationPipeline:
         )
         if self.config.sampler.channels_last:
             mask_input = mask_input.contiguous(memory_format=torch.channels_last_3d)
-        spacing = self.config.vae.image.spacing
+        spacing = self.config.preprocess.spacing
         extra = controlnet_extra_inputs(extra_unet_inputs(self.config.diffusion, 1, spacing, self.device))
         with torch.autocast(
             self.device.type,
@@ -667,6 +446,42 @@ class GenerationPipeline:
             noise = noise.contiguous(memory_format=torch.channels_last_3d)
         return noise
 
+    def denoise(
+        self,
+        noise: torch.Tensor,
+        context: torch.Tensor | None,
+        control: ControlInputs | None,
+        steps: int,
+        cfg: float,
+        control_scale: float,
+        progress: ProgressFn | None,
+    ) -> torch.Tensor:
+        """The guided rectified-flow loop from ``noise`` to a clean latent."""
+        smp = self.config.sampler
+        inputs = GuidanceInputs(
+            context=context,
+            null_context=None if context is None else self.null_embedding.expand_as(context),
+            unet_extra=extra_unet_inputs(self.config.diffusion, 1, self.config.preprocess.spacing, self.device),
+            control=control,
+        )
+        callback = None if progress is None else (lambda done, total: progress(SAMPLING_STAGE, done, total))
+        if progress is not None:
+            progress(SAMPLING_STAGE, 0, steps)
+        return sample_latents(
+            self._unet_fn,
+            self.sampler,
+            noise,
+            inputs,
+            steps=steps,
+            cfg=cfg,
+            controlnet=self.controlnet if control is not None else None,
+            residual_fn=self._residual_fn,
+            control_scale=control_scale,
+            control_window=(smp.control_start, smp.control_end),
+            autocast_dtype=_autocast_dtype(smp.precision),
+            callback=callback,
+        )
+
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Latents -> HU volume (X, Y, Z) float32."""
         smp = self.config.sampler
@@ -683,57 +498,9 @@ class GenerationPipeline:
                 mode=smp.sw_mode,
             )
         unit = image.float()[0, 0].cpu().numpy()
-        return unit_to_hu(unit, self.config.vae.image)
-
-    def _progress(self, progress: bool | ProgressFn | None, steps: int) -> tuple[ProgressFn | None, Any]:
-        if progress is None or progress is False:
-            return None, None
-        if callable(progress) and not isinstance(progress, bool):
-            return progress, None
-        bar = self.progress_bar(steps)
-        return (lambda done, total: bar.update(1)), bar
+        space = self.config.preprocess
+        return np.asarray(transforms.unit_to_hu(unit, space.hu_window, space.output_range), dtype=np.float32)
 
 
 def _autocast_dtype(precision: str) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-# ---------------------------------------------------------------------------------------------- factories
-
-
-def encoder_spec_from_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
-    """``{"name_or_path", "weights"}`` of the text encoder named by a preset's ``encoder`` section (default
-    ``minilm``, the packaged all-MiniLM-L6-v2)."""
-    from ctrag.config import read_yaml, resolve_config_path
-
-    raw = dict(config) if isinstance(config, Mapping) else read_yaml(resolve_config_path(str(config)))
-    section = dict(raw.get("encoder") or {})
-    name = section.get("name_or_path") or section.get("name") or "minilm"
-    return {"name_or_path": str(name), "weights": section.get("weights")}
-
-
-def create_text_encoder(spec: Mapping[str, Any], device: str) -> Any:
-    """Build the encoder a spec names (``ctrag.encoders.create_encoder``; local files only)."""
-    from ctrag.encoders.factory import create_encoder
-
-    made = create_encoder(str(spec["name_or_path"]), weights=spec.get("weights"), device=device)
-    encoder = made[0] if isinstance(made, tuple) else made
-    expected = spec.get("fingerprint")
-    if expected and encoder.fingerprint != expected:
-        raise CheckpointMismatchError(
-            f"text encoder {spec['name_or_path']!r} now has fingerprint {encoder.fingerprint}, but the UNet was "
-            f"trained with {expected}; its embeddings would not mean what the UNet learned"
-        )
-    return encoder
-
-
-def load_retriever(index_dir: str | os.PathLike[str], encoder: Any | None, device: str) -> Any:
-    """Retriever over ``index_dir``; shares ``encoder`` when the index was built with the same one."""
-    from ctrag.retrieval.retriever import Retriever
-
-    retriever = Retriever.from_dir(index_dir, device=device)
-    if encoder is not None and getattr(encoder, "fingerprint", None) == retriever.index.encoder_fingerprint:
-        retriever = Retriever(
-            retriever.index, encoder, retriever.scorer, config=retriever.config, scorer_name=retriever.scorer_name
-        )
-    return retriever

@@ -67,7 +67,8 @@ class RectifiedFlowSampler:
             spatial_dim=c.spatial_dim,
         )
         self.timesteps: torch.Tensor = torch.empty(0)
-        self._next: dict[float, float] = {}
+        self._times: torch.Tensor = torch.empty(0, dtype=torch.float64)
+        self._next: dict[float, int] = {}
 
     # --- config ----------------------------------------------------------------------------------------------
     @classmethod
@@ -93,6 +94,45 @@ class RectifiedFlowSampler:
     def num_train_timesteps(self) -> int:
         return self.config.num_train_timesteps
 
+    # --- the one schedule ----------------------------------------------------------------------------------
+    def transform_timesteps(self, t: torch.Tensor, latent_shape: tuple[int, ...] | None) -> torch.Tensor:
+        """The resolution-dependent timestep shift (MONAI's ``timestep_transform``) when the config enables it.
+
+        Training and sampling both go through here, so a UNet trained with ``use_timestep_transform`` sees the
+        same (shifted) timesteps it is later sampled with. ``latent_shape`` ends with the latent's spatial size.
+        """
+        c = self.config
+        if not c.use_timestep_transform:
+            return t
+        if latent_shape is None:
+            raise ValueError("use_timestep_transform needs the latent shape (its spatial size sets the shift)")
+        from monai.networks.schedulers.rectified_flow import timestep_transform
+
+        numel = float(math.prod(int(s) for s in latent_shape[-c.spatial_dim :]))
+        return timestep_transform(
+            t.double(),
+            input_img_size_numel=torch.tensor(numel, dtype=torch.float64),
+            base_img_size_numel=c.base_img_size_numel,
+            scale=c.transform_scale,
+            num_train_timesteps=c.num_train_timesteps,
+            spatial_dim=c.spatial_dim,
+        ).to(t.dtype)
+
+    def schedule(self, num_inference_steps: int, latent_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """``num_inference_steps + 1`` float64 times from T (noise) down to 0 (data), transformed as in training.
+
+        MONAI's ``set_timesteps`` stores these in float16 and its ``step`` truncates the next one with ``int()``,
+        so its 30 step sizes sum to about 1.01; here they are kept exact and the last one ends at 0.
+        """
+        c = self.config
+        if not 1 <= num_inference_steps <= c.num_train_timesteps:
+            raise ValueError(f"num_inference_steps must be in 1..{c.num_train_timesteps}, got {num_inference_steps}")
+        steps = torch.arange(num_inference_steps + 1, dtype=torch.float64)
+        t = (1.0 - steps / num_inference_steps) * c.num_train_timesteps
+        if c.use_discrete_timesteps:
+            t = t.round()
+        return self.transform_timesteps(t, latent_shape)
+
     # --- inference -------------------------------------------------------------------------------------------
     def set_timesteps(
         self,
@@ -101,30 +141,41 @@ class RectifiedFlowSampler:
         latent_shape: tuple[int, ...] | None = None,
     ) -> None:
         """Prepare ``num_inference_steps`` timesteps from noise (t = T) towards data (t = 0)."""
-        numel = None if latent_shape is None else int(math.prod(latent_shape[-3:]))
-        self.scheduler.set_timesteps(num_inference_steps, device=device, input_img_size_numel=numel)
-        self.timesteps = self.scheduler.timesteps
-        values = [float(t) for t in self.timesteps]
-        self._next = {t: (values[i + 1] if i + 1 < len(values) else 0.0) for i, t in enumerate(values)}
+        times = self.schedule(num_inference_steps, latent_shape)
+        self._times = times
+        self.timesteps = (times[:-1] + self.config.steps_offset).to(torch.float32).to(device)
+        self._next = {float(t): i for i, t in enumerate(self.timesteps)}
+
+    def step_sizes(self) -> torch.Tensor:
+        """The fraction of the path each step covers, ``(t_i - t_{i+1}) / T`` (they sum to 1)."""
+        return (self._times[:-1] - self._times[1:]) / self.config.num_train_timesteps
 
     def next_timestep(self, timestep: float | torch.Tensor) -> float:
-        return self._next[float(timestep)]
+        return float(self._times[self._next[float(timestep)] + 1])
 
     def step(
         self, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor
     ) -> SamplerStepOutput:
-        """Euler step along the predicted velocity from ``timestep`` to the next one of the schedule."""
+        """Euler step along the predicted velocity from ``timestep`` to the next time of the schedule."""
         if not self._next:
             raise RuntimeError("call set_timesteps() before step()")
-        t = float(timestep)
-        prev, x0 = self.scheduler.step(model_output, t, sample, self._next[t])  # type: ignore[arg-type]
+        i = self._next[float(timestep)]
+        t, t_next = float(self._times[i]), float(self._times[i + 1])
+        dt = (t - t_next) / self.config.num_train_timesteps
+        prev = sample + model_output * dt
+        x0 = sample + model_output * (t / self.config.num_train_timesteps)
         return SamplerStepOutput(prev_sample=prev, pred_original_sample=x0)
 
     # --- training --------------------------------------------------------------------------------------------
     def sample_timesteps(
-        self, batch: int, generator: torch.Generator, device: torch.device | str = "cpu"
+        self,
+        batch: int,
+        generator: torch.Generator,
+        device: torch.device | str = "cpu",
+        latent_shape: tuple[int, ...] | None = None,
     ) -> torch.Tensor:
-        """Training timesteps in [0, T) from the configured distribution, drawn from ``generator``."""
+        """Training timesteps in [0, T) from the configured distribution, drawn from ``generator``, then
+        transformed exactly as ``schedule`` transforms the sampling times (``latent_shape``: the training latent)."""
         c = self.config
         if c.sample_method == "uniform":
             u = torch.rand(batch, generator=generator)
@@ -133,7 +184,7 @@ class RectifiedFlowSampler:
         t = u * c.num_train_timesteps
         if c.use_discrete_timesteps:
             t = t.long().float()
-        return t.to(device)
+        return self.transform_timesteps(t, latent_shape).to(device)
 
     def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """x_t = (1 - t/T) x_0 + (t/T) noise (MONAI's convention: t = T is pure noise)."""

@@ -1,6 +1,6 @@
 """Reading checkpoint files safely and loading state dicts strictly: one mechanism for every model ctrag loads.
 
-Generator components (``ctrag.generation.weights``) and FID backbones (``ctrag.evaluation.features``) both need
+Generator components (``ctrag.generation.run_folder``) and FID backbones (``ctrag.evaluation.features``) both need
 the same two guarantees: a file is unpickled with ``weights_only=True`` (never arbitrary code), and a state dict
 goes into a model only if every key and shape matches, because a half-loaded network silently gives random
 outputs. The error names what differs so a user can tell a wrong config from a wrong file.

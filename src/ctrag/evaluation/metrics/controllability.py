@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ctrag.data.labels import COARSE_LABELS
+from ctrag.data.labels import COARSE_LABELS, as_coarse
 from ctrag.data.nifti import Volume
-from ctrag.generation.masks import as_coarse
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -39,7 +38,7 @@ def coarse_dice(segmented: np.ndarray, reference: np.ndarray) -> dict[str, float
 
 def segment_generated(volume: np.ndarray, affine: np.ndarray, segment_config: Any | None = None) -> np.ndarray:
     """Coarse labels of a generated volume (HU) from the classical segmenter."""
-    from ctrag.generation.data import segment_ct
+    from ctrag.generation.proxy import segment_ct
 
     vol = Volume(array=np.asarray(volume, dtype=np.float32), affine=affine)
     return np.asarray(segment_ct(vol, segment_config, check_intensity=False).array)

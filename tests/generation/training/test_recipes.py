@@ -1,4 +1,5 @@
-"""Training: interrupted + resumed runs repeat the uninterrupted loss curve; ControlNet training learns."""
+"""The three trainings: interrupted + resumed runs repeat the uninterrupted loss curve; ControlNet training learns;
+nothing the evaluation evaluates is trained on."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import torch
 from ctrag.cli import main
 from ctrag.errors import CheckpointMismatchError, ConfigError, LeakageError
 from ctrag.generation.config import load_generator_config
-from ctrag.generation.data import select_training_cases
-from ctrag.generation.train import LOG_FILE, STATE_FILE, lr_at, train_diffusion
+from ctrag.generation.training import LOG_FILE, STATE_FILE, train_diffusion
+from ctrag.generation.training.data import select_training_cases
 from tests.generation.conftest import tiny_config
 
 VAE_RESUME = (
@@ -74,25 +75,27 @@ def test_diffusion_resume_is_exact(tmp_path: Path, trained_run: Path, training_c
 
 def test_short_controlnet_training_on_real_ct_and_masks_lowers_its_loss(trained_run: Path, training_cases) -> None:  # type: ignore[no-untyped-def]
     """Fixed evaluation batch (same latents, noise, timesteps): zero-init ControlNet vs after 60 steps."""
-    from ctrag.generation.data import step_generator
-    from ctrag.generation.masks import num_labels
-    from ctrag.generation.pipeline_io import fresh_controlnet, load_controlnet_component, load_unet_component
+    from ctrag.data.labels import num_labels
+    from ctrag.generation.run_folder import fresh_controlnet, load_controlnet_component, load_unet_component
     from ctrag.generation.sampler import RectifiedFlowSampler
-    from ctrag.generation.train import FlowObjective, _bank, _contexts, _flow_prepare
+    from ctrag.generation.training.data import bank_batches, latent_bank, text_contexts
+    from ctrag.generation.training.engine import step_generator
+    from ctrag.generation.training.objectives import FlowObjective, flow_prepare_batch
 
     cfg = tiny_config()
     tc = cfg.train_controlnet
     unet, null, scale, _ = load_unet_component(trained_run / "unet", cfg, "cpu")
-    from ctrag.generation.pipeline_io import load_vae_component
+    from ctrag.generation.run_folder import load_vae_component
 
     vae, _ = load_vae_component(trained_run / "vae", cfg, "cpu")
-    bank = _bank(trained_run, vae, trained_run / "vae", training_cases, tc, tc.bank_crops,
+    bank = latent_bank(trained_run, vae, trained_run / "vae", training_cases, tc, tc.bank_crops,
                  {"label_set": "coarse", "mask_from": "segment"}, torch.device("cpu"), False)  # fmt: skip
     assert bank.labels is not None and set(torch.unique(bank.labels).tolist()) >= {0, 1, 2, 3}
-    contexts = _contexts(training_cases, 384)
+    contexts = text_contexts(training_cases, 384)
     has_text = torch.tensor([c.context is not None for c in training_cases])
     sampler = RectifiedFlowSampler.from_config(cfg.sampler.scheduler)
-    make, prepare = _flow_prepare(cfg, tc, bank, contexts, has_text, sampler, scale, True, torch.contiguous_format)
+    make = bank_batches(bank, tc.batch_size, True)
+    prepare = flow_prepare_batch(cfg, tc, contexts, has_text, sampler, scale, True, torch.contiguous_format)
     gen = step_generator(99, 0)
     batches = [prepare(make(i, gen), torch.device("cpu"), gen) for i in range(4)]
     trained, _ = load_controlnet_component(trained_run / "controlnet", cfg, "cpu")
@@ -114,13 +117,6 @@ def test_test_split_is_never_trained_on(gen_corpus) -> None:  # type: ignore[no-
     assert "lidc_idri_0314" not in chosen and "lung_pet_ct_dx_A0001" in chosen
     with pytest.raises(ConfigError, match="test"):
         load_generator_config("tiny-cpu", ["train_vae.splits=[train,test]"])
-
-
-def test_lr_schedule_warmup_and_cosine() -> None:
-    cfg = load_generator_config("tiny-cpu", ["train_vae.warmup_steps=10", "train_vae.steps_per_epoch=110"]).train_vae
-    assert lr_at(0, cfg) == pytest.approx(cfg.lr / 10)
-    assert lr_at(9, cfg) == pytest.approx(cfg.lr)
-    assert lr_at(109, cfg) < 0.1 * cfg.lr and lr_at(60, cfg) < lr_at(20, cfg)
 
 
 @pytest.mark.slow
@@ -154,7 +150,7 @@ def test_controlnet_training_updates_only_the_controlnet(trained_run: Path) -> N
 def test_learned_null_embedding_is_trained_saved_and_loaded(
     tmp_path: Path, trained_run: Path, training_cases, text_encoder
 ) -> None:  # type: ignore[no-untyped-def]
-    from ctrag.generation.pipeline_io import load_unet_component
+    from ctrag.generation.run_folder import load_unet_component
 
     cfg = tiny_config(
         "diffusion.null_embedding=learned",
@@ -169,3 +165,22 @@ def test_learned_null_embedding_is_trained_saved_and_loaded(
     _, null, _, info = load_unet_component(tmp_path / "unet", cfg, "cpu")
     assert info["null_embedding"] == "learned" and null.shape == (1, 1, 384)
     assert float(null.abs().max()) > 0  # moved away from its zero start by the dropped-text samples
+
+
+def test_generator_training_refuses_what_the_evaluation_evaluates(tmp_path: Path, gen_corpus, training_cases) -> None:  # type: ignore[no-untyped-def]
+    """Bug 2f: training refused only ``test`` while the tiny evaluation evaluates ``val`` reports."""
+    from ctrag.generation.training import train_vae
+
+    cfg = tiny_config("train_vae.splits=[train,val]", "train_vae.steps_per_epoch=1", "train_vae.batch_size=1")
+    assert cfg.held_out.splits == ("test", "val")
+    with pytest.raises(LeakageError, match=r"\['val'\].*evaluation section of tiny-cpu"):
+        train_vae(gen_corpus, cfg, tmp_path / "run")
+    # a case the evaluation names is refused even inside the train split, also when the cases come preloaded
+    named = load_generator_config(
+        {"evaluation": {"split": "test", "case_ids": ["lung_pet_ct_dx_A0001"]}},
+        ["train_vae.steps_per_epoch=1", "train_vae.batch_size=1", "train_vae.crop_shape=[32,32,16]"],
+    )
+    with pytest.raises(LeakageError, match="lung_pet_ct_dx_A0001"):
+        select_training_cases(gen_corpus, ("train",), held_out=named.held_out)
+    with pytest.raises(LeakageError, match="lung_pet_ct_dx_A0001"):
+        train_vae(None, named, tmp_path / "run2", cases=training_cases)

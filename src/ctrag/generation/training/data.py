@@ -2,12 +2,18 @@
 
 What the shipped corpus allows is small, so what each case contributes is explicit:
 
-* every CT of the training split (never ``test``) in the VAE's image space, for the VAE and as crops to encode;
+* every CT of the training split in the VAE's image space, for the VAE and as crops to encode (never a case
+  the preset's evaluation evaluates, see ``ctrag.data.heldout``);
 * its text embedding when the case has text (for the shipped CTs an *annotation-derived* caption, recorded
   as such), otherwise the null embedding;
 * a label map in the ControlNet's label set: from ``ctrag.segment`` (``mask_from="segment"``), from the case's
   own mask (``"case"``, e.g. TotalSegmentator masks for CT-RATE) or the case mask where there is one
   (``"case-or-segment"``).
+
+Crops can be mirrored left-right (off by default, ``flip_prob``): a flip swaps the left/right labels so masks
+stay anatomical, but heart and aorta change sides and the report keeps its laterality words, which
+``flip_record`` writes into the run log. The frozen VAE encodes a bank of crops once (``latent_bank``, cached in
+the run folder), from which the flow trainings draw their batches.
 
 Batches are drawn with a ``torch.Generator`` seeded from (seed, step, rank), so step ``k`` sees the same batch
 whether a run went straight through or was resumed, which is what makes resumed loss curves identical.
@@ -16,19 +22,29 @@ whether a run went straight through or was resumed, which is what makes resumed 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from ctrag.data.case import Case, Corpus
+from ctrag.data.heldout import HeldOut
+from ctrag.data.labels import convert_labels, label_names, left_right_table, source_space
 from ctrag.data.nifti import Volume, load_volume
-from ctrag.errors import DataValidationError, InvalidInputError, LeakageError
-from ctrag.generation.config import ImageSpaceConfig
-from ctrag.generation.imagespace import ct_to_space, labels_to_grid
-from ctrag.generation.masks import convert_labels, flip_left_right, source_space
+from ctrag.data.transforms import PreprocessConfig, ct_to_space, resample_to_grid
+from ctrag.errors import ConfigError, DataValidationError, InvalidInputError
+from ctrag.generation.config import TrainConfig
+from ctrag.generation.proxy import segment_ct
+from ctrag.generation.run_folder import component_hash, save_state_dict
+from ctrag.generation.training.engine import MakeBatch, step_generator
+from ctrag.utils.checkpoints import load_checkpoint_file
+from ctrag.utils.hashing import sha256_json
+from ctrag.utils.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
 
@@ -51,37 +67,18 @@ class TrainingCase:
     text_source: str = "none"
 
 
-def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0) -> torch.Generator:
-    """A generator whose state depends only on (seed, step, rank, stream), never on what ran before."""
-    gen = torch.Generator()
-    gen.manual_seed(
-        (int(seed) * 1_000_003 + int(step) * 9_176 + int(rank) * 104_729 + int(stream) * 7_919) % (2**63 - 1)
-    )
-    return gen
+def select_training_cases(
+    corpus: Corpus | Sequence[Case], splits: Sequence[str], need: str = "volume", held_out: HeldOut | None = None
+) -> list[Case]:
+    """Training cases of ``splits`` that have a volume (and a mask when ``need == "mask"``).
 
-
-def segment_ct(volume: Volume, segment_config: Any | None = None, *, check_intensity: bool = True) -> Volume:
-    """Coarse anatomy labels of a CT from ``ctrag.segment.segment_volume`` (classical backend by default).
-
-    ``check_intensity=False`` is for generated volumes, whose HU statistics need not look like a scanner's.
+    Nothing an evaluation run evaluates is ever used: ``held_out`` (the preset's, ``GeneratorConfig.held_out``;
+    by default the test split) refuses its splits and its cases with a ``LeakageError`` naming them.
     """
-    import dataclasses
-
-    from ctrag.segment import SegmentConfig, segment_volume
-
-    cfg = segment_config if segment_config is not None else SegmentConfig()
-    if cfg.labels != "coarse":
-        raise InvalidInputError("the generator works with coarse segmentations (segment.labels: coarse)")
-    if not check_intensity:
-        cfg = dataclasses.replace(cfg, check_intensity=False)
-    return segment_volume(volume, cfg)
-
-
-def select_training_cases(corpus: Corpus | Sequence[Case], splits: Sequence[str], need: str = "volume") -> list[Case]:
-    """Training cases of ``splits`` that have a volume (and a mask when ``need == "mask"``); never ``test``."""
-    if "test" in splits:
-        raise LeakageError("the test split is held out: it may never be used to train the generator")
+    guard = held_out if held_out is not None else HeldOut()
+    guard.check_splits(splits, "the generator")
     cases = [c for c in corpus if c.split in splits and c.has_volume and (need != "mask" or c.has_mask)]
+    guard.check_cases(cases, "the generator")
     if not cases:
         raise InvalidInputError(
             f"no {need}-bearing cases in split(s) {list(splits)} of the corpus; the generator needs real CT volumes"
@@ -91,7 +88,7 @@ def select_training_cases(corpus: Corpus | Sequence[Case], splits: Sequence[str]
 
 def load_training_cases(
     corpus: Corpus | Sequence[Case],
-    space: ImageSpaceConfig,
+    space: PreprocessConfig,
     *,
     splits: Sequence[str] = ("train",),
     min_shape: tuple[int, int, int] = (64, 64, 32),
@@ -99,9 +96,10 @@ def load_training_cases(
     mask_from: MaskFrom = "segment",
     encoder: Any | None = None,
     segment_config: Any | None = None,
+    held_out: HeldOut | None = None,
 ) -> list[TrainingCase]:
     """Load the training split's CTs into image space, with label maps and text embeddings when asked."""
-    cases = select_training_cases(corpus, splits)
+    cases = select_training_cases(corpus, splits, held_out=held_out)
     out: list[TrainingCase] = []
     for case in cases:
         assert case.volume_path is not None
@@ -156,7 +154,33 @@ def _case_labels(
         converted = convert_labels(seg.array, "coarse", label_set, name=f"{case.case_id} (segmented)")
         mask, origin = seg, "segment:classical"
     grid_mask = Volume(array=converted, affine=mask.affine)
-    return labels_to_grid(grid_mask, shape, affine), origin
+    return np.asarray(resample_to_grid(grid_mask, shape, affine, mode="nearest", fill=0).array), origin
+
+
+@cache
+def _flip_table(label_set: str) -> torch.Tensor:
+    return torch.as_tensor(left_right_table(label_names(label_set)))
+
+
+def flip_left_right(mask: torch.Tensor, label_set: str, axis: int) -> torch.Tensor:
+    """Mirror a label tensor along ``axis`` and swap left/right structures so the labels stay anatomical."""
+    table = _flip_table(label_set).to(mask.device)
+    return table[mask.long().flip(axis)].to(mask.dtype)
+
+
+def flip_record(cfg: TrainConfig, label_set: str | None, text_conditioned: bool) -> dict[str, Any]:
+    """What left-right flipping did to a run, for its log: a mirrored CT has heart and aorta on the wrong side
+    and its left/right labels swapped, while the report text keeps its laterality words."""
+    if cfg.flip_prob <= 0:
+        return {"prob": 0.0}
+    note = "left-right flips mirror the CT (heart and aorta change sides)"
+    if label_set is not None:
+        note += f" and swap the left/right labels of the {label_set!r} masks"
+    if text_conditioned:
+        note += "; laterality words in the report text (left/right) no longer match the flipped samples"
+    # a text-free run (the VAE) loses nothing by mirroring; a text-conditioned one learns contradictions
+    logger.log(logging.WARNING if text_conditioned else logging.INFO, "flip_prob %.2f: %s", cfg.flip_prob, note)
+    return {"prob": cfg.flip_prob, "labels_swapped": label_set, "note": note}
 
 
 # --------------------------------------------------------------------------------------------------- crops
@@ -164,11 +188,14 @@ def _case_labels(
 
 @dataclass
 class CropSampler:
-    """Random crops (+ left-right flips that swap lung labels) from in-memory training cases."""
+    """Random crops (+ optional left-right flips that swap left/right labels) from in-memory training cases.
+
+    The flip draw is made whatever ``flip_prob`` is, so every other draw of a step is the same with and without
+    flips."""
 
     cases: list[TrainingCase]
     crop_shape: tuple[int, int, int]
-    flip_prob: float = 0.5
+    flip_prob: float = 0.0
     label_set: str | None = None
     weights: np.ndarray | None = field(default=None)
 
@@ -238,7 +265,7 @@ def build_latent_bank(
     *,
     batch: int = 4,
     device: torch.device | str = "cpu",
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> LatentBank:
     """Encode ``n`` random crops (deterministic given ``seed``) to VAE posterior means."""
     vae.eval()
@@ -255,9 +282,76 @@ def build_latent_bank(
             labs.append(sample["labels"])
         done += b
         if progress is not None:
-            progress(done, n)
+            progress("encode latent bank", done, n)
     return LatentBank(
         latents=torch.cat(lat),
         case_index=torch.cat(idx),
         labels=torch.cat(labs) if labs else None,
     )
+
+
+def latent_bank(
+    run: Path,
+    vae: nn.Module,
+    vae_dir: Path,
+    cases: list[TrainingCase],
+    cfg: TrainConfig,
+    n: int,
+    label_key: Mapping[str, Any],
+    device: torch.device,
+    progress: ProgressFn | None = None,
+) -> LatentBank:
+    """Encode (or reuse from ``run/cache``) a bank of latent crops with their label crops."""
+    key = sha256_json(
+        {
+            "vae": component_hash(vae_dir),
+            "crop": list(cfg.crop_shape),
+            "n": n,
+            "seed": cfg.seed,
+            "flip": cfg.flip_prob,
+            "cases": [c.case_id for c in cases],
+            **label_key,
+        }
+    )[:16]
+    cache = run / "cache" / f"latent_bank_{key}.pt"
+    if cache.is_file():
+        data = load_checkpoint_file(cache)
+        logger.info("latent bank: reusing %s", cache)
+        return LatentBank(data["latents"], data["case_index"], data.get("labels"))
+    crops = CropSampler(cases, cfg.crop_shape, cfg.flip_prob, label_set=label_key.get("label_set"))
+    bank = build_latent_bank(vae, crops, n, cfg.seed, device=device, progress=progress)
+    payload: dict[str, Any] = {"latents": bank.latents, "case_index": bank.case_index}
+    if bank.labels is not None:
+        payload["labels"] = bank.labels
+    save_state_dict(payload, cache)
+    return bank
+
+
+def text_contexts(cases: list[TrainingCase], dim: int | None) -> torch.Tensor | None:
+    """(n_cases, 1, D) text embeddings; cases without text get zeros and are always trained as 'dropped'."""
+    if dim is None:
+        return None
+    out = torch.zeros(len(cases), 1, dim)
+    for i, c in enumerate(cases):
+        if c.context is not None:
+            if c.context.shape[-1] != dim:
+                raise ConfigError(
+                    f"text embedding size {c.context.shape[-1]} differs from diffusion.cross_attention_dim {dim}"
+                )
+            out[i, 0] = torch.from_numpy(c.context)
+    return out
+
+
+def bank_batches(bank: LatentBank, batch_size: int, with_mask: bool) -> MakeBatch:
+    """``make_batch`` drawing ``batch_size`` latent crops (and their label crops) from the bank per step."""
+
+    def make_batch(step: int, gen: torch.Generator) -> Mapping[str, Any]:
+        idx = torch.randint(0, len(bank), (batch_size,), generator=gen)
+        batch: dict[str, Any] = {"latents": bank.latents[idx], "case_index": bank.case_index[idx]}
+        if with_mask:
+            if bank.labels is None:
+                raise InvalidInputError("ControlNet training needs label maps for the training crops")
+            batch["labels"] = bank.labels[idx]
+        return batch
+
+    return make_batch
