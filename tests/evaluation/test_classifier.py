@@ -35,7 +35,7 @@ TINY = ClassifierConfig(
 @pytest.fixture(scope="module")
 def trained(real_volumes) -> tuple[ClinicalClassifier, list[np.ndarray], np.ndarray, list[float]]:
     names = ["A0001", "A0002", "LIDC0314", "TS_SM"]
-    arrays = [prepare_volume(real_volumes[n], TINY.input_shape, TINY.hu_window) for n in names]
+    arrays = [prepare_volume(real_volumes[n], TINY.input_shape) for n in names]
     labels = np.zeros((4, len(CT_RATE_LABELS)), dtype=np.float32)
     labels[:3, NODULE] = 1.0  # annotation-derived: a lung lesion in the three lung-cancer CTs
     calls: list[tuple[str, int, int]] = []
@@ -143,3 +143,25 @@ def test_classifier_training_refuses_what_the_evaluation_evaluates(tmp_path: Pat
     named = HeldOut(case_ids=("lung_pet_ct_dx_A0001",), source="a test evaluation")
     with pytest.raises(LeakageError, match="lung_pet_ct_dx_A0001"):
         train_from_corpus(list(corpus), cfg, split="train", label_file=labels, held_out=named)
+
+
+def test_classifier_records_and_uses_its_image_space(trained, tmp_path: Path, real_volumes) -> None:
+    """A classifier trained in a preset's image space prepares evaluation inputs from that space after a reload
+    (one field of view for training, real and generated CTs), and classifiers saved before it was recorded load
+    with the default space."""
+    from ctrag.data.transforms import PreprocessConfig
+
+    clf, _, _, _ = trained
+    small = PreprocessConfig(spacing=(4.0, 4.0, 4.0), size=(64, 64, 32))
+    clf.space = small
+    folder = clf.save(tmp_path / "clf")
+    loaded = ClinicalClassifier.load(folder)
+    assert loaded.space == small
+    ct = real_volumes["A0001"]
+    np.testing.assert_allclose(loaded.prepare(ct), prepare_volume(ct, TINY.input_shape, space=small), atol=1e-6)
+    assert not np.allclose(loaded.prepare(ct), prepare_volume(ct, TINY.input_shape), atol=1e-3)
+    record = json.loads((folder / "classifier.json").read_text(encoding="utf-8"))
+    del record["image_space"]
+    record["config"]["hu_window"] = [-1000.0, 1000.0]
+    (folder / "classifier.json").write_text(json.dumps(record), encoding="utf-8")
+    assert ClinicalClassifier.load(folder).space == PreprocessConfig()

@@ -151,3 +151,17 @@ def test_registry_is_explicit_about_weights_and_fallbacks(tmp_path) -> None:
 def test_evaluator_rejects_wrong_shapes(evaluator: FIDEvaluator) -> None:
     with pytest.raises(InvalidInputError, match="prepared"):
         evaluator.features([np.zeros((10, 10, 10), dtype=np.float32)])
+
+
+def test_volumes_are_cut_from_the_given_image_space(evaluator: FIDEvaluator, real_volumes) -> None:
+    """FID of a tiny-grid generator compares real and generated CTs over the generator's field of view (the
+    preset's image space), and the feature fingerprint says which one."""
+    from ctrag.data.transforms import PreprocessConfig
+
+    small = PreprocessConfig(spacing=(4.0, 4.0, 4.0), size=(64, 64, 32))
+    other = FIDEvaluator(evaluator.config, evaluator.extractor_2d, evaluator.extractor_3d, small)
+    ct = real_volumes["A0001"]
+    np.testing.assert_allclose(other.prepare(ct), prepare_volume(ct, EVAL_SHAPE, space=small), atol=1e-6)
+    assert not np.allclose(other.prepare(ct), evaluator.prepare(ct), atol=1e-3)
+    assert other.fingerprints["field_of_view_mm"] == "256x256x128"
+    assert evaluator.fingerprints["field_of_view_mm"] == "384x384x384"

@@ -252,6 +252,7 @@ def train_classifier_command(
     """Train the CT-Net-like 18-label classifier used for clinical consistency (and as FID backbone)."""
     from ctrag.data.case import Corpus
     from ctrag.data.heldout import held_out_set
+    from ctrag.data.transforms import PreprocessConfig
     from ctrag.evaluation.classifier import ClassifierConfig, train_from_corpus
 
     set_threads(threads)
@@ -259,7 +260,10 @@ def train_classifier_command(
     cases = Corpus.load(corpus)
     with stage_progress(progress, "classifier") as update:
         held_out = held_out_set(config, set_ or [])
-        clf = train_from_corpus(cases, cfg, split=split, label_file=labels, progress=update, held_out=held_out)
+        space = load_config(PreprocessConfig, config, section="preprocess")  # the preset's one image space
+        clf = train_from_corpus(
+            cases, cfg, split=split, label_file=labels, progress=update, held_out=held_out, space=space
+        )
     clf.metadata["command"] = command_line("train", "classifier", "--corpus", corpus, "--out", out, "--config", config)
     folder = clf.save(out)
     meta = clf.metadata

@@ -90,6 +90,15 @@ class PreprocessConfig:
         if self.mask_dtype not in {"uint8", "int16", "int32", "int64"}:
             raise ConfigError(f"PreprocessConfig: mask_dtype must be an integer dtype name, got {self.mask_dtype!r}")
 
+    @property
+    def field_of_view(self) -> tuple[float, float, float]:
+        """Physical extent (mm) of the image space: ``spacing * size`` per axis."""
+        return (
+            float(self.spacing[0] * self.size[0]),
+            float(self.spacing[1] * self.size[1]),
+            float(self.spacing[2] * self.size[2]),
+        )
+
 
 PREPROCESS_PRESETS: dict[str, PreprocessConfig] = {
     "text2ct-512": PreprocessConfig(),

@@ -35,6 +35,7 @@ from ctrag.config import config_to_dict, from_dict
 from ctrag.data.heldout import HeldOut
 from ctrag.data.labels import CT_RATE_LABELS
 from ctrag.data.nifti import Volume
+from ctrag.data.transforms import PreprocessConfig
 from ctrag.errors import CheckpointMismatchError, InvalidInputError, WeightsNotFoundError
 from ctrag.evaluation.volumes import prepare_volume
 from ctrag.utils.atomic import atomic_path, atomic_write_text
@@ -56,7 +57,6 @@ class ClassifierConfig:
     """Architecture, preprocessing and training settings (section ``classifier`` of a preset)."""
 
     input_shape: tuple[int, int, int] = (64, 64, 48)
-    hu_window: tuple[float, float] = (-1000.0, 1000.0)
     trunk_channels: tuple[int, int, int, int] = (16, 32, 64, 128)
     trunk_layers: tuple[int, int, int, int] = (1, 1, 1, 1)
     reducer_channels: tuple[int, int] = (64, 32)
@@ -166,9 +166,11 @@ class ClinicalClassifier:
     config: ClassifierConfig
     metadata: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
+    space: PreprocessConfig = field(default_factory=PreprocessConfig)
+    """The image space (field of view, HU window) the classifier was trained in; its inputs are cut from it."""
 
     def prepare(self, volume: Volume) -> np.ndarray:
-        return prepare_volume(volume, self.config.input_shape, self.config.hu_window)
+        return prepare_volume(volume, self.config.input_shape, space=self.space)
 
     def predict_proba(self, volumes: Sequence[Volume | np.ndarray], batch_size: int = 2) -> np.ndarray:
         """(N, num_labels) probabilities. Arrays are taken as already prepared (see :meth:`prepare`)."""
@@ -198,6 +200,7 @@ class ClinicalClassifier:
             "format": "ctrag-ctnet-classifier/1",
             "labels": list(CT_RATE_LABELS[: self.config.num_labels]),
             "config": config_to_dict(self.config),
+            "image_space": config_to_dict(self.space),
             "metadata": self.metadata,
             "weights_sha256": self.fingerprint,
         }
@@ -213,7 +216,10 @@ class ClinicalClassifier:
                 f"no classifier at {root}: expected {CONFIG_NAME} and {WEIGHTS_NAME} (run `ctrag train classifier`)"
             )
         record = json.loads(cfg_file.read_text(encoding="utf-8"))
-        cfg = from_dict(ClassifierConfig, record["config"])
+        config = dict(record["config"])
+        config.pop("hu_window", None)  # classifiers written before the image space was recorded
+        cfg = from_dict(ClassifierConfig, config)
+        space = from_dict(PreprocessConfig, record["image_space"]) if "image_space" in record else PreprocessConfig()
         digest = sha256_file(weights)
         if record.get("weights_sha256") and record["weights_sha256"] != digest:
             raise CheckpointMismatchError(f"{weights}: sha256 {digest[:12]} differs from {CONFIG_NAME}")
@@ -222,7 +228,8 @@ class ClinicalClassifier:
         model.to(torch.device(device)).eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        return cls(model=model, config=cfg, metadata=dict(record.get("metadata", {})), fingerprint=digest)
+        meta = dict(record.get("metadata", {}))
+        return cls(model=model, config=cfg, metadata=meta, fingerprint=digest, space=space)
 
 
 def train_classifier(
@@ -232,6 +239,7 @@ def train_classifier(
     *,
     metadata: dict[str, Any] | None = None,
     progress: ProgressFn | None = None,
+    space: PreprocessConfig | None = None,
 ) -> ClinicalClassifier:
     """Train :class:`CTNet` on prepared volumes and a ``(N, num_labels)`` 0/1 matrix; returns it frozen.
 
@@ -286,7 +294,7 @@ def train_classifier(
     meta.setdefault("n_train", len(y))
     meta["final_train_loss"] = last
     meta["train_losses"] = history
-    return ClinicalClassifier(model=model, config=config, metadata=meta)
+    return ClinicalClassifier(model=model, config=config, metadata=meta, space=space or PreprocessConfig())
 
 
 def _seeded_ctnet(config: ClassifierConfig) -> CTNet:
@@ -339,12 +347,14 @@ def train_from_corpus(
     label_file: str | os.PathLike[str] | None = None,
     progress: ProgressFn | None = None,
     held_out: HeldOut | None = None,
+    space: PreprocessConfig | None = None,
 ) -> ClinicalClassifier:
     """Train on the ``split`` cases that have a CT and labels (manifest labels, or ``label_file`` rows).
 
     Refuses to train without any labelled CT, and records every training case and its label source. Refuses
     (``LeakageError``) any split or case the evaluation run evaluates: ``held_out`` is the preset's held-out set
-    (``ctrag.data.heldout.held_out_set``); by default the test split.
+    (``ctrag.data.heldout.held_out_set``); by default the test split. ``space`` is the preset's image space
+    (``preprocess`` section; Text2CT's by default): training and evaluation inputs are cut from it alike.
     """
     from ctrag.data.nifti import load_volume
 
@@ -373,7 +383,8 @@ def train_from_corpus(
             f"no {split!r} case has both a CT volume and CT-RATE labels, so there is nothing to train the classifier "
             "on; give labels with --labels FILE (case_id + the 18 label columns + label_source)"
         )
-    arrays = [prepare_volume(load_volume(c.volume_path), config.input_shape, config.hu_window) for c, _, _ in chosen]
+    space = space or PreprocessConfig()
+    arrays = [prepare_volume(load_volume(c.volume_path), config.input_shape, space=space) for c, _, _ in chosen]
     labels = np.stack([v for _, v, _ in chosen])
     meta = {
         "split": split,
@@ -382,4 +393,4 @@ def train_from_corpus(
         "label_sources": sorted({s for _, _, s in chosen}),
         "positives_per_label": {n: int(p) for n, p in zip(CT_RATE_LABELS, labels.sum(0), strict=True) if p > 0},
     }
-    return train_classifier(arrays, labels, config, metadata=meta, progress=progress)
+    return train_classifier(arrays, labels, config, metadata=meta, progress=progress, space=space)

@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from ctrag.data.nifti import Volume
+from ctrag.data.transforms import PreprocessConfig
 from ctrag.errors import InvalidInputError
 from ctrag.evaluation.features import FeatureExtractor
-from ctrag.evaluation.volumes import HU_WINDOW, prepare_volume
+from ctrag.evaluation.volumes import DEFAULT_SPACE, prepare_volume
 from ctrag.utils.progress import ProgressFn
 
 #: Stage label of :meth:`FIDEvaluator.features` progress (one step per volume).
@@ -194,6 +195,7 @@ class FIDEvaluator:
         config: FIDConfig,
         extractor_2d: FeatureExtractor,
         extractor_3d: FeatureExtractor | None = None,
+        space: PreprocessConfig = DEFAULT_SPACE,
     ) -> None:
         if extractor_2d.spatial_dims != 2:
             raise InvalidInputError(f"2.5D FID needs a 2-D extractor, got {extractor_2d.name}")
@@ -202,14 +204,16 @@ class FIDEvaluator:
         self.config = config
         self.extractor_2d = extractor_2d
         self.extractor_3d = extractor_3d
+        self.space = space
 
     @classmethod
-    def from_config(cls, config: FIDConfig) -> FIDEvaluator:
+    def from_config(cls, config: FIDConfig, space: PreprocessConfig = DEFAULT_SPACE) -> FIDEvaluator:
+        """Extractors from ``config``; volumes are cut from ``space`` (the generator preset's image space)."""
         from ctrag.evaluation.features import create_extractor
 
         e2 = create_extractor(config.extractor_2d, config.weights_2d, config.device)
         e3 = create_extractor(config.extractor_3d, config.weights_3d, config.device) if config.extractor_3d else None
-        return cls(config, e2, e3)
+        return cls(config, e2, e3, space)
 
     @property
     def volume_shape(self) -> tuple[int, int, int]:
@@ -222,7 +226,7 @@ class FIDEvaluator:
 
     def prepare(self, volume: Volume) -> np.ndarray:
         """A CT (HU) on the evaluation grid in [0, 1]; apply to real and generated volumes alike."""
-        return prepare_volume(volume, self.volume_shape, HU_WINDOW)
+        return prepare_volume(volume, self.volume_shape, space=self.space)
 
     @property
     def slice_size(self) -> int:
@@ -237,6 +241,10 @@ class FIDEvaluator:
             "extractor_2d": self.extractor_2d.fingerprint,
             "extractor_3d": self.extractor_3d.fingerprint if self.extractor_3d else None,
             "volume_shape": "x".join(str(s) for s in self.volume_shape),
+            "field_of_view_mm": "x".join(
+                f"{a * b:g}" for a, b in zip(self.space.spacing, self.space.size, strict=True)
+            ),
+            "hu_window": "x".join(f"{v:g}" for v in self.space.hu_window),
             "slice_size": str(self.slice_size),
         }
 

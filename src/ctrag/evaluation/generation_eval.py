@@ -96,7 +96,9 @@ def evaluate_generation(
     )
     classifier = ClinicalClassifier.load(config.classifier, device=config.device) if config.classifier else None
     fid_cfg = resolve_fid_config(config.fid, config.classifier)
-    fid = FIDEvaluator.from_config(fid_cfg)
+    # Real and generated CTs are cut from the generator's image space, so both sides cover the same field of view.
+    space = getattr(getattr(pipeline, "config", None), "preprocess", None)
+    fid = FIDEvaluator.from_config(fid_cfg, space) if space is not None else FIDEvaluator.from_config(fid_cfg)
     segmenter = make_segmenter(segment_config)
     out = Path(out_dir)
 

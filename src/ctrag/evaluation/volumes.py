@@ -57,7 +57,7 @@ def evaluation_spacing(shape: Sequence[int], space: PreprocessConfig = DEFAULT_S
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"evaluation grid shape must be 3 positive ints, got {shape}")
-    fov = np.asarray(space.spacing, dtype=np.float64) * np.asarray(space.size, dtype=np.float64)
+    fov = np.asarray(space.field_of_view, dtype=np.float64)
     sp = fov / np.asarray(shape, dtype=np.float64)
     return (float(sp[0]), float(sp[1]), float(sp[2]))
 
