@@ -223,3 +223,16 @@ def test_a_corpus_embedded_in_chunks_gets_one_truncation_warning(minilm, ct_rate
     assert len(caplog.records) == 1
     assert f"{cut} of 24 texts" in caplog.text
     assert f"{sum(n - limit for n in counts if n > limit)} token(s) dropped" in caplog.text
+
+
+def test_memo_encoder_bound_evicts_the_least_recently_used_text(minilm):
+    from ctrag.encoders.cache import memo_encoder
+    from ctrag.errors import InvalidInputError
+
+    memo = memo_encoder(minilm, max_items=2)
+    memo.encode_text(["a lung nodule", "pleural effusion"])
+    memo.encode_text(["a lung nodule"])  # used again: "pleural effusion" is now the oldest
+    memo.encode_text(["cardiomegaly"])
+    assert list(memo._memo) == ["a lung nodule", "cardiomegaly"]
+    with pytest.raises(InvalidInputError, match="max_items"):
+        memo_encoder(minilm, max_items=0)

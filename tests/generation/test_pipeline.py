@@ -165,3 +165,29 @@ def test_progress_is_reported_through_progress_fn(pipeline, val_reports) -> None
     calls: list[tuple[str, int, int]] = []
     pipeline(val_reports[0], strategy="none", seed=0, steps=3, progress=lambda *a: calls.append(a))
     assert calls == [("sampling", 0, 3), ("sampling", 1, 3), ("sampling", 2, 3), ("sampling", 3, 3)]
+
+
+def test_a_report_is_encoded_once_for_retrieval_prompt_and_baseline(trained_run: Path, gen_index: Path) -> None:  # type: ignore[no-untyped-def]
+    """Retrieval, the prompt and the text-only baseline share one memo of the report's embedding (ctrag generate
+    --baseline encoded the same report three times and printed its truncation warning three times)."""
+    from ctrag.encoders.cache import MemoTextEncoder
+    from ctrag.generation.run_folder import create_text_encoder
+
+    class CountingEncoder:
+        def __init__(self) -> None:
+            self.inner = create_text_encoder({"name_or_path": "minilm", "weights": None}, "cpu")
+            self.name, self.dim, self.fingerprint = self.inner.name, self.inner.dim, self.inner.fingerprint
+            self.texts: list[str] = []
+
+        def encode_text(self, texts, batch_size=32):  # type: ignore[no-untyped-def]
+            self.texts += list(texts)
+            return self.inner.encode_text(texts, batch_size=batch_size)
+
+    counting = CountingEncoder()
+    pipe = GenerationPipeline.from_pretrained(trained_run, encoder=counting, index_dir=gen_index)
+    assert isinstance(pipe.encoder, MemoTextEncoder)
+    report = "Right upper lobe mass. No pleural effusion."
+    first = pipe(report, strategy="nearest", seed=0, steps=2)
+    pipe(report, strategy="none", seed=0, steps=2, grid=first.affine)
+    pipe(report, strategy="nearest", seed=1, steps=2)
+    assert counting.texts == [report]

@@ -21,6 +21,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,7 +283,11 @@ MEMO_STAGE = "encode reports"
 
 
 def memo_encoder(
-    encoder: Encoder, *, cache_path: str | os.PathLike[str] | None = None, progress: ProgressFn | None = None
+    encoder: Encoder,
+    *,
+    cache_path: str | os.PathLike[str] | None = None,
+    progress: ProgressFn | None = None,
+    max_items: int | None = None,
 ) -> Encoder:
     """An :class:`~ctrag.encoders.base.Encoder` that wraps ``encoder`` and remembers vectors by text.
 
@@ -293,7 +298,7 @@ def memo_encoder(
     class _MemoEncoder(MemoTextEncoder, _Base):
         pass
 
-    return _MemoEncoder(encoder, cache_path=cache_path, progress=progress)
+    return _MemoEncoder(encoder, cache_path=cache_path, progress=progress, max_items=max_items)
 
 
 class MemoTextEncoder:
@@ -304,6 +309,7 @@ class MemoTextEncoder:
     (``progress("encode reports", done, total)``). It keeps the wrapped encoder's name, dimension and
     fingerprint, so indexes and guards treat it as that encoder. Build one with :func:`memo_encoder` (the
     :class:`~ctrag.encoders.base.Encoder` base then supplies ``supports_text`` / ``supports_volume``).
+    ``max_items`` bounds the memo (least recently used texts go first) for long-lived processes.
     """
 
     def __init__(
@@ -312,10 +318,14 @@ class MemoTextEncoder:
         *,
         cache_path: str | os.PathLike[str] | None = None,
         progress: ProgressFn | None = None,
+        max_items: int | None = None,
     ) -> None:
+        if max_items is not None and max_items < 1:
+            raise InvalidInputError(f"max_items must be >= 1 or None, got {max_items}")
         self.inner = encoder
         self.name = encoder.name
-        self._memo: dict[str, np.ndarray] = {}
+        self._memo: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.max_items = max_items
         self._cache_path = Path(cache_path) if cache_path is not None else None
         self.progress = progress
         self.encode_seconds = 0.0
@@ -348,7 +358,13 @@ class MemoTextEncoder:
             self._memo.update(zip(new, vectors, strict=True))
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self._memo[t] for t in items]).astype(np.float32)
+        out = np.stack([self._memo[t] for t in items]).astype(np.float32)
+        if self.max_items is not None:
+            for t in items:
+                self._memo.move_to_end(t)
+            while len(self._memo) > self.max_items:
+                self._memo.popitem(last=False)
+        return out
 
     def encode_volume(self, volumes: Any, batch_size: int = 4) -> np.ndarray:
         raise NotImplementedError("the memo encoder wraps text encoders only")

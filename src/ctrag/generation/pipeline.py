@@ -34,6 +34,7 @@ from ctrag.data import transforms
 from ctrag.data.labels import num_labels
 from ctrag.data.nifti import Volume
 from ctrag.data.report_text import check_report_text
+from ctrag.encoders.cache import MemoTextEncoder, memo_encoder
 from ctrag.errors import CheckpointMismatchError, ConfigError, InvalidInputError, WeightsNotFoundError
 from ctrag.generation.config import GeneratorConfig, load_generator_config
 from ctrag.generation.controlnet import ControlInputs, controlnet_residuals, encode_control, encode_mask
@@ -74,6 +75,8 @@ logger = logging.getLogger(__name__)
 STRATEGIES: tuple[str, ...] = ("nearest", "random", "farthest", "none")
 SAMPLING_STAGE = "sampling"
 """The ``ProgressFn`` stage the denoising loop reports under (``progress("sampling", step, steps)``)."""
+PROMPT_MEMO_ITEMS = 256
+"""Distinct reports whose embeddings a loaded pipeline keeps (a long-lived service sees many)."""
 
 __all__ = ["STRATEGIES", "GenerationPipeline", "GenerationResult", "ProxyMask"]
 
@@ -200,6 +203,10 @@ class GenerationPipeline:
                 f"the UNet in {run_dir} was trained with text encoder {recorded}, but encoder {given} was given"
             )
         parts = load_run_components(run_dir, index, config, dev, require_controlnet=require_controlnet)
+        if encoder is not None and not isinstance(encoder, MemoTextEncoder):
+            # Prompt encoding and the retriever's query share one memo: a report is encoded once however often
+            # it is generated from (seeds, baselines, ablation methods).
+            encoder = memo_encoder(encoder, max_items=PROMPT_MEMO_ITEMS)
         if retriever is None and index_dir is not None:
             retriever = load_retriever(index_dir, encoder, str(dev))
         return cls(
