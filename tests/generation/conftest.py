@@ -13,9 +13,19 @@ import pytest
 import torch
 
 from ctrag.data.case import Corpus
-from ctrag.generation.config import GeneratorConfig, load_generator_config
+from ctrag.generation.config import DiffusionConfig, GeneratorConfig, load_generator_config
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_data"
+
+#: A two-level UNet with cross-attention that unit tests of the networks, sampler and objectives build in ms.
+TINY_UNET = DiffusionConfig(
+    channels=(16, 32),
+    attention_levels=(False, True),
+    num_res_blocks=(1, 1),
+    num_head_channels=(0, 16),
+    norm_num_groups=8,
+    cross_attention_dim=24,
+)
 
 #: The tiny-cpu preset shortened so the whole session run trains in well under a minute on two cores.
 TEST_OVERRIDES: tuple[str, ...] = (

@@ -17,17 +17,10 @@ from ctrag.generation.controlnet import (
     encode_mask,
 )
 from ctrag.generation.networks import build_unet, extra_unet_inputs
+from tests.generation.conftest import TINY_UNET
 
-UNET = DiffusionConfig(
-    channels=(16, 32),
-    attention_levels=(False, True),
-    num_res_blocks=(1, 1),
-    num_head_channels=(0, 16),
-    norm_num_groups=8,
-    cross_attention_dim=24,
-)
 MAISI_UNET = dataclasses.replace(
-    UNET, arch="maisi", num_class_embeds=4, include_spacing_input=True, resblock_updown=True
+    TINY_UNET, arch="maisi", num_class_embeds=4, include_spacing_input=True, resblock_updown=True
 )
 CN = ControlNetConfig(mask_pool=2, conditioning_embedding_num_channels=(8,))
 
@@ -51,7 +44,7 @@ def _randomised_unet(cfg: DiffusionConfig) -> torch.nn.Module:
     return unet
 
 
-@pytest.mark.parametrize("cfg", [UNET, MAISI_UNET], ids=["monai", "maisi"])
+@pytest.mark.parametrize("cfg", [TINY_UNET, MAISI_UNET], ids=["monai", "maisi"])
 def test_controlnet_from_unet_copies_encoder_exactly(cfg: DiffusionConfig) -> None:
     unet = _randomised_unet(cfg)
     cn = controlnet_from_unet(unet, cfg, CN, num_labels=5)
@@ -70,7 +63,7 @@ def test_controlnet_from_unet_copies_encoder_exactly(cfg: DiffusionConfig) -> No
 
 
 def test_controlnet_from_unet_refuses_another_encoder() -> None:
-    unet = _randomised_unet(UNET)
+    unet = _randomised_unet(TINY_UNET)
     other = DiffusionConfig(
         channels=(16, 64), attention_levels=(False, True), num_res_blocks=(1, 1), num_head_channels=(0, 16),
         norm_num_groups=8, cross_attention_dim=24,
@@ -79,7 +72,7 @@ def test_controlnet_from_unet_refuses_another_encoder() -> None:
         controlnet_from_unet(unet, other, CN, num_labels=5)
 
 
-@pytest.mark.parametrize("cfg", [UNET, MAISI_UNET], ids=["monai", "maisi"])
+@pytest.mark.parametrize("cfg", [TINY_UNET, MAISI_UNET], ids=["monai", "maisi"])
 def test_zero_initialised_controlnet_leaves_unet_output_bit_identical(cfg: DiffusionConfig) -> None:
     unet = _randomised_unet(cfg)
     cn = controlnet_from_unet(unet, cfg, CN, num_labels=5).eval()
@@ -96,7 +89,7 @@ def test_zero_initialised_controlnet_leaves_unet_output_bit_identical(cfg: Diffu
     assert torch.equal(plain, guided)
 
 
-def _trained_like_controlnet(cfg: DiffusionConfig = UNET) -> tuple[torch.nn.Module, torch.nn.Module]:
+def _trained_like_controlnet(cfg: DiffusionConfig = TINY_UNET) -> tuple[torch.nn.Module, torch.nn.Module]:
     unet = _randomised_unet(cfg)
     cn = controlnet_from_unet(unet, cfg, CN, num_labels=5).eval()
     torch.manual_seed(2)
@@ -123,7 +116,7 @@ def test_control_scale_zero_equals_no_control_and_scale_matters() -> None:
     assert float((outs[1.0] - plain).abs().max()) > 1e-3
 
 
-@pytest.mark.parametrize("cfg", [UNET, MAISI_UNET], ids=["monai", "maisi"])
+@pytest.mark.parametrize("cfg", [TINY_UNET, MAISI_UNET], ids=["monai", "maisi"])
 def test_cached_mask_features_match_monai_forward(cfg: DiffusionConfig) -> None:
     _, cn = _trained_like_controlnet(cfg)
     x, t, ctx, labels = _inputs()

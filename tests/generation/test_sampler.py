@@ -7,28 +7,20 @@ import json
 import pytest
 import torch
 
-from ctrag.generation.config import ControlNetConfig, DiffusionConfig, SchedulerConfig
+from ctrag.generation.config import ControlNetConfig, SchedulerConfig
 from ctrag.generation.controlnet import CONTROL_ONLY_PREFIXES, controlnet_from_unet, encode_control, encode_mask
 from ctrag.generation.networks import build_unet
 from ctrag.generation.sampler import GuidanceInputs, RectifiedFlowSampler, sample_latents
-
-UNET = DiffusionConfig(
-    channels=(16, 32),
-    attention_levels=(False, True),
-    num_res_blocks=(1, 1),
-    num_head_channels=(0, 16),
-    norm_num_groups=8,
-    cross_attention_dim=24,
-)
+from tests.generation.conftest import TINY_UNET
 
 
 @pytest.fixture(scope="module")
 def nets() -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(3)
-    unet = build_unet(UNET).eval()
+    unet = build_unet(TINY_UNET).eval()
     for p in unet.out.parameters():
         torch.nn.init.normal_(p, std=0.2)
-    cn = controlnet_from_unet(unet, UNET, ControlNetConfig(conditioning_embedding_num_channels=(8, 16)), 5).eval()
+    cn = controlnet_from_unet(unet, TINY_UNET, ControlNetConfig(conditioning_embedding_num_channels=(8, 16)), 5).eval()
     with torch.no_grad():
         for name, p in cn.named_parameters():
             if name.startswith(CONTROL_ONLY_PREFIXES):

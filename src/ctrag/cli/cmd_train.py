@@ -176,27 +176,7 @@ def train_diffusion_command(
     stop_after: StopOpt = None,
 ) -> None:
     """Train the text-conditioned diffusion UNet on latents of the frozen VAE in OUT (writes OUT/unet)."""
-    from ctrag.generation.training import train_diffusion
-
-    started = time.perf_counter()
-    cfg = _setup(config, set_, "train_diffusion", device, threads)
-    encoder, spec = (
-        _encoder(config, cfg.train_diffusion.device, set_) if cfg.diffusion.with_conditioning else (None, None)
-    )
-    with stage_progress(progress, "diffusion") as update:
-        result = train_diffusion(
-            load_corpus(corpus),
-            cfg,
-            out,
-            encoder=encoder,
-            encoder_spec=spec,
-            mask_from=mask_from,
-            progress=update,
-            resume=resume,
-            stop_after=stop_after,
-        )
-    result.info["complete"] = result.steps == cfg.train_diffusion.total_steps
-    _report("diffusion", result, out, started)
+    _train_flow("diffusion", corpus, out, config, set_, device, threads, mask_from, resume, progress, stop_after)
 
 
 @train_app.command("controlnet")
@@ -213,15 +193,34 @@ def train_controlnet_command(
     stop_after: StopOpt = None,
 ) -> None:
     """Train the ControlNet on (CT, mask) pairs with the VAE and UNet in OUT frozen (writes OUT/controlnet)."""
-    from ctrag.generation.training import train_controlnet
+    _train_flow("controlnet", corpus, out, config, set_, device, threads, mask_from, resume, progress, stop_after)
+
+
+def _train_flow(
+    part: str,
+    corpus: Path,
+    out: Path,
+    config: str,
+    overrides: list[str] | None,
+    device: str | None,
+    threads: int | None,
+    mask_from: str,
+    resume: bool,
+    progress: bool,
+    stop_after: int | None,
+) -> None:
+    """The two latent-flow trainings (UNet, ControlNet) take the same inputs; only the recipe differs."""
+    from ctrag.generation.training import train_controlnet, train_diffusion
 
     started = time.perf_counter()
-    cfg = _setup(config, set_, "train_controlnet", device, threads)
-    encoder, _ = (
-        _encoder(config, cfg.train_controlnet.device, set_) if cfg.diffusion.with_conditioning else (None, None)
-    )
-    with stage_progress(progress, "controlnet") as update:
-        result = train_controlnet(
+    section = f"train_{part}"
+    cfg = _setup(config, overrides, section, device, threads)
+    train_cfg = getattr(cfg, section)
+    encoder, spec = _encoder(config, train_cfg.device, overrides) if cfg.diffusion.with_conditioning else (None, None)
+    recipe: Any = train_diffusion if part == "diffusion" else train_controlnet
+    extra = {"encoder_spec": spec} if part == "diffusion" else {}
+    with stage_progress(progress, part) as update:
+        result = recipe(
             load_corpus(corpus),
             cfg,
             out,
@@ -230,9 +229,10 @@ def train_controlnet_command(
             progress=update,
             resume=resume,
             stop_after=stop_after,
+            **extra,
         )
-    result.info["complete"] = result.steps == cfg.train_controlnet.total_steps
-    _report("controlnet", result, out, started)
+    result.info["complete"] = result.steps == train_cfg.total_steps
+    _report(part, result, out, started)
 
 
 @train_app.command("classifier")

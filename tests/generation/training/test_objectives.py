@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from ctrag.generation.config import DiffusionConfig, load_generator_config
+from ctrag.generation.config import load_generator_config
 from ctrag.generation.networks import build_unet, build_vae
 from ctrag.generation.sampler import RectifiedFlowSampler
 from ctrag.generation.training.engine import step_generator
 from ctrag.generation.training.objectives import FlowObjective, VAEObjective, flow_prepare_batch, vae_prepare_batch
-from tests.generation.conftest import tiny_config
-
-UNET = DiffusionConfig(
-    channels=(16, 32),
-    attention_levels=(False, True),
-    num_res_blocks=(1, 1),
-    num_head_channels=(0, 16),
-    norm_num_groups=8,
-    cross_attention_dim=24,
-)
+from tests.generation.conftest import TINY_UNET, tiny_config
 
 
 def test_vae_loss_is_reconstruction_plus_kl_and_the_edge_term_adds(training_cases) -> None:  # type: ignore[no-untyped-def]
@@ -38,7 +29,7 @@ def test_vae_loss_is_reconstruction_plus_kl_and_the_edge_term_adds(training_case
 
 def test_flow_loss_uses_the_null_embedding_for_dropped_text() -> None:
     torch.manual_seed(1)
-    unet = build_unet(UNET).eval()
+    unet = build_unet(TINY_UNET).eval()
     with torch.no_grad():  # MONAI zero-initialises the output and attention projections: give them weights
         for p in unet.parameters():
             p.normal_(std=0.1)
