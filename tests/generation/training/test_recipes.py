@@ -184,3 +184,17 @@ def test_generator_training_refuses_what_the_evaluation_evaluates(tmp_path: Path
         select_training_cases(gen_corpus, ("train",), held_out=named.held_out)
     with pytest.raises(LeakageError, match="lung_pet_ct_dx_A0001"):
         train_vae(None, named, tmp_path / "run2", cases=training_cases)
+
+
+def test_cli_trains_unet_then_controlnet_in_a_run_folder(tmp_path: Path, trained_run: Path, gen_corpus) -> None:  # type: ignore[no-untyped-def]
+    """``ctrag train diffusion`` and ``ctrag train controlnet`` (one shared CLI path) continue a run folder."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "vae", run / "vae")
+    shutil.copy(trained_run / "pipeline.json", run / "pipeline.json")
+    for part in ("diffusion", "controlnet"):
+        sets = [f"train_{part}.steps_per_epoch=2", f"train_{part}.batch_size=2", f"train_{part}.bank_crops=4"]
+        argv = ["train", part, "--corpus", str(gen_corpus.root), "--out", str(run), "--threads", "1", "--no-progress"]
+        assert main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
+    assert len(_losses(run, "unet")) == 2 and len(_losses(run, "controlnet")) == 2
+    index = json.loads((run / "pipeline.json").read_text())
+    assert index["encoder"]["name_or_path"] == "minilm"  # the UNet's text space is recorded for generation
