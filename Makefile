@@ -39,6 +39,7 @@ test: lint typecheck pytest
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_index.py --sizes 100000 --name index_100k --out benchmarks/results
 	$(BIN)/python benchmarks/bench_text_encoding.py --out benchmarks/results
+	$(BIN)/python benchmarks/bench_encoder_cold_start.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_sampler.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_segment.py --out benchmarks/results
 
