@@ -7,12 +7,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testsupport.generation_data import (  # noqa: F401  shared by tests/generation and tests/cli, built once
+    gen_corpus,
+    gen_index,
+    pipeline,
+    text_encoder,
+    trained_run,
+    training_cases,
+    val_reports,
+)
 from testsupport.index_data import (  # noqa: F401  fixtures shared by tests/index, tests/retrieval, tests/cli
     all_cases,
     all_embeddings,
     support_module,
     test_encoder,
     train_index,
+)
+from testsupport.segment_data import (  # noqa: F401  shared by tests/segment and tests/cli, built once
+    classical,
+    cts,
+    measure,
+    ts_masks,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -16,8 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from ctrag.cli import main
-from ctrag.data.case import Corpus
 from ctrag.data.transforms import load_preprocess_config
 from ctrag.encoders import create_encoder
 from ctrag.encoders.config import EncoderConfig, EncoderTrainConfig
@@ -115,21 +113,3 @@ def test_augment_crops_and_flips_only_allowed_axes():
     assert bool((out[0, 0, 1:, 0] < out[0, 0, :-1, 0]).all())  # axis 1 mirrored
     same = augment(vol, cfg, torch.Generator().manual_seed(0))
     assert torch.equal(out, same)
-
-
-def test_cli_train_encoder(tmp_path, ct_cases, tiny_tower_json):
-    corpus = tmp_path / "corpus"
-    Corpus(ct_cases).save(corpus)
-    out = tmp_path / "runs" / "encoder"
-    args = ["train", "encoder", "--corpus", str(corpus), "--config", "tiny-cpu", "--out", str(out), "--epochs", "2",
-            "--set", f"volume_model={tiny_tower_json}", "--set", "train.views_per_case=1", "--no-progress"]  # fmt: skip
-    assert main(args) == 0
-    assert (out / "encoder_config.json").is_file()
-    summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["epochs"] == 2 and summary["n_pairs"] == 4
-    # a second call resumes (nothing left to do at 2 epochs) and still exits 0
-    assert main(args) == 0
-    bad = ["train", "encoder", "--corpus", str(corpus), "--out", str(tmp_path / "x"), "--set", "train.split=val",
-           "--no-progress"]  # fmt: skip
-    assert main(bad) == 2
-    assert main(["encoders", "list", "--json"]) == 0

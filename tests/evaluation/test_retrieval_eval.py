@@ -1,4 +1,5 @@
-"""``ctrag evaluate retrieval``: the shipped split, baseline figures, the run and the CLI.
+"""``ctrag evaluate retrieval``: the shipped split, baseline figures and the run (its CLI is tested in
+tests/cli/test_cmd_evaluate.py).
 
 The end-to-end runs use an LSA encoder (``testsupport.lsa``: TF-IDF + truncated SVD of the index reports, a
 real text embedding that costs a second) so the tests do not spend a minute embedding with MiniLM on shared
@@ -7,10 +8,6 @@ tested in tests/evaluation/metrics/test_retrieval.py, the outputs in test_retrie
 """
 
 from __future__ import annotations
-
-import csv
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,58 +105,6 @@ def test_leakage_is_refused(small: EvalData) -> None:
             hybrid_config=HybridConfig(search_weights=False),
             config=RetrievalEvalConfig(bootstrap=0, ablations=False),
         )
-
-
-# --------------------------------------------------------------------------------------------------- CLI
-
-
-def _write_subset(src: Path, dst: Path, n_train: int, n_val: int) -> None:
-    dst.mkdir(parents=True)
-    for split, n in (("train", n_train), ("val", n_val)):
-        for name in (f"{split}.csv", f"map_{split}_classifier.csv"):
-            with open(src / name, encoding="utf-8", newline="") as fh:
-                rows = list(csv.reader(fh))
-            with open(dst / name, "w", encoding="utf-8", newline="") as fh:
-                csv.writer(fh).writerows(rows[: n + 1])
-
-
-def test_cli_evaluate_retrieval(ct_rate_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ctrag.cli import main
-    from ctrag.encoders import factory
-
-    data = tmp_path / "data"
-    _write_subset(ct_rate_dir, data, 120, 15)
-    with open(data / "train.csv", encoding="utf-8", newline="") as fh:
-        texts = [row["report_text"] for row in csv.DictReader(fh)]
-    made: list[LsaEncoder] = []
-
-    def fake_create_encoder(name: str, weights: object = None, device: str = "cpu", **kw: object) -> LsaEncoder:
-        assert name == "minilm" and device == "cpu"
-        made.append(LsaEncoder(texts, dim=32))
-        return made[-1]
-
-    monkeypatch.setattr(factory, "create_encoder", fake_create_encoder)
-    out = tmp_path / "out"
-    code = main(
-        ["evaluate", "retrieval", str(data), "--out", str(out), "--config", "tiny-cpu", "--bootstrap", "100",
-         "--no-ablations", "--no-progress", "--set", "cv_folds=2", "--set", "grid.lcs=[0.0, 1.0, 2.0]"]
-    )  # fmt: skip
-    assert code == 0
-    payload = json.loads((out / "retrieval_eval.json").read_text())
-    assert payload["data"]["index_rows"] == 120 and payload["data"]["queries"] == 15
-    assert payload["setup"]["hybrid_config"]["cv_folds"] == 2
-    assert payload["setup"]["hybrid_config"]["grid"]["lcs"] == [0.0, 1.0, 2.0]
-    assert "--set cv_folds=2" in payload["command"]
-    assert (out / "retrieval_eval.md").is_file() and (out / "retrieval_tradeoff.png").stat().st_size > 1000
-
-
-def test_cli_bad_input(tmp_path: Path) -> None:
-    from ctrag.cli import main
-
-    (tmp_path / "empty").mkdir()
-    assert main(["evaluate", "retrieval", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
-    assert main(["evaluate", "retrieval", str(tmp_path), "--set", "nope=1", "--out", str(tmp_path / "o")]) == 2
-    assert not (tmp_path / "o").exists()
 
 
 def test_saved_index_mode_drops_overlapping_queries(small: EvalData) -> None:

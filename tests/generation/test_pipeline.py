@@ -1,8 +1,8 @@
-"""GenerationPipeline and ``ctrag generate`` end to end on the session-trained tiny models and real data."""
+"""GenerationPipeline end to end on the session-trained tiny models and real data (writing its result:
+test_output.py; ``ctrag generate``: tests/cli/test_cmd_generate.py)."""
 
 from __future__ import annotations
 
-import errno
 import json
 from pathlib import Path
 
@@ -10,20 +10,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ctrag.cli import main
 from ctrag.data.labels import COARSE_LABELS
-from ctrag.data.nifti import Volume, load_volume
+from ctrag.data.nifti import Volume
 from ctrag.errors import CheckpointMismatchError, DataValidationError, InvalidInputError, WeightsNotFoundError
-from ctrag.generation.output import output_paths, save_result
 from ctrag.generation.pipeline import GenerationPipeline
 from tests.generation.conftest import SAMPLE
 
 CTRATE_MASK = SAMPLE / "ct_rate_nc_sa" / "ragtext2ct_ctrate_chest_mask_total.nii.gz"
-
-
-@pytest.fixture(scope="module")
-def result(pipeline, val_reports):  # type: ignore[no-untyped-def]
-    return pipeline(val_reports[0], strategy="nearest", seed=3)
 
 
 def test_result_grid_affine_and_hu(result, pipeline) -> None:  # type: ignore[no-untyped-def]
@@ -37,31 +30,6 @@ def test_result_grid_affine_and_hu(result, pipeline) -> None:  # type: ignore[no
     assert result.mask is not None and result.mask.shape == result.volume.shape
     assert set(np.unique(result.mask).tolist()) <= {0, *COARSE_LABELS}
     assert result.retrieved and result.retrieved[0]["case_id"] != "lidc_idri_0314"
-
-
-def test_written_nifti_provenance_and_png(result, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    paths = save_result(result, tmp_path / "ct.nii.gz")
-    vol = load_volume(paths["volume"])
-    assert vol.array.dtype == np.int16 and vol.shape == result.volume.shape
-    assert np.allclose(vol.affine, result.affine, atol=1e-4) and vol.spacing == pytest.approx(result.spacing)
-    assert np.abs(vol.array - result.volume).max() <= 0.5 + 1e-3  # rounded HU
-    assert vol.meta["qform_code"] == 1 and vol.meta["sform_code"] == 1
-    prov = json.loads(paths["provenance"].read_text())
-    for key in (
-        "report_sha256",
-        "retrieved",
-        "mask_source",
-        "strategy",
-        "seed",
-        "config",
-        "weights_sha256",
-        "timings_s",
-    ):
-        assert key in prov
-    assert prov["retrieved"][0]["score"] == pytest.approx(result.retrieved[0]["score"])
-    assert set(prov["weights_sha256"]) == {"vae", "unet", "controlnet"}
-    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "ct.png", "ct.provenance.json"]
 
 
 def test_same_seed_same_volume_other_seed_differs(pipeline, val_reports, result) -> None:  # type: ignore[no-untyped-def]
@@ -121,44 +89,6 @@ def test_weights_from_another_config_or_missing(trained_run: Path, text_encoder,
         )
     with pytest.raises(WeightsNotFoundError, match="not found"):
         GenerationPipeline.from_pretrained(tmp_path / "nothing", encoder=text_encoder)
-    missing = ["generate", "--report", "Normal.", "--weights", str(tmp_path / "nothing")]
-    assert main([*missing, "--out", str(tmp_path / "x.nii.gz"), "--strategy", "none"]) == 2
-
-
-def test_disk_full_leaves_no_file_under_the_final_name(result, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import ctrag.generation.output as output
-
-    out = tmp_path / "full.nii.gz"
-    good = save_result(result, tmp_path / "previous.nii.gz")
-
-    def no_space(*args: object, **kwargs: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(output, "write_overlay_png", no_space)  # fails after the NIfTI and JSON were written
-    with pytest.raises(OSError, match="No space"):
-        save_result(result, out)
-    assert not any(p.exists() for p in output_paths(out).values())
-    # writing over an existing result that fails keeps the previous files intact
-    before = {k: p.read_bytes() for k, p in good.items()}
-    with pytest.raises(OSError):
-        save_result(result, tmp_path / "previous.nii.gz")
-    assert {k: p.read_bytes() for k, p in good.items()} == before
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
-    assert leftovers == []
-
-
-def test_cli_generate_end_to_end(trained_run: Path, gen_index: Path, tmp_path: Path, val_reports) -> None:  # type: ignore[no-untyped-def]
-    report = tmp_path / "report.txt"
-    report.write_text(val_reports[3], encoding="utf-8")
-    out = tmp_path / "gen" / "ct.nii.gz"
-    args = ["generate", "--report-file", str(report), "--weights", str(trained_run), "--index", str(gen_index),
-            "--out", str(out), "--steps", "4", "--seed", "5", "--no-progress", "--dice"]  # fmt: skip
-    assert main(args) == 0
-    prov = json.loads(out.with_name("ct.provenance.json").read_text())
-    assert prov["seed"] == 5 and prov["steps"] == 4 and prov["strategy"] == "nearest"
-    assert set(prov["dice_vs_proxy"]) >= {"body", "lungs"}
-    assert main(["generate", "--report", "", "--weights", str(trained_run), "--out", str(out)]) == 2
-    assert main(["generate", "--report", "x", "--weights", str(trained_run), "--out", str(tmp_path / "ct.txt")]) == 2
 
 
 def test_progress_is_reported_through_progress_fn(pipeline, val_reports) -> None:  # type: ignore[no-untyped-def]

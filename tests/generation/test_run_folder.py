@@ -1,10 +1,6 @@
-"""Run folders: strict loading of MAISI / Text2CT-style checkpoints and ctrag component folders, the import of
-external weights into a run folder that generates, and the text encoder a run records.
-
-The real checkpoints are gigabytes and not on this machine, so the import test builds networks with the *same
-classes and structure options* as text2ct-512 (MAISI VAE/UNet/ControlNet, spacing + modality inputs, binary 8-bit
-masks of TotalSegmentator ids), saves them the way the MAISI/Text2CT scripts do, imports them with ``ctrag
-import-weights`` and generates with a real TotalSegmentator mask as control.
+"""Run folders: strict loading of MAISI / Text2CT-style checkpoints and ctrag component folders, and the text
+encoder a run records. The import of external weights into a run folder that generates goes through ``ctrag
+import-weights`` and is tested in tests/cli/test_cmd_generate.py.
 """
 
 from __future__ import annotations
@@ -12,17 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from ctrag.cli import main
 from ctrag.config import config_to_dict
 from ctrag.errors import CheckpointMismatchError, WeightsNotFoundError
 from ctrag.generation.config import ControlNetConfig, DiffusionConfig, VAEConfig, load_generator_config
-from ctrag.generation.controlnet import CONTROL_ONLY_PREFIXES
 from ctrag.generation.networks import build_controlnet, build_unet, build_vae
-from ctrag.generation.pipeline import GenerationPipeline
 from ctrag.generation.run_folder import (
     load_component,
     load_external_weights,
@@ -30,7 +22,6 @@ from ctrag.generation.run_folder import (
     map_state_dict,
     save_component,
 )
-from tests.generation.conftest import SAMPLE
 
 # Same structure as the Text2CT / RAG-Text2CT configs (MAISI classes, spacing + modality inputs, resblock up/down,
 # cross-attention), at a size a unit test can build in a second.
@@ -147,94 +138,6 @@ def test_component_from_another_config_is_refused(tmp_path: Path) -> None:
         load_component(tmp_path / "vae", "unet", build_vae(cfg), None)
     with pytest.raises(WeightsNotFoundError, match="not found"):
         load_component(tmp_path / "missing", "vae", build_vae(cfg), None)
-
-
-# ------------------------------------------------------------------------------------------ external weights
-
-SHRINK = [
-    "vae.channels=[8,16,16]",
-    "vae.num_res_blocks=[1,1,1]",
-    "vae.norm_num_groups=8",
-    "vae.num_splits=1",
-    "vae.norm_float16=false",
-    "preprocess.spacing=[5.0,5.0,7.5]",
-    "diffusion.channels=[16,32,32,32]",
-    "diffusion.num_res_blocks=[1,1,1,1]",
-    "diffusion.num_head_channels=[0,0,16,16]",
-    "diffusion.norm_num_groups=8",
-    "diffusion.cross_attention_dim=384",
-    "diffusion.use_flash_attention=false",
-    "controlnet.conditioning_embedding_num_channels=[8,16,16]",
-    "sampler.output_shape=[64,64,32]",
-    "sampler.device=cpu",
-    "sampler.precision=fp32",
-    "sampler.steps=3",
-]
-
-
-def _save_like_maisi(tmp: Path) -> dict[str, Path]:
-    cfg = load_generator_config("text2ct-512", SHRINK)
-    torch.manual_seed(0)
-    vae, unet = build_vae(cfg.vae), build_unet(cfg.diffusion)
-    cn = build_controlnet(cfg.diffusion, cfg.controlnet, 117)
-    with torch.no_grad():
-        for p in list(unet.out.parameters()):
-            p.normal_(std=0.05)
-        for name, p in cn.named_parameters():
-            if name.startswith(CONTROL_ONLY_PREFIXES):
-                p.normal_(std=0.05)
-    files = {"vae": tmp / "autoencoder_epoch273.pt", "unet": tmp / "diff_unet_ckpt.pt", "cn": tmp / "controlnet.pt"}
-    torch.save(vae.state_dict(), files["vae"])
-    wrapped = {f"module.{k}": v for k, v in unet.state_dict().items()}  # saved from DDP
-    torch.save({"unet_state_dict": wrapped, "scale_factor": torch.tensor(0.8)}, files["unet"])
-    torch.save({"controlnet_state_dict": cn.state_dict(), "epoch": 10}, files["cn"])
-    return files
-
-
-def test_import_external_checkpoints_and_generate(tmp_path: Path, text_encoder) -> None:  # type: ignore[no-untyped-def]
-    files = _save_like_maisi(tmp_path)
-    sets = [a for o in SHRINK for a in ("--set", o)]
-    args = [
-        "import-weights",
-        "--config",
-        "text2ct-512",
-        *sets,
-        "--vae",
-        str(files["vae"]),
-        "--unet",
-        str(files["unet"]),
-    ]
-    assert main([*args, "--controlnet", str(files["cn"]), "--out", str(tmp_path / "run")]) == 0
-    index = json.loads((tmp_path / "run" / "pipeline.json").read_text())
-    assert index["components"]["controlnet"] == "controlnet"
-    assert index["encoder"]["name_or_path"] == "hf-text"  # the preset's encoder, not the MiniLM fallback (bug 2a)
-    assert json.loads((tmp_path / "run" / "unet" / "config.json").read_text())["scale_factor"] == pytest.approx(0.8)
-    pipe = GenerationPipeline.from_pretrained(tmp_path / "run", encoder=text_encoder)
-    mask = SAMPLE / "ct_rate_nc_sa" / "lowres" / "ragtext2ct_ctrate_chest_mask_total_128.nii.gz"
-    guided = pipe("Bilateral pleural effusion.", mask=mask, seed=0)
-    assert guided.label_set == "totalseg" and guided.mask is not None and int(guided.mask.max()) > 5
-    free = pipe("Bilateral pleural effusion.", strategy="none", seed=0)
-    assert guided.volume.shape == (64, 64, 32) and not np.allclose(guided.volume, free.volume)
-    # a checkpoint of another architecture is refused with the offending keys named
-    wrong = [
-        *args[:-4],
-        "--set",
-        "diffusion.channels=[16,32,64,64]",
-        "--vae",
-        str(files["vae"]),
-        "--unet",
-        str(files["unet"]),
-    ]
-    assert main([*wrong, "--out", str(tmp_path / "bad")]) == 3
-    with pytest.raises(CheckpointMismatchError, match="scale_factor"):
-        from ctrag.generation.run_folder import import_external_weights
-
-        torch.save(
-            build_unet(load_generator_config("text2ct-512", SHRINK).diffusion).state_dict(), tmp_path / "bare.pt"
-        )
-        import_external_weights(
-            load_generator_config("text2ct-512", SHRINK), tmp_path / "bad2", vae=files["vae"], unet=tmp_path / "bare.pt"
-        )
 
 
 # ---------------------------------------------------------------------------------------------- text encoder spec

@@ -1,4 +1,4 @@
-"""Test support shared by tests/index, tests/retrieval and tests/cli/test_index_search.py.
+"""Test support shared by tests/index, tests/retrieval and tests/cli (test_cmd_index.py, test_cmd_search.py).
 
 Imported as ``testsupport.index_data`` (``tests/`` is on pytest's ``pythonpath``); its fixtures are registered in
 the root ``tests/conftest.py``. Builds ``Case``

@@ -10,44 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ctrag.cli import main
 from ctrag.errors import CheckpointMismatchError, ConfigError, LeakageError
 from ctrag.generation.config import load_generator_config
 from ctrag.generation.training import LOG_FILE, STATE_FILE, train_diffusion
 from ctrag.generation.training.data import select_training_cases
 from tests.generation.conftest import tiny_config
-
-VAE_RESUME = (
-    "train_vae.steps_per_epoch=6",
-    "train_vae.batch_size=2",
-    "train_vae.crop_shape=[32,32,16]",
-    "train_vae.save_every=2",
-    "train_vae.ema_decay=0.9",
-)
-
-
-def _losses(run: Path, component: str) -> list[float]:
-    return json.loads((run / component / LOG_FILE).read_text())["losses"]
-
-
-def test_vae_killed_and_resumed_repeats_the_loss_curve(tmp_path: Path, gen_corpus) -> None:  # type: ignore[no-untyped-def]
-    corpus_dir = str(gen_corpus.root)
-    sets = [a for o in VAE_RESUME for a in ("--set", o)]
-    common = ["train", "vae", "--corpus", corpus_dir, "--threads", "1", "--no-progress", *sets]
-    assert main([*common, "--out", str(tmp_path / "straight")]) == 0
-    # "kill" after 3 of 6 steps (a checkpoint was written at step 2 and at the stop), then resume
-    assert main([*common, "--out", str(tmp_path / "resumed"), "--stop-after", "3"]) == 0
-    assert (tmp_path / "resumed" / "vae" / STATE_FILE).is_file()
-    assert not (tmp_path / "resumed" / "vae" / "model.pt").exists()  # nothing published before the end
-    assert len(_losses(tmp_path / "resumed", "vae")) == 3
-    assert main([*common, "--out", str(tmp_path / "resumed")]) == 0
-    straight, resumed = _losses(tmp_path / "straight", "vae"), _losses(tmp_path / "resumed", "vae")
-    assert len(straight) == 6 and straight == resumed
-    a = torch.load(tmp_path / "straight" / "vae" / "model.pt", weights_only=True)
-    b = torch.load(tmp_path / "resumed" / "vae" / "model.pt", weights_only=True)
-    assert all(torch.equal(a[k], b[k]) for k in a)  # final (EMA) weights identical too
-    # another config cannot continue this run
-    assert main([*common, "--out", str(tmp_path / "resumed"), "--set", "train_vae.lr=0.5"]) == 3
 
 
 def test_diffusion_resume_is_exact(tmp_path: Path, trained_run: Path, training_cases, text_encoder) -> None:  # type: ignore[no-untyped-def]
@@ -184,17 +151,3 @@ def test_generator_training_refuses_what_the_evaluation_evaluates(tmp_path: Path
         select_training_cases(gen_corpus, ("train",), held_out=named.held_out)
     with pytest.raises(LeakageError, match="lung_pet_ct_dx_A0001"):
         train_vae(None, named, tmp_path / "run2", cases=training_cases)
-
-
-def test_cli_trains_unet_then_controlnet_in_a_run_folder(tmp_path: Path, trained_run: Path, gen_corpus) -> None:  # type: ignore[no-untyped-def]
-    """``ctrag train diffusion`` and ``ctrag train controlnet`` (one shared CLI path) continue a run folder."""
-    run = tmp_path / "run"
-    shutil.copytree(trained_run / "vae", run / "vae")
-    shutil.copy(trained_run / "pipeline.json", run / "pipeline.json")
-    for part in ("diffusion", "controlnet"):
-        sets = [f"train_{part}.steps_per_epoch=2", f"train_{part}.batch_size=2", f"train_{part}.bank_crops=4"]
-        argv = ["train", part, "--corpus", str(gen_corpus.root), "--out", str(run), "--threads", "1", "--no-progress"]
-        assert main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
-    assert len(_losses(run, "unet")) == 2 and len(_losses(run, "controlnet")) == 2
-    index = json.loads((run / "pipeline.json").read_text())
-    assert index["encoder"]["name_or_path"] == "minilm"  # the UNet's text space is recorded for generation

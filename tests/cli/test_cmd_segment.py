@@ -1,4 +1,5 @@
-"""``ctrag segment`` in-process: outputs, sidecar, clear errors for bad input, nothing half-written."""
+"""``ctrag segment`` in-process: outputs, sidecar, clear errors for bad input, nothing half-written (the CT and
+mask fixtures are shared with tests/segment through the root conftest)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Segment fixtures: the shipped CTs and their classical masks, computed once per session (about a second each)."""
+"""Segment test support: the shipped CTs and their classical masks, computed once per session (about a second each).
+
+Imported as ``testsupport.segment_data``; its fixtures are registered once, in the root ``tests/conftest.py``, so
+tests/segment and tests/cli (``ctrag segment``) share one set of masks per session.
+"""
 
 from __future__ import annotations
 

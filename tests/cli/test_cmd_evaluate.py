@@ -1,0 +1,92 @@
+"""``ctrag evaluate retrieval|generation|reports`` in-process: a run on a subset of the shipped CT-RATE split with an
+LSA encoder (``testsupport.lsa``, a real text embedding that costs a second), report metrics of real reports,
+clear errors for bad input and bad config."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from testsupport.lsa import LsaEncoder
+
+from ctrag.cli import main
+
+
+def _write_subset(src: Path, dst: Path, n_train: int, n_val: int) -> None:
+    dst.mkdir(parents=True)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for name in (f"{split}.csv", f"map_{split}_classifier.csv"):
+            with open(src / name, encoding="utf-8", newline="") as fh:
+                rows = list(csv.reader(fh))
+            with open(dst / name, "w", encoding="utf-8", newline="") as fh:
+                csv.writer(fh).writerows(rows[: n + 1])
+
+
+def test_cli_evaluate_retrieval(ct_rate_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ctrag.encoders import factory
+
+    data = tmp_path / "data"
+    _write_subset(ct_rate_dir, data, 120, 15)
+    with open(data / "train.csv", encoding="utf-8", newline="") as fh:
+        texts = [row["report_text"] for row in csv.DictReader(fh)]
+    made: list[LsaEncoder] = []
+
+    def fake_create_encoder(name: str, weights: object = None, device: str = "cpu", **kw: object) -> LsaEncoder:
+        assert name == "minilm" and device == "cpu"
+        made.append(LsaEncoder(texts, dim=32))
+        return made[-1]
+
+    monkeypatch.setattr(factory, "create_encoder", fake_create_encoder)
+    out = tmp_path / "out"
+    code = main(
+        ["evaluate", "retrieval", str(data), "--out", str(out), "--config", "tiny-cpu", "--bootstrap", "100",
+         "--no-ablations", "--no-progress", "--set", "cv_folds=2", "--set", "grid.lcs=[0.0, 1.0, 2.0]"]
+    )  # fmt: skip
+    assert code == 0
+    payload = json.loads((out / "retrieval_eval.json").read_text())
+    assert payload["data"]["index_rows"] == 120 and payload["data"]["queries"] == 15
+    assert payload["setup"]["hybrid_config"]["cv_folds"] == 2
+    assert payload["setup"]["hybrid_config"]["grid"]["lcs"] == [0.0, 1.0, 2.0]
+    assert "--set cv_folds=2" in payload["command"]
+    assert (out / "retrieval_eval.md").is_file() and (out / "retrieval_tradeoff.png").stat().st_size > 1000
+
+
+def test_cli_bad_input(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", "retrieval", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["evaluate", "retrieval", str(tmp_path), "--set", "nope=1", "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_reports_writes_metrics(tmp_path: Path, ct_rate_dir: Path) -> None:
+    with open(ct_rate_dir / "val.csv", encoding="utf-8") as fh:
+        texts = [row["report_text"] for row in csv.DictReader(fh)][:4]
+    refs = tmp_path / "refs.jsonl"
+    hyps = tmp_path / "hyps.csv"
+    refs.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)))
+    with open(hyps, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "text"])
+        for i, t in enumerate(texts):
+            writer.writerow([str(i), t if i < 2 else texts[0]])
+    out = tmp_path / "res"
+    args = ["evaluate", "reports", "--refs", str(refs), "--hyps", str(hyps), "--out", str(out), "--no-meteor"]
+    labels = ["--fit-labels", str(ct_rate_dir / "train.csv"), "--label-val", str(ct_rate_dir / "val.csv")]
+    assert main([*args, *labels]) == 0
+    record = json.loads((out / "report_metrics.json").read_text())
+    assert 0.3 < record["bleu_4"] < 1.0 and record["meteor"] is None
+    assert record["label_extractor_quality"]["n_reports"] == 100
+    assert 0.0 < record["clinical_efficacy"]["f1_micro"] < 1.0
+    assert "METEOR" in (out / "report_metrics.md").read_text()
+    hyps.write_text("id,text\n0,only one\n")
+    code = main(["evaluate", "reports", "--refs", str(refs), "--hyps", str(hyps), "--out", str(out), "--no-meteor"])
+    assert code == 2
+
+
+def test_evaluate_generation_config_errors(tmp_path: Path, ct_corpus_dir: Path, capsys) -> None:
+    code = main(["evaluate", "generation", "--out", str(tmp_path), "--set", "methods=[nearest,telepathy]"])
+    assert code == 2 and "telepathy" in capsys.readouterr().err
+    code = main(["evaluate", "generation", "--out", str(tmp_path), "--corpus", str(ct_corpus_dir), "--no-progress"])
+    assert code == 2 and "evaluation.pipeline" in capsys.readouterr().err
