@@ -60,7 +60,7 @@ def test_cli_bad_input(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
-def test_evaluate_reports_writes_metrics(tmp_path: Path, ct_rate_dir: Path) -> None:
+def test_evaluate_reports_writes_metrics(tmp_path: Path, ct_rate_dir: Path, capsys) -> None:
     with open(ct_rate_dir / "val.csv", encoding="utf-8") as fh:
         texts = [row["report_text"] for row in csv.DictReader(fh)][:4]
     refs = tmp_path / "refs.jsonl"
@@ -83,6 +83,12 @@ def test_evaluate_reports_writes_metrics(tmp_path: Path, ct_rate_dir: Path) -> N
     hyps.write_text("id,text\n0,only one\n")
     code = main(["evaluate", "reports", "--refs", str(refs), "--hyps", str(hyps), "--out", str(out), "--no-meteor"])
     assert code == 2
+    # two generated reports for one id: refused naming both lines (it silently kept the last one)
+    hyps.write_text("id,text\n0,first\n1,other\n0,second\n")
+    capsys.readouterr()
+    code = main(["evaluate", "reports", "--refs", str(refs), "--hyps", str(hyps), "--out", str(out), "--no-meteor"])
+    err = capsys.readouterr().err
+    assert code == 2 and "lines 2 and 4" in err and "Traceback" not in err
 
 
 def test_evaluate_generation_config_errors(tmp_path: Path, ct_corpus_dir: Path, capsys) -> None:

@@ -121,3 +121,15 @@ def test_train_classifier_without_labels_fails_clearly(tmp_path: Path, ct_corpus
         ["train", "classifier", "--corpus", str(ct_corpus_dir), "--out", str(tmp_path / "y"), "--labels", str(bad)]
     )
     assert code == 2 and "not in the corpus" in capsys.readouterr().err
+
+
+def test_train_classifier_refuses_two_label_rows_for_one_ct(tmp_path: Path, ct_corpus_dir: Path, capsys) -> None:
+    """Two label rows for one CT silently kept the last; now refused, naming both lines."""
+    labels = _label_file(tmp_path / "labels.csv", {"A0001": 1, "ts_sm": 0})
+    with open(labels, "a", encoding="utf-8", newline="") as fh:
+        csv.writer(fh).writerow(["A0001", *([0] * 18), "another source"])
+    out = tmp_path / "clf"
+    code = main(["train", "classifier", "--corpus", str(ct_corpus_dir), "--out", str(out), "--labels", str(labels)])
+    err = capsys.readouterr().err
+    assert code == 2 and "'A0001' appears in two rows (lines 2 and 4)" in err
+    assert not out.exists()

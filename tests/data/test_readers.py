@@ -80,3 +80,44 @@ def test_record_or_raise() -> None:
     assert errors == [skipped] and skipped.to_dict()["source"] == "cases.csv:3"
     with pytest.raises(InvalidInputError, match=r"cases\.csv:3: case 'a': empty patient_id"):
         record_or_raise(None, skipped)
+
+
+def test_read_text_table_reads_real_reports_and_refuses_bad_tables(tmp_path: Path) -> None:
+    """Reports to score (``ctrag evaluate reports``): one id -> one text, or a clear error naming the line."""
+    import csv
+    import json
+
+    from ctrag.data.readers import read_text_table
+
+    src = Path(__file__).resolve().parents[2] / "sample_data" / "ct_rate_nc_sa" / "ct_clip_text_classifier" / "val.csv"
+    with open(src, encoding="utf-8", newline="") as fh:
+        real = [(row["AccessionNo"], row["report_text"]) for row in list(csv.DictReader(fh))[:5]]
+    (tmp_path / "r.jsonl").write_text(
+        "".join(json.dumps({"id": k, "text": t}) + "\n" for k, t in real), encoding="utf-8"
+    )
+    assert read_text_table(tmp_path / "r.jsonl", "id", "text") == {k: t for k, t in real}
+    with open(tmp_path / "r.csv", "w", encoding="utf-8", newline="") as fh:
+        csv.writer(fh).writerows([["id", "text"], *real])
+    assert read_text_table(tmp_path / "r.csv", "id", "text") == {k: t.strip() for k, t in real}
+
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text(json.dumps({"id": "a", "text": "x"}) + "\n\n" + json.dumps({"id": "a", "text": "y"}) + "\n")
+    with pytest.raises(InvalidInputError, match=r"appears in two rows \(lines 1 and 3\)"):
+        read_text_table(dup, "id", "text")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "x"}\n{"id": "b", text\n', encoding="utf-8")
+    with pytest.raises(InvalidInputError, match="line 2 is not valid JSON"):
+        read_text_table(bad, "id", "text")
+    (tmp_path / "list.jsonl").write_text("[1, 2]\n", encoding="utf-8")
+    with pytest.raises(InvalidInputError, match="line 1 is not a JSON object"):
+        read_text_table(tmp_path / "list.jsonl", "id", "text")
+    (tmp_path / "latin1.csv").write_bytes("id,text\na,Lésion\n".encode("latin-1"))
+    with pytest.raises(InvalidInputError, match="not valid UTF-8"):
+        read_text_table(tmp_path / "latin1.csv", "id", "text")
+    with pytest.raises(InvalidInputError, match="lacks the 'id' or 'report' column"):
+        read_text_table(tmp_path / "r.csv", "id", "report")
+    (tmp_path / "r.txt").write_text("id,text\na,x\n", encoding="utf-8")
+    with pytest.raises(InvalidInputError, match=r"expected a \.csv or \.jsonl"):
+        read_text_table(tmp_path / "r.txt", "id", "text")
+    with pytest.raises(InvalidInputError, match="file not found"):
+        read_text_table(tmp_path / "missing.csv", "id", "text")

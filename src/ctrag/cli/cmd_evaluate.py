@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shlex
 from pathlib import Path
@@ -18,6 +17,7 @@ from ctrag.cli._app import console, evaluate_app
 from ctrag.cli._progress import progress_bar, stage_callback, stage_progress
 from ctrag.cli._shared import ConfigOpt, ProgressOpt, SetOpt, ThreadsOpt, command_line, set_threads
 from ctrag.config import load_config
+from ctrag.data.readers import read_text_table
 from ctrag.errors import InvalidInputError
 from ctrag.utils.atomic import atomic_write_text
 
@@ -161,25 +161,6 @@ def evaluate_generation_command(
     console.print(f"[bold]written[/] {', '.join(str(p) for p in paths.values())}")
 
 
-def _read_texts(path: Path, id_column: str, text_column: str) -> dict[str, str]:
-    if not path.is_file():
-        raise InvalidInputError(f"{path}: file not found")
-    rows: list[dict[str, Any]]
-    if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    elif path.suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    else:
-        raise InvalidInputError(f"{path}: expected a .csv or .jsonl file")
-    out: dict[str, str] = {}
-    for n, row in enumerate(rows, 1):
-        if id_column not in row or text_column not in row:
-            raise InvalidInputError(f"{path}: row {n} lacks the {id_column!r} or {text_column!r} column")
-        out[str(row[id_column])] = str(row[text_column])
-    return out
-
-
 def load_label_extractor(path: Path) -> Any:
     """A saved 18-label report model (``ctrag.retrieval.label_model.LabelModel``)."""
     from ctrag.retrieval.label_model import LabelModel
@@ -213,8 +194,8 @@ def evaluate_reports_command(
     from ctrag.evaluation.ablation import jsonable
     from ctrag.evaluation.report_metrics import evaluate_reports, fit_label_extractor, label_extractor_quality
 
-    refs = _read_texts(references, id_column, text_column)
-    hyps = _read_texts(hypotheses, id_column, text_column)
+    refs = read_text_table(references, id_column, text_column)
+    hyps = read_text_table(hypotheses, id_column, text_column)
     missing = sorted(set(refs) - set(hyps))
     extra = sorted(set(hyps) - set(refs))
     if missing or extra:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -124,6 +125,37 @@ def index_unique(
         first_line[name] = line
         out[name] = row
     return out
+
+
+def read_text_table(path: str | os.PathLike[str], id_column: str, text_column: str) -> dict[str, str]:
+    """``{id: text}`` from a ``.csv`` or ``.jsonl`` file (e.g. reference or generated reports to score).
+
+    Strict UTF-8; a row without either column, a line that is not a JSON object, or two rows for one id is an
+    ``InvalidInputError`` naming the line, so a scored set never silently loses or swaps a report.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise InvalidInputError(f"{file}: {'is a folder, not a file' if file.is_dir() else 'file not found'}")
+    rows: list[tuple[int, dict[str, str]]] = []
+    if file.suffix == ".jsonl":
+        for line, raw in enumerate(read_text_utf8(file).splitlines(), 1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise InvalidInputError(f"{file}: line {line} is not valid JSON ({exc.msg})") from exc
+            if not isinstance(record, dict):
+                raise InvalidInputError(f"{file}: line {line} is not a JSON object")
+            rows.append((line, {k: "" if v is None else str(v) for k, v in record.items()}))
+    elif file.suffix == ".csv":
+        rows = read_csv_lines(file)
+    else:
+        raise InvalidInputError(f"{file}: expected a .csv or .jsonl file")
+    for line, row in rows:
+        if id_column not in row or text_column not in row:
+            raise InvalidInputError(f"{file}: line {line} lacks the {id_column!r} or {text_column!r} column")
+    return {key: row[text_column] for key, row in index_unique(rows, id_column, file).items()}
 
 
 def csv_header(path: Path) -> list[str]:

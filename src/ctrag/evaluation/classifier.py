@@ -316,26 +316,24 @@ def read_label_table(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndarray
     """``case_id`` → (18 labels, label_source) from a CSV with ``case_id``, the 18 CT-RATE label columns and an
     optional ``label_source`` column (default ``"label-file"``). Lets a user attach labels, e.g. annotation-derived
     ones, to CTs whose manifest has none, while recording where they came from."""
-    import csv
+    from ctrag.data.readers import index_unique, read_csv_lines
 
     file = Path(path)
     if not file.is_file():
         raise InvalidInputError(f"label file not found: {file}")
-    with open(file, encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        missing = [c for c in ("case_id", *CT_RATE_LABELS) if c not in columns]
-        if missing:
-            raise InvalidInputError(f"{file}: missing column(s) {missing}")
-        out: dict[str, tuple[np.ndarray, str]] = {}
-        for n, row in enumerate(reader, 2):
-            try:
-                vec = np.array([int(row[c]) for c in CT_RATE_LABELS], dtype=np.float32)
-            except ValueError as exc:
-                raise InvalidInputError(f"{file}:{n}: labels must be 0/1 ({exc})") from exc
-            if not np.isin(vec, (0.0, 1.0)).all():
-                raise InvalidInputError(f"{file}:{n}: labels must be 0/1")
-            out[row["case_id"]] = (vec, row.get("label_source") or "label-file")
+    lines = read_csv_lines(file, required=("case_id", *CT_RATE_LABELS))  # strict UTF-8, columns checked
+    rows = index_unique(lines, "case_id", file)  # two label rows for one CT: refused, naming both lines
+    line_of = {row["case_id"].strip(): n for n, row in lines}
+    out: dict[str, tuple[np.ndarray, str]] = {}
+    for case_id, row in rows.items():
+        n = line_of[case_id]
+        try:
+            vec = np.array([int(row[c]) for c in CT_RATE_LABELS], dtype=np.float32)
+        except ValueError as exc:
+            raise InvalidInputError(f"{file}:{n}: labels must be 0/1 ({exc})") from exc
+        if not np.isin(vec, (0.0, 1.0)).all():
+            raise InvalidInputError(f"{file}:{n}: labels must be 0/1")
+        out[case_id] = (vec, row.get("label_source") or "label-file")
     return out
 
 
