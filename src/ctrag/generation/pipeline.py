@@ -66,15 +66,13 @@ from ctrag.generation.run_folder import (
     update_pipeline_index,
     vae_meta,
 )
-from ctrag.generation.sampler import GuidanceInputs, RectifiedFlowSampler, sample_latents
+from ctrag.generation.sampler import SAMPLING_STAGE, GuidanceInputs, RectifiedFlowSampler, sample_latents
 from ctrag.utils.hashing import sha256_text
 from ctrag.utils.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
 
 STRATEGIES: tuple[str, ...] = ("nearest", "random", "farthest", "none")
-SAMPLING_STAGE = "sampling"
-"""The ``ProgressFn`` stage the denoising loop reports under (``progress("sampling", step, steps)``)."""
 PROMPT_MEMO_ITEMS = 256
 """Distinct reports whose embeddings a loaded pipeline keeps (a long-lived service sees many)."""
 
@@ -471,7 +469,6 @@ class GenerationPipeline:
             unet_extra=extra_unet_inputs(self.config.diffusion, 1, self.config.preprocess.spacing, self.device),
             control=control,
         )
-        callback = None if progress is None else (lambda done, total: progress(SAMPLING_STAGE, done, total))
         if progress is not None:
             progress(SAMPLING_STAGE, 0, steps)
         return sample_latents(
@@ -486,7 +483,7 @@ class GenerationPipeline:
             control_scale=control_scale,
             control_window=(smp.control_start, smp.control_end),
             autocast_dtype=_autocast_dtype(smp.precision),
-            callback=callback,
+            progress=progress,
         )
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:

@@ -32,8 +32,12 @@ from ctrag.errors import WeightsNotFoundError
 from ctrag.generation.config import SchedulerConfig
 from ctrag.generation.controlnet import ControlInputs, controlnet_residuals
 from ctrag.utils.atomic import atomic_write_text
+from ctrag.utils.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
+
+SAMPLING_STAGE = "sampling"
+"""The ``ProgressFn`` stage the denoising loop reports under (``progress("sampling", step, steps)``)."""
 
 SAMPLER_CONFIG_NAME = "sampler.json"
 
@@ -227,7 +231,8 @@ def sample_latents(
     control_scale: float = 1.0,
     control_window: tuple[float, float] = (0.0, 1.0),
     autocast_dtype: torch.dtype | None = None,
-    callback: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
+    stage: str = SAMPLING_STAGE,
     residual_fn: Callable[..., tuple[list[torch.Tensor], torch.Tensor]] = controlnet_residuals,
 ) -> torch.Tensor:
     """Integrate the rectified flow from ``noise`` to a clean latent under text and control guidance.
@@ -274,6 +279,6 @@ def sample_latents(
             v_uncond, v_cond = v.chunk(2)
             v = v_uncond + cfg * (v_cond - v_uncond)
         latents = sampler.step(v, t, latents).prev_sample
-        if callback is not None:
-            callback(i + 1, n)
+        if progress is not None:
+            progress(stage, i + 1, n)
     return latents
