@@ -20,7 +20,7 @@ from ctrag.data.transforms import load_preprocess_config
 from ctrag.encoders import create_encoder
 from ctrag.encoders.config import EncoderConfig, EncoderTrainConfig
 from ctrag.encoders.preprocess import load_prepared
-from ctrag.encoders.train import augment, select_training_cases, train_encoder
+from ctrag.encoders.train import LOAD_STAGE, TRAIN_STAGE, augment, select_training_cases, train_encoder
 from ctrag.errors import CheckpointMismatchError, InvalidInputError
 
 EPOCHS = 14
@@ -35,6 +35,7 @@ def _cfg(tower_json: Path, **train) -> EncoderConfig:
 def trained(tmp_path_factory, ct_cases, tiny_tower_json, minilm):
     out = tmp_path_factory.mktemp("encoder-run")
     losses: list[float] = []
+    reports: list[tuple[str, int, int]] = []
     result = train_encoder(
         ct_cases,
         out,
@@ -42,7 +43,13 @@ def trained(tmp_path_factory, ct_cases, tiny_tower_json, minilm):
         load_preprocess_config("tiny-cpu"),
         text_encoder=minilm,
         on_epoch=lambda epoch, loss: losses.append(loss),
+        progress=lambda *event: reports.append(event),
     )
+    # one ProgressFn: the CTs as they load, then every optimisation step of the whole run
+    loads = [r for r in reports if r[0] == LOAD_STAGE]
+    steps = [r for r in reports if r[0] == TRAIN_STAGE]
+    assert loads[-1][1:] == (len(loads), len(loads)) and len(loads) == result.retrieval_after["n"]
+    assert steps and steps[-1][1] == steps[-1][2] and [r[1] for r in steps] == list(range(1, len(steps) + 1))
     return result, out, losses
 
 

@@ -114,7 +114,8 @@ def train_encoder_command(
     cfg = load_config(EncoderConfig, config, items, section="encoder")
     preprocess = load_preprocess_section(config)
     cases = Corpus.load(corpus)
-    result = train_encoder(cases, out, cfg, preprocess, resume=resume, progress=progress)
+    with stage_progress(progress, "encoder") as update:
+        result = train_encoder(cases, out, cfg, preprocess, resume=resume, progress=update)
 
     table = Table(title=f"encoder trained -> {out}")
     table.add_column("")

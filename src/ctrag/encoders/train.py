@@ -45,6 +45,7 @@ from ctrag.encoders.volume import VolumeTowerConfig
 from ctrag.errors import CheckpointMismatchError, InvalidInputError
 from ctrag.utils.atomic import atomic_path, atomic_write_text
 from ctrag.utils.checkpoints import load_checkpoint_file, load_strict
+from ctrag.utils.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
 
@@ -86,21 +87,23 @@ def select_training_cases(corpus: Sequence[Case], split: str | None) -> list[Cas
     return chosen
 
 
-def load_training_pairs(
-    cases: Sequence[Case], preprocess: PreprocessConfig, progress: bool = False
-) -> list[TrainingPair]:
-    """Load and preprocess each case's CT once (``load_volume`` + the project's transforms)."""
-    iterator: Any = cases
-    if progress:
-        from tqdm.auto import tqdm
+LOAD_STAGE = "load CTs"
+TRAIN_STAGE = "train encoder"
 
-        iterator = tqdm(cases, desc="load CTs", unit="case")
+
+def load_training_pairs(
+    cases: Sequence[Case], preprocess: PreprocessConfig, progress: ProgressFn | None = None
+) -> list[TrainingPair]:
+    """Load and preprocess each case's CT once (``load_volume`` + the project's transforms);
+    ``progress("load CTs", done, total)`` after each."""
     pairs = []
-    for case in iterator:
+    for case in cases:
         assert case.volume_path is not None
         rescale = case.extra.get("rescale") if case.extra.get("rescale_applied") else None
         prepared = load_prepared(case.volume_path, preprocess, rescale=rescale)
         pairs.append(TrainingPair(case.case_id, case.report_text, case.report_source, prepared.tensor))
+        if progress is not None:
+            progress(LOAD_STAGE, len(pairs), len(cases))
     return pairs
 
 
@@ -182,7 +185,7 @@ def train_encoder(
     *,
     text_encoder: Encoder | None = None,
     resume: bool = True,
-    progress: bool = False,
+    progress: ProgressFn | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train (or resume) a shared-space volume encoder; writes checkpoint, encoder folder, summary to ``out_dir``."""
@@ -251,11 +254,7 @@ def train_encoder(
     # 6. train
     total_epochs = tcfg.epochs
     steps_per_epoch = len(_batches(len(pairs) * tcfg.views_per_case, tcfg.batch_size, torch.Generator()))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=max(0, total_epochs - start_epoch) * steps_per_epoch, desc="train encoder", unit="step")
+    total_steps = total_epochs * steps_per_epoch
     model.train()
     for epoch in range(start_epoch, total_epochs):
         items = [i for i in range(len(pairs)) for _ in range(tcfg.views_per_case)]
@@ -271,9 +270,8 @@ def train_encoder(
             optimizer.step()
             step += 1
             losses.append(float(loss.detach()))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
+            if progress is not None:
+                progress(TRAIN_STAGE, step, total_steps)
         epoch_losses.append(float(np.mean(losses)))
         if on_epoch is not None:
             on_epoch(epoch + 1, epoch_losses[-1])
@@ -291,8 +289,6 @@ def train_encoder(
                     "retrieval_before": before,
                 },
             )
-    if bar is not None:
-        bar.close()
     model.eval()
 
     # 7. export + summary
