@@ -66,3 +66,16 @@ def test_manifest_errors_name_the_line(tmp_path: Path) -> None:
         Corpus.load(tmp_path)
     with pytest.raises(InvalidInputError, match="no corpus manifest"):
         Corpus.load(tmp_path / "elsewhere")
+
+
+def test_manifest_read_through_the_one_jsonl_reader(tmp_path: Path) -> None:
+    """A hand-edited manifest in another encoding, or with a broken line, is named rather than a traceback."""
+    good = Case("a", "p", "train", report_findings="Mass.", report_source="annotation-derived")
+    path = Corpus([good]).save(tmp_path)
+    text = path.read_text(encoding="utf-8")
+    path.write_bytes(text.encode("utf-8") + '{"case_id": "b", "note": "Lésion"}\n'.encode("latin-1"))
+    with pytest.raises(InvalidInputError, match=r"manifest\.jsonl: not valid UTF-8 at byte \d+ \(line 2"):
+        Corpus.load(tmp_path)
+    path.write_text(text + '{"case_id": "b",\n', encoding="utf-8")
+    with pytest.raises(DataValidationError, match=r"manifest\.jsonl:2: not valid JSON"):
+        Corpus.load(tmp_path)

@@ -106,10 +106,10 @@ def test_read_text_table_reads_real_reports_and_refuses_bad_tables(tmp_path: Pat
         read_text_table(dup, "id", "text")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "text": "x"}\n{"id": "b", text\n', encoding="utf-8")
-    with pytest.raises(InvalidInputError, match="line 2 is not valid JSON"):
+    with pytest.raises(InvalidInputError, match=r"bad\.jsonl:2: not valid JSON"):
         read_text_table(bad, "id", "text")
     (tmp_path / "list.jsonl").write_text("[1, 2]\n", encoding="utf-8")
-    with pytest.raises(InvalidInputError, match="line 1 is not a JSON object"):
+    with pytest.raises(InvalidInputError, match=r"list\.jsonl:1: a report record must be a JSON object, got list"):
         read_text_table(tmp_path / "list.jsonl", "id", "text")
     (tmp_path / "latin1.csv").write_bytes("id,text\na,Lésion\n".encode("latin-1"))
     with pytest.raises(InvalidInputError, match="not valid UTF-8"):

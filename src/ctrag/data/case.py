@@ -17,6 +17,7 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from ctrag.data.labels import CT_RATE_LABELS
+from ctrag.data.readers import read_jsonl_lines
 from ctrag.errors import DataValidationError, InvalidInputError
 from ctrag.utils.atomic import atomic_open
 
@@ -216,16 +217,9 @@ class Corpus(Sequence[Case]):
             raise InvalidInputError(f"no corpus manifest at {file} (run `ctrag ingest FOLDER --out DIR` first)")
         root = file.parent.resolve()
         cases = []
-        with open(file, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataValidationError(f"{file}:{lineno}: not valid JSON ({exc})") from exc
-                try:
-                    cases.append(Case.from_record(rec, root))
-                except InvalidInputError as exc:  # DataValidationError too: name the line
-                    raise DataValidationError(f"{file}:{lineno}: {exc}") from None
+        for lineno, rec in read_jsonl_lines(file, what="case record"):  # strict UTF-8; bad JSON names file:line
+            try:
+                cases.append(Case.from_record(rec, root))
+            except InvalidInputError as exc:  # DataValidationError too: name the line
+                raise DataValidationError(f"{file}:{lineno}: {exc}") from None
         return cls(cases, root)

@@ -21,9 +21,9 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from ctrag.errors import InvalidInputError
+from ctrag.errors import DataValidationError, InvalidInputError
 
 Layout = Literal["folder", "ct-rate", "ctclip-csv"]
 LAYOUTS: tuple[str, ...] = ("folder", "ct-rate", "ctclip-csv")
@@ -127,6 +127,27 @@ def index_unique(
     return out
 
 
+def read_jsonl_lines(path: str | os.PathLike[str], what: str = "record") -> list[tuple[int, dict[str, Any]]]:
+    """Records of a UTF-8 JSON-lines file as ``(line, object)``; blank lines are skipped.
+
+    A line that is not valid JSON, or not a JSON object (``what`` names it in the message), is a
+    ``DataValidationError`` naming ``file:line``.
+    """
+    file = Path(path)
+    out: list[tuple[int, dict[str, Any]]] = []
+    for line, raw in enumerate(read_text_utf8(file).splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise DataValidationError(f"{file}:{line}: not valid JSON ({exc})") from exc
+        if not isinstance(record, dict):
+            raise DataValidationError(f"{file}:{line}: a {what} must be a JSON object, got {type(record).__name__}")
+        out.append((line, record))
+    return out
+
+
 def read_text_table(path: str | os.PathLike[str], id_column: str, text_column: str) -> dict[str, str]:
     """``{id: text}`` from a ``.csv`` or ``.jsonl`` file (e.g. reference or generated reports to score).
 
@@ -138,15 +159,7 @@ def read_text_table(path: str | os.PathLike[str], id_column: str, text_column: s
         raise InvalidInputError(f"{file}: {'is a folder, not a file' if file.is_dir() else 'file not found'}")
     rows: list[tuple[int, dict[str, str]]] = []
     if file.suffix == ".jsonl":
-        for line, raw in enumerate(read_text_utf8(file).splitlines(), 1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise InvalidInputError(f"{file}: line {line} is not valid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise InvalidInputError(f"{file}: line {line} is not a JSON object")
+        for line, record in read_jsonl_lines(file, what="report record"):
             rows.append((line, {k: "" if v is None else str(v) for k, v in record.items()}))
     elif file.suffix == ".csv":
         rows = read_csv_lines(file)
