@@ -110,15 +110,7 @@ def test_import_external_checkpoints_and_generate(tmp_path: Path, text_encoder) 
     free = pipe("Bilateral pleural effusion.", strategy="none", seed=0)
     assert guided.volume.shape == (64, 64, 32) and not np.allclose(guided.volume, free.volume)
     # a checkpoint of another architecture is refused with the offending keys named
-    wrong = [
-        *args[:-4],
-        "--set",
-        "diffusion.channels=[16,32,64,64]",
-        "--vae",
-        str(files["vae"]),
-        "--unet",
-        str(files["unet"]),
-    ]
+    wrong = [*args[:-4], "--set", "diffusion.channels=[16,32,64,64]", *args[-4:]]  # same files, other architecture
     assert main([*wrong, "--out", str(tmp_path / "bad")]) == 3
     with pytest.raises(CheckpointMismatchError, match="scale_factor"):
         from ctrag.generation.run_folder import import_external_weights
