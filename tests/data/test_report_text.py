@@ -39,6 +39,7 @@ def test_size_is_counted_in_utf8_bytes() -> None:
         ("", "query is empty"),
         (" \n\t", "query is empty"),
         ("Nodule.\x00\x00", "query contains NUL bytes"),
+        ("Nodule \ud800.", "query is not valid Unicode text \\(surrogates not allowed at character 7\\)"),
         (b"Nodule.", "query must be text \\(str\\), got bytes"),
         (None, "got NoneType"),
     ],

@@ -44,6 +44,10 @@ def check_report_text(
         raise InvalidInputError(f"{what} is empty; give the radiology report text")
     if "\x00" in text:
         raise InvalidInputError(f"{what} contains NUL bytes (binary data, not report text?)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: JSON "\ud800" or a mis-decoded file
+        raise InvalidInputError(f"{what} is not valid Unicode text ({exc.reason} at character {exc.start})") from None
     size = report_size(text)
     if size > max_bytes:
         raise InvalidInputError(
