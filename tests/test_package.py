@@ -37,3 +37,26 @@ def test_library_modules_read_the_version_without_importing_the_package_root() -
             if "ctrag" in names or (isinstance(node, ast.ImportFrom) and node.module == "ctrag"):
                 offenders.append(str(path))
     assert offenders == []
+
+
+def test_only_the_cli_imports_the_service_and_the_service_never_imports_the_cli() -> None:
+    """The service sits above the library and below the CLI: library code never reaches up into either."""
+    import ast
+    from pathlib import Path
+
+    import ctrag
+
+    root = Path(ctrag.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        package = path.relative_to(root).parts[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                modules.append(node.module)
+            for module in modules:
+                if module.startswith("ctrag.serve") and package not in ("serve", "cli"):
+                    offenders.append(f"{path.relative_to(root)} imports {module}")
+                if module.startswith("ctrag.cli") and package not in ("cli",):
+                    offenders.append(f"{path.relative_to(root)} imports {module}")
+    assert offenders == []

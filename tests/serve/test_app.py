@@ -51,6 +51,7 @@ def test_legend_lists_the_controlnet_labels_with_the_png_colours(client) -> None
     names = {entry["name"]: entry for entry in body["labels"]}
     assert set(names) == {"body", "lung_left", "lung_right", "airway", "bone"}
     assert names["lung_left"]["rgb"] == [51, 128, 255]  # COARSE_COLOURS[2] = (0.2, 0.5, 1.0)
+    assert names["body"]["alpha"] == 0 and names["lung_left"]["alpha"] == 255  # the body would hide the CT
 
 
 def test_openapi_schema_names_every_route_and_the_bearer_scheme(client) -> None:  # type: ignore[no-untyped-def]

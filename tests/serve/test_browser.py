@@ -3,8 +3,10 @@
 It pastes a real CT-RATE report, generates, waits until the page says the generated CT and its proxy-mask overlay
 are drawn, and checks the WebGL canvas really shows a volume (pixels that differ from the empty viewer's
 background), that the overlay toggle changes what is drawn, the legend, the download links, the retrieval search
-table and the retrieved-case viewer. Browser console errors fail the test. A full-page screenshot is written to
-``$CTRAG_TEST_ARTIFACTS/viewer.png`` (default ``test-artifacts/viewer.png`` under the working directory).
+table and the retrieved-case viewer, then unchecks one proxy label, regenerates from the edited mask and checks
+the new job's result (user mask, label dropped, edit recorded). Browser console errors fail the test. A full-page
+screenshot is written to ``$CTRAG_TEST_ARTIFACTS/viewer.png`` (default ``test-artifacts/viewer.png`` under the
+working directory).
 
 Skipped only when there is no ``chromium`` binary (or Playwright) and ``CTRAG_REQUIRE_BROWSER`` is unset; with it
 set, a missing browser fails the test.
@@ -174,6 +176,32 @@ def test_viewer_generates_and_draws(live_server) -> None:
             )
             assert page.evaluate("document.body.dataset.caseState") == "ready", page.locator("#error").text_content()
             assert (page.locator("#case-title").text_content() or "").strip()
+
+            # mask editing: drop one of several proxy labels and regenerate from the first job's mask
+            assert edit.count() >= 2, "the proxy mask has a single label; nothing to drop"
+            dropped = edit.last
+            dropped_value = int(dropped.get_attribute("value") or "0")
+            assert dropped_value > 0
+            dropped.uncheck()
+            page.click("#regenerate")
+            page.wait_for_function(
+                "first => ['error', 'cancelled'].includes(document.body.dataset.state)"
+                " || (document.body.dataset.jobId !== first && document.body.dataset.state === 'ready')",
+                arg=job_id,
+                timeout=READY_TIMEOUT_MS,
+            )
+            state = page.evaluate("document.body.dataset.state")
+            assert state == "ready", f"regenerate: page state {state!r}: {page.locator('#error').text_content()!r}"
+            edited_id = page.evaluate("document.body.dataset.jobId")
+            resp = page.request.get(f"{live_server.url}/api/jobs/{edited_id}")
+            assert resp.ok, f"/api/jobs/{edited_id}: HTTP {resp.status}"
+            edited = resp.json()
+            assert edited["state"] == "succeeded", edited
+            result = edited["result"]
+            assert result["mask_source"] == "user", result
+            assert dropped_value not in result["labels_present"], result["labels_present"]
+            assert result["labels_present"], "the edited mask lost every label"
+            assert result["mask_edit"]["from_job"] == job_id, result["mask_edit"]
 
             page.evaluate(NEXT_FRAME_JS)
 

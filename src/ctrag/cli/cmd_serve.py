@@ -9,6 +9,7 @@ import typer
 
 from ctrag.cli._app import app, console
 from ctrag.cli._shared import DeviceOpt, SetOpt, ThreadsOpt, set_threads
+from ctrag.errors import MissingDependencyError
 
 
 @app.command("serve")
@@ -47,10 +48,16 @@ def serve_command(
     threads: ThreadsOpt = None,
 ) -> None:
     """Serve search, generation jobs with live progress, case files and the NiiVue viewer page over HTTP."""
-    import uvicorn
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"ctrag serve needs FastAPI and uvicorn ({exc.name} is missing): pip install 'ctrag[serve]'"
+        ) from None
 
     from ctrag.serve.app import create_app
-    from ctrag.serve.config import ServeConfig, is_loopback, token_from_env_or_file
+    from ctrag.serve.config import ServeConfig, token_from_env_or_file
     from ctrag.serve.service import CtragService
 
     set_threads(threads)
@@ -77,6 +84,4 @@ def serve_command(
     console.print(f"[bold]ctrag serve[/] on {url}  (API docs: {url}docs)", highlight=False)
     if config.token is not None:
         console.print(f"open {url}#token=<your token> (the token stays in the page, it is never logged)")
-    elif not is_loopback(host):  # pragma: no cover - ServeConfig refuses this
-        raise AssertionError("unreachable: non-loopback bind without token")
     uvicorn.run(create_app(config, service), host=host, port=port, log_level="warning", access_log=False)

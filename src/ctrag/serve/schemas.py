@@ -32,7 +32,7 @@ class LabelEntry(BaseModel):
     value: int
     name: str
     rgb: tuple[int, int, int]
-    alpha: int = Field(255, ge=0, le=255, description="Overlay opacity of this label (the body is kept faint).")
+    alpha: int = Field(255, ge=0, le=255, description="Overlay opacity of this label (0: not drawn, e.g. the body).")
 
 
 class LabelLegend(BaseModel):

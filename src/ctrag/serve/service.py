@@ -33,8 +33,9 @@ from ctrag.utils.atomic import atomic_write_text
 logger = logging.getLogger(__name__)
 
 EXCERPT_CHARS = 160
-FAINT_ALPHA = 40
-"""Overlay alpha of the body label: it covers the whole patient, so at full strength it would hide the CT."""
+BODY_ALPHA = 0
+"""Overlay alpha of the body label: it covers the whole patient, so drawn it would hide the CT (NiiVue 0.69 draws
+every label with a non-zero alpha at the overlay's full opacity, so a faint body is not possible)."""
 UPLOAD_CHUNK = 1 << 16
 
 
@@ -103,7 +104,7 @@ def label_colours(label_set: str) -> dict[int, tuple[int, int, int]]:
 
 
 def _alpha(name: str) -> int:
-    return FAINT_ALPHA if name == "body" else 255
+    return BODY_ALPHA if name == "body" else 255
 
 
 class CtragService:

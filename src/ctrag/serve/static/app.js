@@ -198,7 +198,7 @@
       const rgb = Array.isArray(l.rgb) ? l.rgb : fallbackRgb(l.value);
       sw.style.backgroundColor = `rgb(${rgb[0] | 0}, ${rgb[1] | 0}, ${rgb[2] | 0})`;
       li.appendChild(sw);
-      li.appendChild(el("span", `${l.value} ${l.name}`));
+      li.appendChild(el("span", l.alpha === 0 ? `${l.value} ${l.name} (not drawn)` : `${l.value} ${l.name}`));
       li.dataset.value = String(l.value);
       ul.appendChild(li);
     }
