@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import statistics
 import subprocess
 import sys
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     warm_stats, cold_median = percentiles(warm), statistics.median(cold)
     figures = {
-        "demo_out": str(demo),
+        "demo_out": os.path.relpath(demo, REPO),
         "service_load_seconds": round(load_s, 2),
         "search_warm_http": warm_stats,
         "search_in_process": percentiles(in_process),

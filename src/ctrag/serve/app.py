@@ -195,28 +195,21 @@ def create_app(config: ServeConfig, service: CtragService | None = None) -> Fast
             raise HTTPException(429, str(exc), headers={"Retry-After": "5"}) from None
         return job.snapshot()
 
-    def _job(job_id: str) -> Job:
-        check_name(job_id, JOB_ID, "job id")
-        job = queue.get(job_id)
-        if job is None:
+    def _found(job_id: str, found: Any) -> Any:
+        if found is None:
             raise NotFound(f"no job {job_id!r}")
-        return job
+        return found
+
+    def _job(job_id: str) -> Job:
+        return _found(job_id, queue.get(check_name(job_id, JOB_ID, "job id")))
 
     @app.get("/api/jobs/{job_id}", response_model=schemas.JobStatus, dependencies=[api], responses=ERRORS)
     def job_status(job_id: str) -> dict[str, Any]:
-        _job(job_id)
-        snap = queue.snapshot(job_id)
-        if snap is None:
-            raise NotFound(f"no job {job_id!r}")
-        return snap
+        return _found(job_id, queue.snapshot(check_name(job_id, JOB_ID, "job id")))
 
     @app.post("/api/jobs/{job_id}/cancel", response_model=schemas.JobStatus, dependencies=[api], responses=ERRORS)
     def cancel_job(job_id: str) -> dict[str, Any]:
-        _job(job_id)
-        snap = queue.cancel(job_id)
-        if snap is None:
-            raise NotFound(f"no job {job_id!r}")
-        return snap
+        return _found(job_id, queue.cancel(check_name(job_id, JOB_ID, "job id")))
 
     @app.get(
         "/api/jobs/{job_id}/events",

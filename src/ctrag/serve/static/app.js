@@ -364,15 +364,20 @@
     return { report, strategy: $("strategy").value, seed, cfg, control_scale: controlScale, steps: null };
   }
 
-  async function runSearch() {
+  /** The form's settings, or null after showing why they cannot be used. */
+  function settingsOrError() {
     clearError();
-    let s;
     try {
-      s = readSettings();
+      return readSettings();
     } catch (err) {
       showError(err);
-      return;
+      return null;
     }
+  }
+
+  async function runSearch() {
+    const s = settingsOrError();
+    if (s === null) return;
     const btn = $("search");
     btn.disabled = true;
     try {
@@ -692,14 +697,8 @@
 
   $("job-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
-    let s;
-    try {
-      s = readSettings();
-    } catch (err) {
-      showError(err);
-      return;
-    }
-    submitJob(s, null);
+    const s = settingsOrError();
+    if (s !== null) submitJob(s, null);
   });
 
   $("search").addEventListener("click", runSearch);
@@ -710,19 +709,11 @@
     const keep = Array.from($("label-edit").querySelectorAll("input[type=checkbox]"))
       .filter((cb) => cb.checked)
       .map((cb) => Number(cb.value));
-    const settings = lastDone.settings || readSettingsOrNull();
+    const settings = lastDone.settings || settingsOrError();
     if (!settings) return;
     submitJob(settings, { job_id: lastDone.jobId, keep_labels: keep });
   });
 
-  function readSettingsOrNull() {
-    try {
-      return readSettings();
-    } catch (err) {
-      showError(err);
-      return null;
-    }
-  }
 
   $("overlay-toggle").addEventListener("change", () => {
     const value = overlayOpacity();
