@@ -21,6 +21,7 @@ from ctrag.cli import _shared, main
 from ctrag.data.case import Case, Corpus
 from tests.encoders.conftest import ct_cases, tiny_tower_json  # noqa: F401  cheap session fixtures
 
+REAL_LOAD_ENCODER = _shared.load_encoder
 EFFUSION = "Bilateral pleural effusion with passive atelectasis in both lower lobes."
 
 
@@ -56,6 +57,20 @@ def index_dir(corpus_dir: Path, test_encoder: Any, tmp_path_factory: pytest.Temp
     with pytest.MonkeyPatch.context() as mp:
         _patch_encoder(mp, test_encoder)
         assert main(["index", str(corpus_dir), "--out", str(out), "--scorer", "dense", "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_index_dir(corpus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`ctrag index --encoder minilm` through the real encoder factory over 6 real train reports: the index then
+    stores the ONNX export of the packaged MiniLM (``text_encoder_onnx/``)."""
+    small = tmp_path_factory.mktemp("real_corpus")
+    Corpus(Corpus.load(corpus_dir).split("train")[:6]).save(small)
+    out = tmp_path_factory.mktemp("real_index") / "real"
+    args = ["index", str(small), "--out", str(out), "--encoder", "minilm", "--scorer", "dense", "--no-progress"]
+    with pytest.MonkeyPatch.context() as mp:  # whatever adapter a module has patched in, use the real factory
+        mp.setattr(_shared, "load_encoder", REAL_LOAD_ENCODER)
+        assert main(args) == 0
     return out
 
 

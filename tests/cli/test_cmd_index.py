@@ -86,27 +86,24 @@ def test_index_refuses_a_malformed_manifest_naming_the_line(
 
 
 def test_real_encoder_factory_end_to_end_and_refusal(
-    corpus_dir: Path,
+    real_index_dir: Path,
     index_dir: Path,
-    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """No adapter: `--encoder minilm` goes through ctrag.encoders.factory for both commands."""
     monkeypatch.setattr(_shared, "load_encoder", REAL_CREATE_ENCODER)
-    small = tmp_path / "small"
-    Corpus(Corpus.load(corpus_dir).split("train")[:6]).save(small)
-    out = tmp_path / "real"
-    assert (
-        main(["index", str(small), "--out", str(out), "--encoder", "minilm", "--scorer", "dense", "--no-progress"]) == 0
-    )
+    out = real_index_dir
     meta = CaseIndex.read_metadata(out)
     assert meta["encoder"]["name"] == "minilm" and meta["count"] == 6
+    assert "text_encoder_onnx" in meta["components"]  # the query encoder for torch-free searches
     hits = search_json(capsys, EFFUSION, "--index", str(out), "--k", "2")["hits"]
     assert len(hits) == 2 and hits[0]["score"] > 0
     # a real CT-RATE report is longer than MiniLM's 256-token window: the search says how much it cut
-    long_report = support.read_ct_rate("train", 0, ("train_175",))[0].report_text
+    # (caplog is cleared first: it holds the whole test's records, and the index build warned for its own texts)
+    long_report = max((c.report_text for c in support.read_ct_rate("val", 20)), key=len)
+    caplog.clear()
     with caplog.at_level("WARNING", logger="ctrag.encoders.text"):
         assert search_json(capsys, long_report, "--index", str(out), "--k", "2")["hits"]
     assert "text cut for encoder minilm" in caplog.text and "token(s) dropped" in caplog.text

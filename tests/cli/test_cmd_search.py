@@ -125,3 +125,29 @@ def test_search_refuses_a_query_case_inside_the_index(
     assert code == 4 and "refusing to evaluate" in capsys.readouterr().err
     code = main(["search", "--query-case", "nope", "--corpus", str(corpus_dir), "-i", str(index_dir)])
     assert code == 2 and "no case 'nope'" in capsys.readouterr().err
+
+
+def test_search_with_the_stored_onnx_encoder_never_imports_torch(real_index_dir: Path) -> None:
+    """The cold-start path: an index from `ctrag index` answers a text query with ONNX Runtime alone, and the
+    hits equal those of the torch encoder (`--no-onnx`)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import io, json, sys, contextlib\n"
+        "from ctrag.cli import main\n"
+        "def run(*extra):\n"
+        "    buf = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(buf):\n"
+        f"        assert main(['search', {EFFUSION!r}, '--index', {str(real_index_dir)!r}, '--json', *extra]) == 0\n"
+        "    return json.loads(buf.getvalue())['hits']\n"
+        "onnx = run()\n"
+        "heavy = [m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "torch_hits = run('--no-onnx')\n"
+        "assert 'torch' in sys.modules\n"
+        "assert [h['case_id'] for h in onnx] == [h['case_id'] for h in torch_hits]\n"
+        "assert max(abs(a['score'] - b['score']) for a, b in zip(onnx, torch_hits)) < 1e-4\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]

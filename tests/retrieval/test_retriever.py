@@ -20,6 +20,7 @@ from ctrag.errors import IncompatibleIndexError, InvalidInputError
 from ctrag.index import CaseIndex
 from ctrag.retrieval.retriever import RetrievalConfig, Retriever
 from ctrag.retrieval.types import CaseFilter
+from tests.cli.conftest import corpus_dir, real_index_dir  # noqa: F401  (fixtures: a real `ctrag index` folder)
 
 EFFUSION_QUERY = "Bilateral pleural effusion with passive atelectasis in both lower lobes."
 
@@ -284,3 +285,31 @@ def test_scorer_on_the_shortlist_path(train_index: CaseIndex, test_encoder) -> N
     assert dense_top <= set(rows.tolist())  # the shortlist is the dense top-N
     full = scorer.scores([EFFUSION_QUERY], q, rows)[0]
     assert [h.details["row"] for h in hits] == rows[np.argsort(-full, kind="stable")[:3]].tolist()
+
+
+def test_stored_onnx_encoder_is_preferred_and_gives_the_recorded_encoders_hits(  # type: ignore[no-untyped-def]
+    real_index_dir: Path,  # noqa: F811
+    monkeypatch,
+) -> None:
+    """An index from `ctrag index` stores its encoder as ONNX: `from_dir` uses it (no torch), `onnx=False` or a
+    missing ONNX Runtime falls back to building the recorded encoder, with the same hits either way."""
+    from ctrag.encoders import onnx_text
+    from ctrag.errors import MissingDependencyError
+
+    query = "Bilateral pleural effusion with atelectasis."
+    onnx = Retriever.from_dir(real_index_dir)
+    assert type(onnx.encoder).__name__ == "OnnxTextEncoder"
+    built = Retriever.from_dir(real_index_dir, onnx=False)
+    assert type(built.encoder).__name__ != "OnnxTextEncoder"
+    assert onnx.encoder.fingerprint == built.encoder.fingerprint == built.index.encoder_fingerprint
+    a, b = onnx.search(query, k=4), built.search(query, k=4)
+    assert [h.case_id for h in a] == [h.case_id for h in b]
+    np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
+
+    def missing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise MissingDependencyError("onnxruntime is not installed")
+
+    monkeypatch.setattr(onnx_text, "OnnxTextEncoder", missing)
+    fallback = Retriever.from_dir(real_index_dir)
+    assert type(fallback.encoder).__name__ != "OnnxTextEncoder"
+    assert [h.case_id for h in fallback.search(query, k=4)] == [h.case_id for h in a]

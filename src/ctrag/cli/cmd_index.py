@@ -2,18 +2,43 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from ctrag.cli import _shared
-from ctrag.cli._app import app, console
+from ctrag.cli._app import app, console, err_console
 from ctrag.cli._progress import progress_bar, stage_callback
 from ctrag.cli._shared import DEFAULT_ENCODER, DEFAULT_SCORER, SCORERS, split_list
 from ctrag.config import load_config
 from ctrag.errors import InvalidInputError
+
+ONNX_CHECK_REPORTS = 64
+"""Indexed reports the ONNX export is checked on (vectors must match the torch encoder's)."""
+
+
+def _attach_onnx_encoder(index: Any, encoder: Any, scratch: str) -> str:
+    """Export the encoder to ONNX into ``scratch`` and attach it to ``index``; what searches will run, in words.
+
+    An encoder that cannot be exported (not a mean-pooling transformer, exporter packages missing, vectors that
+    differ) leaves the index as it was: searches then build the recorded encoder, which is only slower to start.
+    """
+    from ctrag.encoders.onnx_text import MIN_EXPORT_COSINE, ONNX_COMPONENT, can_export, export_text_encoder
+    from ctrag.errors import CtragError
+
+    if not can_export(encoder):
+        return f"torch ({getattr(encoder, 'name', 'this encoder')} has no ONNX export)"
+    texts = [case.report_text for case in index.cases if case.report_text.strip()][:ONNX_CHECK_REPORTS]
+    try:
+        export = export_text_encoder(encoder, texts, scratch)
+    except (CtragError, ImportError) as exc:
+        err_console.print(f"[yellow]warning[/] no ONNX query encoder stored: {exc}", highlight=False)
+        return "torch (ONNX export failed)"
+    index.attach_component(ONNX_COMPONENT, export)
+    return f"ONNX Runtime (min cosine {export.min_cosine:.6f} >= {MIN_EXPORT_COSINE} on {len(texts)} reports)"
 
 
 def _resolve_scorer(choice: str) -> str:
@@ -48,6 +73,14 @@ def index_command(
         Path | None,
         typer.Option(help="SQLite embedding cache (text hash + encoder fingerprint); re-runs embed only new reports."),
     ] = None,
+    onnx: Annotated[
+        bool,
+        typer.Option(
+            "--onnx/--no-onnx",
+            help="Store the text encoder exported to ONNX beside the index (checked to give the same vectors), so "
+            "searches start without importing torch.",
+        ),
+    ] = True,
 ) -> None:
     """Embed the reports of a corpus (train split by default) and save a searchable case index."""
     from ctrag.data.case import Corpus
@@ -82,7 +115,9 @@ def index_command(
             progress=stage_callback(bar),
         )
     index = built.index
-    version = index.save(out)
+    with tempfile.TemporaryDirectory(prefix="ctrag-onnx-") as scratch:
+        query_encoder = _attach_onnx_encoder(index, enc, scratch) if onnx else "torch (--no-onnx)"
+        version = index.save(out)
     table = Table(title=f"index written to {out}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
@@ -93,6 +128,7 @@ def index_command(
         ("dimension", str(index.dim)),
         ("encoder", f"{index.encoder_name} ({index.encoder_fingerprint})"),
         ("scorer", scorer_kind),
+        ("query encoder", query_encoder),
         ("version", version.name),
     ):
         table.add_row(key, value)

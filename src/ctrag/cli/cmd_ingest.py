@@ -10,7 +10,6 @@ from rich.table import Table
 
 from ctrag.cli._app import app, console, err_console
 from ctrag.cli._progress import progress_bar
-from ctrag.data.ingest import REPORT_MD, ingest
 from ctrag.data.readers import LAYOUTS
 from ctrag.data.report_text import MAX_REPORT_BYTES
 from ctrag.errors import InvalidInputError
@@ -53,6 +52,8 @@ def ingest_command(
     """
     if layout != "auto" and layout not in LAYOUTS:
         raise InvalidInputError(f"--layout must be auto or one of {list(LAYOUTS)}, got {layout!r}")
+    from ctrag.data.ingest import REPORT_MD, ingest  # heavy (NIfTI, segmentation checks): only when run
+
     with progress_bar(progress, title="ingest", detail=True) as bar:
         task = bar.add_task("", total=None)
 

@@ -144,6 +144,10 @@ def search_command(
         ),
     ] = None,
     corpus: Annotated[Path | None, typer.Option("--corpus", help="Corpus folder holding --query-case.")] = None,
+    onnx: Annotated[
+        bool,
+        typer.Option("--onnx/--no-onnx", help="Embed the query with the index's stored ONNX encoder when it has one."),
+    ] = True,
 ) -> None:
     """Find the cases whose reports are most similar to a report (or use another strategy)."""
     from ctrag.retrieval.retriever import Retriever
@@ -175,6 +179,8 @@ def search_command(
         enc,
         scorer=scorer,  # type: ignore[arg-type]
         encoder_factory=lambda spec: _shared.load_encoder(str(spec.get("name_or_path")), spec.get("weights"), device),
+        device=device,
+        onnx=onnx,
     )
     if query_source is not None:
         from ctrag.retrieval.guard import assert_no_leakage

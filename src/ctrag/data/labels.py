@@ -16,7 +16,6 @@ from importlib import resources
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage as ndi
 
 from ctrag.errors import DataValidationError
 
@@ -216,6 +215,8 @@ def body_from_labels(mask: np.ndarray) -> np.ndarray:
     fg = np.asarray(mask) > 0
     if not fg.any():
         return fg
+    from scipy import ndimage as ndi  # imported here: every search loads this module, few need morphology
+
     closed = ndi.binary_closing(fg, structure=np.ones((5, 5, 1), bool), iterations=2, border_value=0)
     filled = np.stack([ndi.binary_fill_holes(closed[:, :, k]) for k in range(closed.shape[2])], axis=2)
     return np.asarray(filled | fg)

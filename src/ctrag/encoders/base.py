@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # a text-only encoder (ONNX Runtime) must not pay for importing torch
+    import torch
 
 
 class Encoder(ABC):

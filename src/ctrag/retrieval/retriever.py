@@ -128,6 +128,7 @@ class Retriever:
         config: RetrievalConfig | None = None,
         encoder_factory: EncoderFactory | None = None,
         scorer_name: str | None = None,
+        onnx_encoder_dir: Path | None = None,
     ) -> None:
         self.index = index
         self.scorer = scorer
@@ -140,6 +141,7 @@ class Retriever:
         self.scorer_name = scorer_name or (type(scorer).__name__ if scorer is not None else "dense")
         self.config = config or RetrievalConfig()
         self._encoder_factory = encoder_factory
+        self._onnx_encoder_dir = onnx_encoder_dir
         self._encoder: Encoder | None = None
         if encoder is not None:
             self._check_encoder(encoder)
@@ -157,11 +159,14 @@ class Retriever:
         scorer_loaders: Mapping[str, ScorerLoader] | None = None,
         encoder_factory: EncoderFactory | None = None,
         device: str = "cpu",
+        onnx: bool = True,
     ) -> Retriever:
         """Load the index in ``index_dir`` and the scorer stored with it.
 
-        Without ``encoder``, text queries create one on first use from the index's recorded encoder spec
-        (``encoder_factory``, default :func:`load_encoder`), so vector-only use never loads a text model.
+        Without ``encoder``, text queries create one on first use, so vector-only use never loads a text model:
+        the ONNX export of the index's encoder stored with the index (``ctrag index`` writes it; same vectors,
+        same fingerprint, no torch import) when ``onnx`` is true and ONNX Runtime is installed, else one built from
+        the recorded encoder spec (``encoder_factory``, default :func:`load_encoder`).
         """
         config = config or RetrievalConfig()
         choice = scorer or config.scorer
@@ -189,7 +194,14 @@ class Retriever:
                 loaded, name = loaders[comp](folder), comp
                 break
         factory = encoder_factory or (lambda spec: load_encoder(spec, device=device))
-        return cls(index, encoder, loaded, config=config, encoder_factory=factory, scorer_name=name)
+        onnx_dir = None
+        if onnx and device == "cpu":
+            from ctrag.encoders.onnx_text import ONNX_COMPONENT
+
+            onnx_dir = index.component_dir(ONNX_COMPONENT)
+        return cls(
+            index, encoder, loaded, config=config, encoder_factory=factory, scorer_name=name, onnx_encoder_dir=onnx_dir
+        )
 
     def _check_encoder(self, encoder: Encoder) -> None:
         if encoder.fingerprint != self.index.encoder_fingerprint:
@@ -204,12 +216,29 @@ class Retriever:
     def encoder(self) -> Encoder:
         """The query encoder (created from the index's encoder spec on first use when none was given)."""
         if self._encoder is None:
-            if self._encoder_factory is None:
+            encoder = self._onnx_encoder()
+            if encoder is None and self._encoder_factory is None:
                 raise InvalidInputError("this retriever has no text encoder; use search_vector or pass an encoder")
-            encoder = self._encoder_factory(self.index.encoder_spec)
+            if encoder is None:
+                assert self._encoder_factory is not None
+                encoder = self._encoder_factory(self.index.encoder_spec)
             self._check_encoder(encoder)
             self._encoder = encoder
         return self._encoder
+
+    def _onnx_encoder(self) -> Encoder | None:
+        """The index's stored ONNX text encoder, or None (none stored, or ONNX Runtime missing: the caller falls
+        back to building the recorded encoder, which gives the same vectors, only slower to start)."""
+        if self._onnx_encoder_dir is None:
+            return None
+        from ctrag.encoders.onnx_text import OnnxTextEncoder
+        from ctrag.errors import MissingDependencyError
+
+        try:
+            return OnnxTextEncoder(self._onnx_encoder_dir)
+        except MissingDependencyError as exc:
+            logger.info("not using the ONNX text encoder stored with the index: %s", exc)
+            return None
 
     # ------------------------------------------------------------------ public search API
     @overload
