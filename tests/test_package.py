@@ -60,3 +60,15 @@ def test_only_the_cli_imports_the_service_and_the_service_never_imports_the_cli(
                 if module.startswith("ctrag.cli") and package not in ("cli",):
                     offenders.append(f"{path.relative_to(root)} imports {module}")
     assert offenders == []
+
+
+def test_data_package_names_load_lazily_and_all_resolve() -> None:
+    """``ctrag.data`` defers its submodules (a text search must not import nibabel); every exported name resolves."""
+    import ctrag.data as data
+
+    assert sorted(data.__all__) == sorted(data._HOMES)
+    for name in data.__all__:
+        assert getattr(data, name) is getattr(__import__(data._HOMES[name], fromlist=[name]), name)
+    code = "import sys\nfrom ctrag.data import Case, Corpus\nassert 'nibabel' not in sys.modules\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
