@@ -52,8 +52,8 @@ logger = logging.getLogger(__name__)
 
 KIND = "ctrag-hybrid-scorer"
 FORMAT_VERSION = 1
-#: Rows per float64 block when the dense term covers every row (bounds the temporary copy at ~100 MB for 384-d).
-_DENSE_BLOCK = 32_768
+#: Rows per float64 block of the dense term (see ``HybridScorer._dense``).
+_DENSE_BLOCK = 512
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -485,16 +485,17 @@ class HybridScorer:
         return out
 
     def _dense(self, q: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
-        """float64 cosines of ``q`` with ``rows`` (all rows in blocks: no full float64 copy of the vectors)."""
-        if rows is not None:
-            return np.asarray(q @ self.embeddings[rows].T.astype(np.float64))
-        n = len(self)
-        if n <= _DENSE_BLOCK:
-            return np.asarray(q @ self.embeddings.T.astype(np.float64))
+        """float64 cosines of ``q`` with ``rows`` (all rows when None), in blocks of ``_DENSE_BLOCK`` rows.
+
+        Blocks keep the float64 copy of the vectors small, and each product below OpenBLAS's threading threshold:
+        on shared cores a threaded 1 x 384 x 1266 product (a FAISS shortlist) took ~3 ms instead of ~0.2 ms.
+        """
+        n = len(self) if rows is None else rows.size
         out = np.empty((q.shape[0], n), dtype=np.float64)
         for start in range(0, n, _DENSE_BLOCK):
-            block = self.embeddings[start : start + _DENSE_BLOCK]
-            out[:, start : start + block.shape[0]] = q @ block.T.astype(np.float64)
+            stop = min(n, start + _DENSE_BLOCK)
+            block = self.embeddings[start:stop] if rows is None else self.embeddings[rows[start:stop]]
+            out[:, start:stop] = (block.astype(np.float64) @ q.T).T
         return out
 
     def scores(
