@@ -309,3 +309,21 @@ def test_shortlist_scores_equal_per_row_reference(val_scoring: dict[str, Any]) -
         want = _reference_scores(scorer, val[i : i + 1], emb[i : i + 1], rows)[0]
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
         assert np.array_equal(np.argsort(-got, kind="stable"), np.argsort(-want, kind="stable"))
+
+
+def test_loads_a_folder_in_the_layout_written_before_the_flat_token_table(
+    val_scoring: dict[str, Any], tmp_path: Path
+) -> None:
+    """hybrid.npz as the per-row LcsTable wrote it (concatenated rows, int64 cumsum offsets) loads and scores alike."""
+    from ctrag.utils.serialization import read_npz, write_npz
+
+    scorer: HybridScorer = val_scoring["scorer"]
+    folder = scorer.save(tmp_path / "hybrid")
+    arrays = read_npz(folder / "hybrid.npz")
+    rows = [scorer.lcs_table.tokens(i) for i in range(len(scorer))]
+    arrays["lcs_tokens"] = np.concatenate([np.asarray(r, dtype=np.int32) for r in rows]).astype(np.int32)
+    arrays["lcs_offsets"] = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+    write_npz(folder / "hybrid.npz", arrays)
+    loaded = HybridScorer.load(folder)
+    val, emb = val_scoring["val"][:10], val_scoring["emb"][:10]
+    np.testing.assert_array_equal(loaded.scores(val, emb), scorer.scores(val, emb))

@@ -23,6 +23,11 @@ search of :mod:`ctrag.retrieval.hybrid_fit` (patient-level folds; "highest top-1
 is not worse than the baseline's"). Evaluation data never enters: the scorer sees only the cases it is fitted on
 (``fitted_case_ids``).
 
+Per query, the work follows the candidate rows (all of them below the retriever's ``exact_limit``, its FAISS
+shortlist above): label patterns are found once per index and expected Jaccard is computed per pattern the
+candidates use; BM25 multiplies the candidates' weight rows by the query; the LCS term runs once over the whole
+LCS shortlist (:func:`lcs_f1_rows`). ``benchmarks/bench_scorer.py`` measures it against the previous code.
+
 Saved as arrays (``hybrid.npz``) + JSON + the label model and BM25 sub-folders; no pickles.
 """
 
