@@ -14,6 +14,9 @@ Measures the scorer, not the text encoder: query vectors (packaged MiniLM) are c
   ``n_search`` from ``RetrievalConfig.shortlist`` and the "nearest" strategy's needs as in
   ``Retriever._shortlist``. BM25 weights are copied rows, not refitted: with every report repeated equally often,
   the refitted idf would differ only in its +0.5 smoothing.
+* ``synthetic_exact_limit``: the same replication at ``RetrievalConfig.exact_limit`` rows (200 000), the largest
+  corpus the retriever scores *completely* per query (no FAISS step; also what "farthest"/"random" do at any
+  size): ``candidate_rows=None``, ``--full-queries`` queries.
 * old = ``benchmarks/baseline_hybrid.py`` (the scoring code before the change), new = ``HybridScorer.scores``; both
   score the same queries in the same process, alternating; the JSON records whether their scores are identical
   (max absolute difference) and their rankings equal.
@@ -169,6 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", type=Path, default=None, help="ctrag index with a hybrid scorer (807 cases)")
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic scorer (0: skip)")
+    parser.add_argument("--full-queries", type=int, default=10, help="queries of the exact-limit full scan (0: skip)")
     parser.add_argument("--noise", type=float, default=0.1, help="norm of the noise added to replicated vectors")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
@@ -207,7 +211,22 @@ def main() -> None:
             **time_pair(BaselineScorer(big, lists), big, texts, emb, rows),
             "peak_rss_mb": round(peak_rss_mb(), 1),
         }
+        del big, lists, rows
         print("synthetic", figures["synthetic_1m"], flush=True)
+    if args.full_queries:
+        from ctrag.retrieval.retriever import RetrievalConfig
+
+        n_full = RetrievalConfig().exact_limit
+        big, lists = replicate(scorer, n_full, args.noise, np.random.default_rng(1))
+        k = args.full_queries
+        figures["synthetic_exact_limit"] = {
+            "data": f"SYNTHETIC: as synthetic_1m, {n_full} rows (RetrievalConfig.exact_limit)",
+            "rows": n_full,
+            "candidate_rows": "None: every row scored (the retriever's exact path up to exact_limit)",
+            **time_pair(BaselineScorer(big, lists), big, texts[:k], emb[:k], [None] * k),
+        }
+        del big, lists
+        print("exact limit", figures["synthetic_exact_limit"], flush=True)
     figures["peak_rss_mb"] = round(peak_rss_mb(), 1)
     print(write_result(args.out, "scorer", figures))
 

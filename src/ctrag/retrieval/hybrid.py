@@ -500,7 +500,7 @@ class HybridScorer:
         for start in range(0, n, _DENSE_BLOCK):
             stop = min(n, start + _DENSE_BLOCK)
             block = self.embeddings[start:stop] if rows is None else self.embeddings[rows[start:stop]]
-            out[:, start:stop] = (block.astype(np.float64) @ q.T).T
+            out[:, start:stop] = q @ block.T.astype(np.float64)
         return out
 
     def scores(

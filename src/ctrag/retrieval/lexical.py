@@ -233,12 +233,16 @@ class BM25Scorer:
         """(n_queries, n_candidates) BM25 scores (float64); higher = better. ``query_embeddings`` is ignored.
 
         Computed as ``(W[rows] @ Q.T).T``: the (large) document rows stay in CSR order and only the small query
-        matrix is transposed, so a query costs the non-zeros of its candidate rows (a shortlist at scale) instead
-        of a CSC copy of them per call. Each score sums the same products in the same (term) order as ``Q @ W.T``.
+        matrix is transposed, so a query costs one pass over the non-zeros of its candidate rows (a shortlist at
+        scale) instead of a CSC copy of them per call. A single query (the retriever's shortlist path) is a dense
+        vector: one sparse-times-vector pass, where a sparse product takes two. Each score sums the same products
+        in the same (term) order as ``Q @ W.T``; the vector form only adds exact zeros.
         """
         rows = _check_rows(candidate_rows, self.n_docs, "BM25Scorer.scores")
         w = self.weights if rows is None else self.weights[rows]
         q = self.query_matrix(query_texts)
+        if q.shape[0] == 1:
+            return np.asarray(w @ q.toarray()[0], dtype=np.float64)[None, :]
         return np.ascontiguousarray((w @ q.T.tocsr()).toarray().T, dtype=np.float64)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
