@@ -222,9 +222,15 @@ def test_plugs_into_case_index_and_retriever(
 # ------------------------------------------------------------- fast scoring path = straightforward per-row path
 
 
-def test_lcs_f1_rows_equals_pairwise_lcs_on_real_reports(ct_rate_dir: Path) -> None:
+@pytest.mark.parametrize("group_bits", [1 << 18, 700])  # one big integer, or groups of a few reports
+def test_lcs_f1_rows_equals_pairwise_lcs_on_real_reports(
+    ct_rate_dir: Path, group_bits: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ctrag.retrieval import hybrid
     from ctrag.retrieval.hybrid import LcsTable, lcs_f1_rows
     from ctrag.utils.sequences import lcs_f1
+
+    monkeypatch.setattr(hybrid, "_LCS_GROUP_BITS", group_bits)
 
     cases = read_ctclip_classifier(ct_rate_dir, patient_level_split=False)
     docs = [*[c.report_text for c in cases if c.split == "train"][:200], ""]  # an empty document too

@@ -59,6 +59,8 @@ KIND = "ctrag-hybrid-scorer"
 FORMAT_VERSION = 1
 #: Rows per float64 block of the dense term (see ``HybridScorer._dense``).
 _DENSE_BLOCK = 512
+#: Document tokens (bits) per big integer in :func:`lcs_f1_rows` (~1300 CT-RATE reports; masks of 32 KiB each).
+_LCS_GROUP_BITS = 1 << 18
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -191,13 +193,26 @@ def lcs_f1_rows(query: Sequence[int], flat: np.ndarray, offsets: np.ndarray, row
     hybrid scorer's shortlist of 30-90 reports). Document tokens the query lacks can never match and are left out
     of the match masks; the LCS length per segment is its number of zero bits at the end.
 
-    ``flat``/``offsets``: the table's concatenated token ids and row offsets; query ids < 0 match nothing.
+    ``flat``/``offsets``: the table's concatenated token ids and row offsets; query ids < 0 match nothing. Rows
+    go in groups of at most ``_LCS_GROUP_BITS`` document tokens, which bounds the masks' memory for long row lists.
     """
     rows = np.asarray(rows, dtype=np.int64)
     out = np.zeros(rows.size, dtype=np.float64)
-    m = len(query)
-    if m == 0 or rows.size == 0:
+    if len(query) == 0 or rows.size == 0:
         return out
+    ends = np.cumsum(offsets[rows + 1] - offsets[rows] + 1)
+    start = 0
+    while start < rows.size:
+        stop = max(start + 1, int(np.searchsorted(ends, (ends[start - 1] if start else 0) + _LCS_GROUP_BITS, "right")))
+        out[start:stop] = _lcs_f1_group(query, flat, offsets, rows[start:stop])
+        start = stop
+    return out
+
+
+def _lcs_f1_group(query: Sequence[int], flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """:func:`lcs_f1_rows` for one group of rows, all in one big integer."""
+    out = np.zeros(rows.size, dtype=np.float64)
+    m = len(query)
     q = np.asarray(query, dtype=flat.dtype)  # one dtype for searchsorted (mixed dtypes make it ~10x slower)
     vocab_q = np.unique(q[q >= 0])
     starts = offsets[rows].astype(np.int64)
