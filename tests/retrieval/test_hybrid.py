@@ -217,3 +217,119 @@ def test_plugs_into_case_index_and_retriever(
     direct = scorer.scores(queries, test_encoder.encode_text(queries)).astype(np.float32)  # as the retriever does
     for per_query, row_scores in zip(hits, direct, strict=True):
         assert [train_index.row_of(h.case_id) for h in per_query] == list(np.argsort(-row_scores, kind="stable")[:3])
+
+
+# ------------------------------------------------------------- fast scoring path = straightforward per-row path
+
+
+@pytest.mark.parametrize("group_bits", [1 << 18, 700])  # one big integer, or groups of a few reports
+def test_lcs_f1_rows_equals_pairwise_lcs_on_real_reports(
+    ct_rate_dir: Path, group_bits: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ctrag.retrieval import hybrid
+    from ctrag.retrieval.hybrid import LcsTable, lcs_f1_rows
+    from ctrag.utils.sequences import lcs_f1
+
+    monkeypatch.setattr(hybrid, "_LCS_GROUP_BITS", group_bits)
+
+    cases = read_ctclip_classifier(ct_rate_dir, patient_level_split=False)
+    docs = [*[c.report_text for c in cases if c.split == "train"][:200], ""]  # an empty document too
+    table = LcsTable.build(docs, 2048)
+    rng = np.random.default_rng(0)
+    for text in [*[c.report_text for c in cases if c.split == "val"][:10], "zzz unseen words", ""]:
+        query = table.encode(text)
+        rows = np.sort(rng.choice(len(docs) - 1, 40, replace=False))
+        rows = np.append(rows, [len(docs) - 1, rows[0]])  # the empty document and a repeated row
+        want = np.asarray([lcs_f1(query, table.tokens(int(r))) for r in rows])
+        np.testing.assert_array_equal(lcs_f1_rows(query, table.flat, table.offsets, rows), want)
+    assert lcs_f1_rows([1, 2], table.flat, table.offsets, np.zeros(0, np.int64)).shape == (0,)
+    views = table.docs
+    assert len(views) == len(docs) and views[-1].size == 0 and views[3].tolist() == table.tokens(3)
+
+
+def _reference_scores(scorer: HybridScorer, texts: list[str], emb: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The module docstring's formula, one query and one candidate row at a time (the slow, obvious way)."""
+    from ctrag.retrieval.hybrid import topk_mask
+    from ctrag.retrieval.label_agreement import expected_jaccard
+    from ctrag.utils.sequences import lcs_f1
+
+    w, lm, bm = scorer.weights, scorer.label_model, scorer.bm25
+    assert lm is not None and bm is not None
+    out = np.zeros((len(texts), rows.size))
+    for i, text in enumerate(texts):
+        probs = 1.0 / (1.0 + np.exp(-lm.decision_function([text]) / w.temperature))
+        label = np.asarray([expected_jaccard(probs, scorer.cand_labels[r : r + 1])[0, 0] for r in rows])
+        counts: dict[int, int] = {}
+        for tok in bm._tok(text):
+            if tok in bm.vocab:
+                counts[bm.vocab[tok]] = counts.get(bm.vocab[tok], 0) + 1
+        doc_w = bm.weights[rows].toarray()
+        bm25 = np.asarray([sum(c * doc_w[j, t] for t, c in sorted(counts.items())) for j in range(rows.size)])
+        bm25 = bm25 / bm25.max() if bm25.max() > 0 else np.zeros_like(bm25)
+        dense = np.asarray([float(emb[i].astype(np.float64) @ scorer.embeddings[r].astype(np.float64)) for r in rows])
+        total = w.label * label + w.bm25 * bm25 + w.dense * dense
+        short = np.zeros(rows.size, dtype=bool)
+        for comp in (label, bm25, dense):
+            short |= topk_mask(comp[None, :], scorer.config.rerank_k)[0]
+        query = scorer.lcs_table.encode(text)
+        lcs = np.asarray([lcs_f1(query, scorer.lcs_table.tokens(int(r))) for r in rows])
+        out[i] = np.where(short, total + w.lcs * lcs, total - (total.max() - total.min() + w.lcs + 1.0))
+    return out
+
+
+@pytest.fixture(scope="module")
+def val_scoring(ct_rate_dir: Path) -> dict[str, Any]:
+    """A scorer with every component on, fitted on the 800 shipped train reports; the 100 val reports as queries."""
+    cases = read_ctclip_classifier(ct_rate_dir, patient_level_split=False)
+    train = [c for c in cases if c.split == "train"]
+    val = [c.report_text for c in cases if c.split == "val"]
+    embed = _lsa([c.report_text for c in train])
+    weights = HybridWeights(label=1.0, lcs=1.5, bm25=0.5, dense=0.25)  # what the search chose in the demo index
+    scorer = HybridScorer.fit(
+        train, embed([c.report_text for c in train]), HybridConfig(search_weights=False, weights=weights)
+    )
+    return {"scorer": scorer, "val": val, "emb": embed(val)}
+
+
+def test_scores_equal_per_row_reference_on_val_reports(val_scoring: dict[str, Any]) -> None:
+    scorer: HybridScorer = val_scoring["scorer"]
+    val, emb = val_scoring["val"], val_scoring["emb"]
+    assert len(scorer) == 800 and len(val) == 100
+    every = np.arange(len(scorer))
+    got = scorer.scores(val, emb)  # the retriever passes candidate_rows=None when every row is a candidate
+    for i in range(0, len(val), 3):  # every third query through the slow reference (they take ~0.1 s each)
+        want = _reference_scores(scorer, val[i : i + 1], emb[i : i + 1], every)[0]
+        np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-12)
+        assert np.array_equal(np.argsort(-got[i], kind="stable"), np.argsort(-want, kind="stable"))
+    one_by_one = np.vstack([scorer.scores(val[i : i + 1], emb[i : i + 1]) for i in range(len(val))])
+    np.testing.assert_allclose(one_by_one, got, rtol=0, atol=1e-12)
+
+
+def test_shortlist_scores_equal_per_row_reference(val_scoring: dict[str, Any]) -> None:
+    """Candidate rows as the retriever's FAISS shortlist passes them (sorted rows of the best dense scores)."""
+    scorer: HybridScorer = val_scoring["scorer"]
+    val, emb = val_scoring["val"], val_scoring["emb"]
+    for i in range(1, len(val), 7):
+        rows = np.sort(np.argsort(-(scorer.embeddings @ emb[i]), kind="stable")[:150])
+        got = scorer.scores(val[i : i + 1], emb[i : i + 1], rows)[0]
+        want = _reference_scores(scorer, val[i : i + 1], emb[i : i + 1], rows)[0]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+        assert np.array_equal(np.argsort(-got, kind="stable"), np.argsort(-want, kind="stable"))
+
+
+def test_loads_a_folder_in_the_layout_written_before_the_flat_token_table(
+    val_scoring: dict[str, Any], tmp_path: Path
+) -> None:
+    """hybrid.npz as the per-row LcsTable wrote it (concatenated rows, int64 cumsum offsets) loads and scores alike."""
+    from ctrag.utils.serialization import read_npz, write_npz
+
+    scorer: HybridScorer = val_scoring["scorer"]
+    folder = scorer.save(tmp_path / "hybrid")
+    arrays = read_npz(folder / "hybrid.npz")
+    rows = [scorer.lcs_table.tokens(i) for i in range(len(scorer))]
+    arrays["lcs_tokens"] = np.concatenate([np.asarray(r, dtype=np.int32) for r in rows]).astype(np.int32)
+    arrays["lcs_offsets"] = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+    write_npz(folder / "hybrid.npz", arrays)
+    loaded = HybridScorer.load(folder)
+    val, emb = val_scoring["val"][:10], val_scoring["emb"][:10]
+    np.testing.assert_array_equal(loaded.scores(val, emb), scorer.scores(val, emb))

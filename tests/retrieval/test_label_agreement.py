@@ -7,6 +7,7 @@ One module serves the hybrid scorer (what it optimises), the retrieval evaluatio
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +18,11 @@ from ctrag.errors import InvalidInputError
 from ctrag.retrieval.label_agreement import (
     exact_match,
     expected_jaccard,
+    expected_jaccard_patterns,
     label_jaccard,
     label_jaccard_matrix,
     label_names,
+    label_patterns,
     pair_jaccard,
 )
 
@@ -74,6 +77,23 @@ def test_expected_jaccard_equals_enumeration() -> None:
 def test_expected_jaccard_shape_error() -> None:
     with pytest.raises(InvalidInputError, match="do not fit"):
         expected_jaccard(np.zeros((2, 3)), np.zeros((4, 5)))
+    with pytest.raises(InvalidInputError, match="do not fit"):
+        expected_jaccard_patterns(np.zeros((2, 3)), np.zeros((4, 5), dtype=bool))
+    with pytest.raises(InvalidInputError, match="2-D"):
+        label_patterns(np.zeros(5))
+
+
+def test_label_patterns_once_per_index_then_any_subset(ct_rate_dir: Path) -> None:
+    """What the hybrid scorer does: patterns of all rows once, then per query only those a row subset uses."""
+    cases = read_ctclip_classifier(ct_rate_dir, patient_level_split=False)
+    y = np.asarray([c.labels for c in cases if c.split == "train"], dtype=np.int8)
+    patterns, pattern_of = label_patterns(y)
+    assert patterns.dtype == bool and len(patterns) < len(y) and np.array_equal(patterns[pattern_of], y.astype(bool))
+    probs = np.random.default_rng(0).random((3, y.shape[1]))
+    rows = np.sort(np.random.default_rng(1).choice(len(y), 120, replace=False))
+    used, inverse = np.unique(pattern_of[rows], return_inverse=True)
+    got = expected_jaccard_patterns(probs, patterns[used])[:, inverse]
+    np.testing.assert_array_equal(got, expected_jaccard(probs, y[rows]))
 
 
 def test_exact_match() -> None:

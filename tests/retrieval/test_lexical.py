@@ -39,6 +39,18 @@ def test_bm25_equals_rank_bm25(reports: tuple[list[str], list[str]]) -> None:
     np.testing.assert_allclose(ours, expected, rtol=1e-9, atol=1e-9)
 
 
+def test_bm25_one_query_and_candidate_rows_equal_the_batch(reports: tuple[list[str], list[str]]) -> None:
+    """One query takes the CSR-times-vector path, several the sparse product: the same numbers either way."""
+    docs, queries = reports
+    scorer = BM25Scorer.fit(docs)
+    batch = scorer.scores(queries)
+    rows = np.array([249, 3, 3, 100, 0])
+    for i, query in enumerate(queries):
+        np.testing.assert_array_equal(scorer.scores([query]), batch[i : i + 1])
+        np.testing.assert_array_equal(scorer.scores([query], None, rows), batch[i : i + 1, rows])
+    assert scorer.scores([], None, rows).shape == (0, rows.size)
+
+
 def test_bm25_parameters_change_scores(reports: tuple[list[str], list[str]]) -> None:
     docs, queries = reports
     a = BM25Scorer.fit(docs, BM25Config(b=0.75)).scores(queries[:3])

@@ -49,20 +49,25 @@ def exact_match(a: npt.ArrayLike, b: npt.ArrayLike) -> np.ndarray:
     return np.all(np.asarray(a).astype(bool) == np.asarray(b).astype(bool), axis=-1)
 
 
-def expected_jaccard(probs: npt.ArrayLike, cand_labels: npt.ArrayLike, empty: float = EMPTY_JACCARD) -> np.ndarray:
-    """E[Jaccard(Q, Y_c)] for Q_i ~ Bernoulli(probs[q, i]) independently, against fixed 0/1 rows Y_c.
+def label_patterns(cand_labels: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct 0/1 label rows (sorted, as bool) and each row's index into them.
 
-    With A = |Q ∩ Y| and B = |Q \\ Y| (independent: they involve disjoint labels), J = A / (|Y| + B), so
-    E[J] = E[A] * E[1 / (|Y| + B)]; B's Poisson-binomial law comes from a short dynamic programme over the
-    labels outside Y. For |Y| = 0, J is ``empty`` when B = 0 and 0 otherwise. Computed once per distinct label
-    pattern among the candidates (a few hundred for thousands of reports), then gathered.
+    Expected Jaccard depends on a candidate only through its label pattern, and a corpus has few of them (a few
+    hundred among thousands of CT-RATE reports; at most 2^18), so the hybrid scorer computes this once per index
+    and per query only the patterns its candidate rows use.
     """
-    p = np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0)
     y = np.asarray(cand_labels)
-    if p.ndim != 2 or y.ndim != 2 or p.shape[1] != y.shape[1]:
-        raise InvalidInputError(f"expected_jaccard: shapes {p.shape} and {y.shape} do not fit")
+    if y.ndim != 2:
+        raise InvalidInputError(f"label_patterns: expected a 2-D label matrix, got shape {y.shape}")
     patterns, inverse = np.unique(y.astype(bool), axis=0, return_inverse=True)
-    inverse = np.asarray(inverse).ravel()
+    return patterns, np.asarray(inverse, dtype=np.int64).ravel()
+
+
+def expected_jaccard_patterns(probs: npt.ArrayLike, patterns: np.ndarray, empty: float = EMPTY_JACCARD) -> np.ndarray:
+    """(n_queries, n_patterns) E[Jaccard(Q, Y)] against distinct bool label rows ``patterns`` (see below)."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0)
+    if p.ndim != 2 or patterns.ndim != 2 or p.shape[1] != patterns.shape[1]:
+        raise InvalidInputError(f"expected_jaccard: shapes {p.shape} and {patterns.shape} do not fit")
     n_lab = p.shape[1]
     size = patterns.sum(1).astype(np.float64)  # |Y| per pattern
     out = np.empty((p.shape[0], patterns.shape[0]), dtype=np.float64)
@@ -83,7 +88,23 @@ def expected_jaccard(probs: npt.ArrayLike, cand_labels: npt.ArrayLike, empty: fl
             dist = nxt
         e_inv = (dist * inv[None]).sum(-1)
         out[start : start + chunk] = np.where(size[None, :] > 0, e_a * e_inv, empty * dist[..., 0])
-    return out[:, inverse]
+    return out
+
+
+def expected_jaccard(probs: npt.ArrayLike, cand_labels: npt.ArrayLike, empty: float = EMPTY_JACCARD) -> np.ndarray:
+    """E[Jaccard(Q, Y_c)] for Q_i ~ Bernoulli(probs[q, i]) independently, against fixed 0/1 rows Y_c.
+
+    With A = |Q ∩ Y| and B = |Q \\ Y| (independent: they involve disjoint labels), J = A / (|Y| + B), so
+    E[J] = E[A] * E[1 / (|Y| + B)]; B's Poisson-binomial law comes from a short dynamic programme over the
+    labels outside Y. For |Y| = 0, J is ``empty`` when B = 0 and 0 otherwise. Computed once per distinct label
+    pattern among the candidates (a few hundred for thousands of reports), then gathered.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(cand_labels)
+    if p.ndim != 2 or y.ndim != 2 or p.shape[1] != y.shape[1]:
+        raise InvalidInputError(f"expected_jaccard: shapes {p.shape} and {y.shape} do not fit")
+    patterns, inverse = label_patterns(y)
+    return expected_jaccard_patterns(p, patterns, empty)[:, inverse]
 
 
 def label_names(labels: Sequence[int] | npt.ArrayLike | None) -> list[str]:

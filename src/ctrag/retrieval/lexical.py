@@ -230,11 +230,20 @@ class BM25Scorer:
         query_embeddings: np.ndarray | None = None,
         candidate_rows: np.ndarray | None = None,
     ) -> np.ndarray:
-        """(n_queries, n_candidates) BM25 scores (float64); higher = better. ``query_embeddings`` is ignored."""
+        """(n_queries, n_candidates) BM25 scores (float64); higher = better. ``query_embeddings`` is ignored.
+
+        Computed as ``(W[rows] @ Q.T).T``: the (large) document rows stay in CSR order and only the small query
+        matrix is transposed, so a query costs one pass over the non-zeros of its candidate rows (a shortlist at
+        scale) instead of a CSC copy of them per call. A single query (the retriever's shortlist path) is a dense
+        vector: one sparse-times-vector pass, where a sparse product takes two. Each score sums the same products
+        in the same (term) order as ``Q @ W.T``; the vector form only adds exact zeros.
+        """
         rows = _check_rows(candidate_rows, self.n_docs, "BM25Scorer.scores")
         w = self.weights if rows is None else self.weights[rows]
         q = self.query_matrix(query_texts)
-        return np.asarray((q @ w.T).toarray(), dtype=np.float64)
+        if q.shape[0] == 1:
+            return np.asarray(w @ q.toarray()[0], dtype=np.float64)[None, :]
+        return np.ascontiguousarray((w @ q.T.tocsr()).toarray().T, dtype=np.float64)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         folder = Path(directory)
