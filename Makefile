@@ -42,9 +42,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_encoder_cold_start.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_sampler.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_segment.py --out benchmarks/results
+	$(BIN)/python benchmarks/bench_scorer.py --out benchmarks/results  # ~1 min, 5 GB for the 10^6-row scorer
 	@if [ -d demo_out/index ] && [ -d demo_out/generator ]; then \
 	  $(BIN)/python benchmarks/bench_serve.py --out benchmarks/results; \
-	else echo "bench_serve skipped: it measures the demo's outputs, run make demo first"; fi
+	  $(BIN)/python benchmarks/bench_search_cold_start.py --out benchmarks/results; \
+	else echo "bench_serve, bench_search_cold_start skipped: they measure the demo outputs, run make demo first"; fi
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache
