@@ -9,6 +9,7 @@ vectors), the LSA test encoder (``testsupport.ray_encoders``) where only the sha
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ def cluster() -> Iterator[str]:
             yield str(ray.get_runtime_context().gcs_address)
         finally:
             ray.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -46,8 +46,8 @@ class MiniLMBuilder:
 class TaggedLsa(LsaEncoder):
     """:class:`LsaEncoder` with a fingerprint tag and an optional pause per call (to stand in for a slow encoder)."""
 
-    def __init__(self, fit_texts: Sequence[str], tag: str, delay: float) -> None:
-        super().__init__(fit_texts, dim=32)
+    def __init__(self, fit_texts: Sequence[str], tag: str = "", delay: float = 0.0, dim: int = 32) -> None:
+        super().__init__(fit_texts, dim=dim)
         self._tag, self._delay = tag, delay
 
     @property
@@ -64,6 +64,7 @@ class LsaBuilder:
     fit_texts: tuple[str, ...]
     tag: str = ""
     delay: float = 0.0
+    dim: int = 32
 
     def __call__(self) -> Encoder:
-        return TaggedLsa(self.fit_texts, self.tag, self.delay)
+        return TaggedLsa(self.fit_texts, self.tag, self.delay, self.dim)

@@ -48,6 +48,18 @@ def index_command(
         Path | None,
         typer.Option(help="SQLite embedding cache (text hash + encoder fingerprint); re-runs embed only new reports."),
     ] = None,
+    # --- embedding engine (ctrag.index.ray_embed; docs/scale.md "Embedding on a Ray cluster") ---
+    engine: Annotated[str, typer.Option(help="Embedding engine: local (this process) or ray (sharded, resumable).")] = (
+        "local"
+    ),
+    workers: Annotated[int | None, typer.Option(help="Ray workers (default: 2 local, all CPUs of a cluster).")] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Join a running Ray cluster (auto or HOST:PORT); default: start a local one.")
+    ] = None,
+    shard_size: Annotated[int | None, typer.Option(help="Reports per Ray shard (default 512).")] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Ray shard folder, reused by reruns (default: <out>.work).")
+    ] = None,
 ) -> None:
     """Embed the reports of a corpus (train split by default) and save a searchable case index."""
     from ctrag.data.case import Corpus
@@ -66,6 +78,12 @@ def index_command(
         from ctrag.encoders.cache import EmbeddingCache
 
         embedding_cache = EmbeddingCache(cache)
+    from ctrag.index.ray_embed import EncoderSpec, engine_from_options
+
+    embed = engine_from_options(
+        engine, enc, EncoderSpec(encoder, weights, device), out=out, work_dir=work_dir, workers=workers,
+        address=ray_address, shard_size=shard_size, batch_size=batch_size, cache=embedding_cache,
+    )  # fmt: skip
     with progress_bar(progress) as bar:
         built = build_index(
             list(corpus),
@@ -80,6 +98,7 @@ def index_command(
             batch_size=batch_size,
             cache=embedding_cache,
             progress=stage_callback(bar),
+            embed=embed,
         )
     index = built.index
     version = index.save(out)
@@ -94,6 +113,7 @@ def index_command(
         ("encoder", f"{index.encoder_name} ({index.encoder_fingerprint})"),
         ("scorer", scorer_kind),
         ("version", version.name),
+        *([("engine", embed.summary())] if embed is not None else []),
     ):
         table.add_row(key, value)
     console.print(table)

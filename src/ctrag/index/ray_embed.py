@@ -588,8 +588,52 @@ class RayEmbedder:
         )
         return vectors
 
+    def summary(self) -> str:
+        """One line for the CLI: what the last job did and where its shards are."""
+        if self.last is None:
+            return f"ray (not run yet; work folder {self.work_dir})"
+        r = self.last
+        return (
+            f"ray: {len(r.embedded)} shard(s) embedded on {r.workers} worker(s), {len(r.reused)} reused "
+            f"(of {r.shards}), {r.seconds:.1f} s; work folder {r.work_dir}"
+        )
+
 
 def default_work_dir(out: str | os.PathLike[str]) -> Path:
     """``<out>.work``: beside the index folder, not inside it (an index save replaces its folder's versions)."""
     path = Path(out)
     return path.with_name(path.name + ".work")
+
+
+def engine_from_options(
+    engine: str,
+    encoder: Encoder,
+    builder: EncoderBuilder,
+    *,
+    out: str | os.PathLike[str],
+    work_dir: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+    address: str | None = None,
+    shard_size: int | None = None,
+    batch_size: int = 64,
+    cache: Any = None,
+) -> RayEmbedder | None:
+    """The ``embed`` engine that ``ctrag index --engine ...`` asks for: None for ``local``, a :class:`RayEmbedder`
+    for ``ray``. Options that only the Ray engine reads are refused with ``local`` rather than ignored."""
+    if engine not in ENGINES:
+        raise InvalidInputError(f"--engine must be one of {list(ENGINES)}, got {engine!r}")
+    ray_only = {"--work-dir": work_dir, "--workers": workers, "--ray-address": address, "--shard-size": shard_size}
+    if engine == "local":
+        given = [name for name, value in ray_only.items() if value is not None]
+        if given:
+            raise InvalidInputError(f"{', '.join(given)} apply to --engine ray only")
+        return None
+    if cache is not None:
+        raise InvalidInputError("--cache works with --engine local; the Ray engine resumes from its --work-dir")
+    _import_ray()  # a missing Ray fails here, before any embedding starts
+    config = RayEmbedConfig(
+        shard_size=shard_size or RayEmbedConfig.shard_size, batch_size=batch_size, workers=workers, address=address
+    )
+    return RayEmbedder.for_encoder(
+        encoder, builder, work_dir=Path(work_dir) if work_dir is not None else default_work_dir(out), config=config
+    )
