@@ -9,9 +9,13 @@ vectors), the LSA test encoder (``testsupport.ray_encoders``) where only the sha
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,34 +129,49 @@ def test_ray_index_equals_the_single_process_index(cluster: str, tmp_path: Path,
     np.testing.assert_array_equal(local.index.search(queries, 5)[1], remote.index.search(queries, 5)[1])
 
 
-class _Stop(Exception):
-    """Stands in for a kill of the driver (Ctrl-C, lost machine) after some shards have been written."""
+_KILLED_JOB = """
+import sys
+from testsupport.ray_encoders import LsaBuilder, TaggedLsa
+from testsupport.index_data import read_ct_rate
+from ctrag.index.ray_embed import RayEmbedConfig, embed_on_ray
+
+reports = [c.report_text for c in read_ct_rate("train", 40)]
+cfg = RayEmbedConfig(shard_size=4, batch_size=4, workers=2, in_flight_per_worker=1, address=sys.argv[2])
+embed_on_ray(reports, LsaBuilder(tuple(reports), delay=0.3), fingerprint=TaggedLsa(reports).fingerprint, dim=32,
+             work_dir=sys.argv[1], config=cfg)
+"""
 
 
-def test_a_stopped_job_resumes_without_reembedding_finished_shards(
+def test_a_killed_job_resumes_without_reembedding_finished_shards(
     cluster: str, tmp_path: Path, reports: list[str]
 ) -> None:
+    """SIGKILL a job (its own process, joined to the cluster by address) mid-way; the rerun embeds only the
+    missing shards (sidecars name the run that embedded each one; finished files are not touched)."""
     work = tmp_path / "work"
-    fingerprint = TaggedLsa(reports, "", 0.0).fingerprint
-    cfg = RayEmbedConfig(shard_size=4, batch_size=4, workers=2, in_flight_per_worker=1)
-
-    def stop_after_three(stage: str, done: int, total: int) -> None:
-        if stage == "embed shards" and done >= 3:
-            raise _Stop
-
-    with pytest.raises(_Stop):
-        embed_on_ray(reports, _lsa(reports, delay=0.2), fingerprint=fingerprint, dim=32, work_dir=work, config=cfg,
-                     progress=stop_after_three)  # fmt: skip
-    first = _sidecars(work)
-    assert len(first) >= 3 and len({s["run_id"] for s in first.values()}) == 1
-    mtimes = {i: (work / "shards" / f"shard-{i:05d}.npy").stat().st_mtime_ns for i in first}
+    env = {**os.environ, **worker_env()}
+    job = subprocess.Popen([sys.executable, "-c", _KILLED_JOB, str(work), cluster], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list((work / "shards").glob("*.json"))) < 3 and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert job.poll() is None, "the job ended before it could be killed"
+        job.send_signal(signal.SIGKILL)
+    finally:
+        job.kill()
+        job.wait()
+    done = _sidecars(work)
+    assert 3 <= len(done) < 10 and len({s["run_id"] for s in done.values()}) == 1
+    mtimes = {i: (work / "shards" / f"shard-{i:05d}.npy").stat().st_mtime_ns for i in done}
+    fingerprint = TaggedLsa(reports).fingerprint
+    cfg = RayEmbedConfig(shard_size=4, batch_size=4, workers=2)
     vectors, report = embed_on_ray(reports, _lsa(reports), fingerprint=fingerprint, dim=32, work_dir=work, config=cfg)
-    assert sorted(report.reused) == sorted(first) and sorted(report.embedded) == sorted(set(range(10)) - set(first))
+    assert sorted(report.reused) == sorted(done) and sorted(report.embedded) == sorted(set(range(10)) - set(done))
+    assert not report.redo_reasons and not list((work / "shards").glob(".*"))  # no torn shard, no temp file left
     after = _sidecars(work)
-    assert all(after[i] == first[i] for i in first)  # same run id, same checksums: not embedded again
+    assert all(after[i] == done[i] for i in done)  # same run id, same checksums: not embedded again
     assert {after[i]["run_id"] for i in report.embedded} == {report.run_id}
-    assert {i: (work / "shards" / f"shard-{i:05d}.npy").stat().st_mtime_ns for i in first} == mtimes
-    np.testing.assert_allclose(vectors, TaggedLsa(reports, "", 0.0).encode_text(reports), rtol=0, atol=1e-5)
+    assert {i: (work / "shards" / f"shard-{i:05d}.npy").stat().st_mtime_ns for i in done} == mtimes
+    np.testing.assert_allclose(vectors, TaggedLsa(reports).encode_text(reports), rtol=0, atol=1e-5)
     # a third run finds every shard done and starts no Ray worker at all
     again, third = embed_on_ray(reports, _lsa(reports), fingerprint=fingerprint, dim=32, work_dir=work, config=cfg)
     assert third.embedded == [] and third.workers == 0 and len(third.reused) == 10

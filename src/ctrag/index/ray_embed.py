@@ -314,7 +314,8 @@ def ray_session(address: str | None, num_cpus: int) -> Iterator[Any]:
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
-        raise InvalidInputError(f"cannot start or join {where}: {str(exc).strip().splitlines()[0]}") from None
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InvalidInputError(f"cannot start or join {where}: {first_line}") from None
     try:
         yield ray
     finally:
