@@ -137,7 +137,6 @@ def test_engine_ray_builds_the_local_index_and_a_rerun_reuses_its_shards(
     corpus_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`--engine ray` starts a local 2-worker cluster; workers rebuild the (LSA test) encoder from its spec."""
-    pytest.importorskip("ray")
     from testsupport.ray_encoders import LsaBuilder, TaggedLsa, worker_env
 
     from ctrag.index import ray_embed
@@ -174,7 +173,6 @@ def test_engine_ray_builds_the_local_index_and_a_rerun_reuses_its_shards(
 def test_engine_options_fail_with_a_message(
     corpus_dir: Path, patched: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
-    pytest.importorskip("ray")
     capsys.readouterr()
     args = ["index", str(corpus_dir), "--out", str(tmp_path / "i"), "--scorer", "dense", "--no-progress", *extra]
     assert main(args) == 2

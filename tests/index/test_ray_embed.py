@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import ray  # the `ray` extra is part of the `test` extra
 from testsupport import index_data as support
 from testsupport.ray_encoders import LsaBuilder, MiniLMBuilder, TaggedLsa, worker_env
 
@@ -30,8 +31,6 @@ from ctrag.index import build_index
 from ctrag.index import ray_embed as re_
 from ctrag.index.ray_embed import RayEmbedConfig, RayEmbedder, ShardStore, embed_on_ray, plan_shards
 from ctrag.retrieval.hybrid import HybridConfig, HybridGrid
-
-ray = pytest.importorskip("ray")  # the `ray` extra is part of `test`; this guards a bare install only
 
 
 @pytest.fixture(scope="module")
