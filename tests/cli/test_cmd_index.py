@@ -166,7 +166,7 @@ def test_engine_ray_builds_the_local_index_and_a_rerun_reuses_its_shards(
     [
         (["--engine", "spark"], "--engine must be one of ['local', 'ray'], got 'spark'"),
         (["--workers", "2"], "--workers apply to --engine ray only"),
-        (["--engine", "ray", "--cache", "c.sqlite"], "--cache works with --engine local"),
+        (["--engine", "ray", "--cache", "{tmp}/c.sqlite"], "--cache works with --engine local"),
         (["--engine", "ray", "--ray-address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
     ],
 )
@@ -174,7 +174,9 @@ def test_engine_options_fail_with_a_message(
     corpus_dir: Path, patched: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
     capsys.readouterr()
+    extra = [a.format(tmp=tmp_path) for a in extra]
     args = ["index", str(corpus_dir), "--out", str(tmp_path / "i"), "--scorer", "dense", "--no-progress", *extra]
     assert main(args) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # refused before anything is written
     err = " ".join(capsys.readouterr().err.split())
     assert message in err and "Traceback" not in err

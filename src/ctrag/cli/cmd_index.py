@@ -73,17 +73,17 @@ def index_command(
     hybrid_cfg = load_config(HybridConfig, config, section="hybrid") if scorer_kind == "hybrid" else None
     corpus = Corpus.load(corpus_dir)
     enc = _shared.load_encoder(encoder, weights, device)
+    from ctrag.index.ray_embed import EncoderSpec, engine_from_options
+
+    embed = engine_from_options(
+        engine, enc, EncoderSpec(encoder, weights, device), out=out, work_dir=work_dir, workers=workers,
+        address=ray_address, shard_size=shard_size, batch_size=batch_size, cache=cache,
+    )  # fmt: skip
     embedding_cache = None
     if cache is not None:
         from ctrag.encoders.cache import EmbeddingCache
 
         embedding_cache = EmbeddingCache(cache)
-    from ctrag.index.ray_embed import EncoderSpec, engine_from_options
-
-    embed = engine_from_options(
-        engine, enc, EncoderSpec(encoder, weights, device), out=out, work_dir=work_dir, workers=workers,
-        address=ray_address, shard_size=shard_size, batch_size=batch_size, cache=embedding_cache,
-    )  # fmt: skip
     with progress_bar(progress) as bar:
         built = build_index(
             list(corpus),

@@ -384,27 +384,29 @@ def embed_on_ray(
     items = list(texts)
     shards = plan_shards(items, cfg.shard_size)
     store = ShardStore(work_dir)
-    store.work_dir.mkdir(parents=True, exist_ok=True)
-    store.remove_stale(len(shards))
     report = EmbedJobReport(uuid.uuid4().hex[:12], str(store.work_dir), len(items), len(shards))
-    atomic_write_text(
-        store.work_dir / JOB_NAME,
-        json.dumps(
-            {
-                "run_id": report.run_id,
-                "rows": len(items),
-                "texts_sha256": texts_digest(items),
-                "shard_size": cfg.shard_size,
-                "batch_size": cfg.batch_size,
-                "shards": len(shards),
-                "encoder_fingerprint": fingerprint,
-                "dim": dim,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            },
-            indent=2,
+
+    def open_work_dir() -> None:  # only once Ray is up: a refused cluster leaves nothing behind
+        store.work_dir.mkdir(parents=True, exist_ok=True)
+        store.remove_stale(len(shards))
+        atomic_write_text(
+            store.work_dir / JOB_NAME,
+            json.dumps(
+                {
+                    "run_id": report.run_id,
+                    "rows": len(items),
+                    "texts_sha256": texts_digest(items),
+                    "shard_size": cfg.shard_size,
+                    "batch_size": cfg.batch_size,
+                    "shards": len(shards),
+                    "encoder_fingerprint": fingerprint,
+                    "dim": dim,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                },
+                indent=2,
+            )
+            + "\n",
         )
-        + "\n",
-    )
 
     out = np.empty((len(items), dim), dtype=np.float32)
     todo: list[Shard] = []
@@ -429,6 +431,7 @@ def embed_on_ray(
     if todo:
         local_workers = cfg.workers or 2
         with ray_session(cfg.address, local_workers * cfg.cpus_per_worker) as ray:
+            open_work_dir()
             report.address = str(cfg.address or "local")
             by_index = {s.index: s for s in todo}
             results = _run_shards(ray, todo, items, builder, fingerprint, dim, cfg, report)
@@ -458,6 +461,8 @@ def embed_on_ray(
                     report.embedded.append(index)
                     rows_done += shard.rows
                     tick()
+    else:
+        open_work_dir()
     report.seconds = time.perf_counter() - t_start
     logger.info(
         "embedding job %s: %d shard(s) embedded, %d reused, in %.1f s",
