@@ -1,9 +1,9 @@
 """The Ray embedding engine on a local Ray cluster of 2 workers, with real CT-RATE reports from sample_data/.
 
-The index the Ray engine builds equals the single-process one; a job stopped after some shards resumes without
+The index the Ray engine builds equals the single-process one; a job killed after some shards resumes without
 embedding them again (each sidecar names the run that embedded it); damaged shards and shards of another
-encoder are embedded again; a worker with another encoder is refused. MiniLM for the equality test (real
-vectors), the LSA test encoder (``testsupport.ray_encoders``) where only the shard bookkeeping is under test.
+encoder are embedded again; a worker with another encoder is refused. The packaged MiniLM (real factory) for
+the equality test, the LSA test encoder (``testsupport.ray_encoders``) where only the shard bookkeeping is under test.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ import numpy as np
 import pytest
 import ray  # the `ray` extra is part of the `test` extra
 from testsupport import index_data as support
-from testsupport.ray_encoders import LsaBuilder, MiniLMBuilder, TaggedLsa, worker_env
+from testsupport.ray_encoders import LsaBuilder, TaggedLsa, worker_env
 
+from ctrag.encoders.factory import create_encoder
 from ctrag.errors import DataValidationError, InvalidInputError, MissingDependencyError
 from ctrag.index import build_index
 from ctrag.index import ray_embed as re_
-from ctrag.index.ray_embed import RayEmbedConfig, RayEmbedder, ShardStore, embed_on_ray, plan_shards
+from ctrag.index.ray_embed import EncoderSpec, RayEmbedConfig, RayEmbedder, ShardStore, embed_on_ray, plan_shards
 from ctrag.retrieval.hybrid import HybridConfig, HybridGrid
 
 
@@ -99,17 +100,21 @@ def test_clear_errors_without_ray_or_cluster(monkeypatch: pytest.MonkeyPatch) ->
 # ------------------------------------------------------------------------------------------------ on the cluster
 
 
-def test_ray_index_equals_the_single_process_index(cluster: str, tmp_path: Path, test_encoder: Any) -> None:
-    """Same recipe, other embedding engine: same vectors, same cases, same scorer, same metadata but the clock."""
+def test_ray_index_equals_the_single_process_index(cluster: str, tmp_path: Path) -> None:
+    """Same recipe, other embedding engine: same vectors, same cases, same scorer, same metadata but the clock.
+
+    The packaged MiniLM through the real factory on both sides: the workers rebuild it from its spec, as
+    ``ctrag index --engine ray`` has them do."""
     cases = support.read_ct_rate("train", 24) + support.read_ct_rate("val", 3)
     hybrid = HybridConfig(cv_folds=2, grid=HybridGrid(lcs=(0.0, 1.0), bm25=(0.0, 0.5), dense=(0.0, 1.0)))
     common: dict[str, Any] = {"hybrid_config": hybrid, "seed": 1, "batch_size": 8, "encoder_spec": {"name": "t"}}
-    local = build_index(cases, MiniLMBuilder()(), **common)
+    encoder = create_encoder("minilm")
+    local = build_index(cases, encoder, **common)
     calls: list[tuple[str, int, int]] = []
     engine = RayEmbedder.for_encoder(
-        test_encoder, MiniLMBuilder(), work_dir=tmp_path / "work", config=RayEmbedConfig(shard_size=8, batch_size=8)
+        encoder, EncoderSpec("minilm"), work_dir=tmp_path / "work", config=RayEmbedConfig(shard_size=8, batch_size=8)
     )
-    remote = build_index(cases, test_encoder, embed=engine, progress=lambda *a: calls.append(a), **common)
+    remote = build_index(cases, encoder, embed=engine, progress=lambda *a: calls.append(a), **common)
     assert engine.last is not None and engine.last.workers == 2 and sorted(engine.last.embedded) == [0, 1, 2]
     assert calls[-1] == ("fit hybrid scorer", 1, 1) and ("embed shards", 3, 3) in calls
     assert ("embed reports", 24, 24) in calls
@@ -132,7 +137,7 @@ _KILLED_JOB = """
 import sys
 from testsupport.ray_encoders import LsaBuilder, TaggedLsa
 from testsupport.index_data import read_ct_rate
-from ctrag.index.ray_embed import RayEmbedConfig, embed_on_ray
+from ctrag.index.ray_embed import EncoderSpec, RayEmbedConfig, embed_on_ray
 
 reports = [c.report_text for c in read_ct_rate("train", 40)]
 cfg = RayEmbedConfig(shard_size=4, batch_size=4, workers=2, in_flight_per_worker=1, address=sys.argv[2])

@@ -4,11 +4,10 @@ A Ray worker builds its encoder itself from a zero-argument callable it receives
 module-level classes here; the workers import this module through ``PYTHONPATH`` (set by the tests before the
 cluster starts, see :func:`worker_env`).
 
-* :class:`MiniLMBuilder` builds :class:`testsupport.index_data.MiniLMTestEncoder` (real MiniLM vectors; the same
-  fingerprint in every process);
-* :class:`LsaBuilder` builds a TF-IDF + SVD encoder fitted on given real reports (imports in a second instead
-  of sentence-transformers' ten), optionally sleeping per shard so that a test can stop a job half-way, and
-  with a ``tag`` that makes "another encoder" (another fingerprint) for refusal tests.
+The real encoders need no builder here (:class:`ctrag.index.ray_embed.EncoderSpec` rebuilds them through the
+factory). :class:`LsaBuilder` builds a TF-IDF + SVD encoder fitted on given real reports (imports in a second
+instead of sentence-transformers' ten), optionally sleeping per shard so that a test can kill a job half-way,
+with a ``tag`` that makes "another encoder" (another fingerprint) for refusal tests.
 """
 
 from __future__ import annotations
@@ -33,14 +32,6 @@ def worker_env() -> dict[str, str]:
     parts = [str(TESTS), str(src), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     path = os.pathsep.join(dict.fromkeys(parts))
     return {"PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-@dataclass(frozen=True)
-class MiniLMBuilder:
-    def __call__(self) -> Encoder:
-        from testsupport.index_data import MiniLMTestEncoder
-
-        return MiniLMTestEncoder()
 
 
 class TaggedLsa(LsaEncoder):
