@@ -128,3 +128,52 @@ def test_index_with_embedding_cache_reuses_vectors(
     assert main([*args, "--out", str(second)]) == 0
     assert EmbeddingCache(cache).count() == stored
     np.testing.assert_array_equal(CaseIndex.load(first).vectors, CaseIndex.load(second).vectors)
+
+
+def test_engine_ray_builds_the_local_index_and_a_rerun_reuses_its_shards(
+    corpus_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--engine ray` starts a local 2-worker cluster; workers rebuild the (LSA test) encoder from its spec."""
+    from testsupport.ray_encoders import LsaBuilder, TaggedLsa, worker_env
+
+    from ctrag.index import ray_embed
+
+    fit = tuple(c.report_text for c in Corpus.load(corpus_dir) if c.has_report)
+    monkeypatch.setattr(_shared, "load_encoder", lambda name, weights, device: TaggedLsa(fit, dim=16))
+    monkeypatch.setattr(ray_embed, "EncoderSpec", lambda name, weights, device: LsaBuilder(fit, dim=16))
+    for key, value in worker_env().items():
+        monkeypatch.setenv(key, value)
+    base = ["index", str(corpus_dir), "--scorer", "dense", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "local")]) == 0
+    ray_args = [*base, "--out", str(tmp_path / "ray"), "--engine", "ray", "--shard-size", "8", "--batch-size", "8"]
+    capsys.readouterr()
+    assert main(ray_args) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "ray: 3 shard(s) embedded on 2 worker(s), 0 reused (of 3)" in out
+    assert len(list((tmp_path / "ray.work" / "shards").glob("shard-*.json"))) == 3
+    local, remote = CaseIndex.load(tmp_path / "local"), CaseIndex.load(tmp_path / "ray")
+    assert remote.case_ids == local.case_ids
+    np.testing.assert_allclose(remote.vectors, local.vectors, rtol=0, atol=1e-5)
+    assert main(ray_args) == 0
+    assert "ray: 0 shard(s) embedded on 0 worker(s), 3 reused (of 3)" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--engine", "spark"], "--engine must be one of ['local', 'ray'], got 'spark'"),
+        (["--workers", "2"], "--workers apply to --engine ray only"),
+        (["--engine", "ray", "--cache", "{tmp}/c.sqlite"], "--cache works with --engine local"),
+        (["--engine", "ray", "--ray-address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
+    ],
+)
+def test_engine_options_fail_with_a_message(
+    corpus_dir: Path, patched: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    capsys.readouterr()
+    extra = [a.format(tmp=tmp_path) for a in extra]
+    args = ["index", str(corpus_dir), "--out", str(tmp_path / "i"), "--scorer", "dense", "--no-progress", *extra]
+    assert main(args) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # refused before anything is written
+    err = " ".join(capsys.readouterr().err.split())
+    assert message in err and "Traceback" not in err

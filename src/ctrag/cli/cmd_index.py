@@ -81,6 +81,18 @@ def index_command(
             "searches start without importing torch.",
         ),
     ] = True,
+    # --- embedding engine (ctrag.index.ray_embed; docs/scale.md "Embedding on a Ray cluster") ---
+    engine: Annotated[str, typer.Option(help="Embedding engine: local (this process) or ray (sharded, resumable).")] = (
+        "local"
+    ),
+    workers: Annotated[int | None, typer.Option(help="Ray workers (default: 2 local, all CPUs of a cluster).")] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Join a running Ray cluster (auto or HOST:PORT); default: start a local one.")
+    ] = None,
+    shard_size: Annotated[int | None, typer.Option(help="Reports per Ray shard (default 512).")] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Ray shard folder, reused by reruns (default: <out>.work).")
+    ] = None,
 ) -> None:
     """Embed the reports of a corpus (train split by default) and save a searchable case index."""
     from ctrag.data.case import Corpus
@@ -94,6 +106,12 @@ def index_command(
     hybrid_cfg = load_config(HybridConfig, config, section="hybrid") if scorer_kind == "hybrid" else None
     corpus = Corpus.load(corpus_dir)
     enc = _shared.load_encoder(encoder, weights, device)
+    from ctrag.index.ray_embed import EncoderSpec, engine_from_options
+
+    embed = engine_from_options(
+        engine, enc, EncoderSpec(encoder, weights, device), out=out, work_dir=work_dir, workers=workers,
+        address=ray_address, shard_size=shard_size, batch_size=batch_size, cache=cache,
+    )  # fmt: skip
     embedding_cache = None
     if cache is not None:
         from ctrag.encoders.cache import EmbeddingCache
@@ -113,6 +131,7 @@ def index_command(
             batch_size=batch_size,
             cache=embedding_cache,
             progress=stage_callback(bar),
+            embed=embed,
         )
     index = built.index
     with tempfile.TemporaryDirectory(prefix="ctrag-onnx-") as scratch:
@@ -130,6 +149,7 @@ def index_command(
         ("scorer", scorer_kind),
         ("query encoder", query_encoder),
         ("version", version.name),
+        *([("engine", embed.summary())] if embed is not None else []),
     ):
         table.add_row(key, value)
     console.print(table)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -35,6 +35,10 @@ EMBED_STAGE = "embed reports"
 FIT_STAGE = "fit hybrid scorer"
 #: Scorers :func:`build_index` can attach: the hybrid report scorer, or none (plain dense cosine).
 SCORER_KINDS = ("hybrid", "dense")
+
+TextEmbedFn = Callable[[Sequence[str], "ProgressFn | None"], np.ndarray]
+"""``embed(texts, progress) -> (n, dim) float32``: an embedding engine that replaces the in-process step (e.g.
+:class:`ctrag.index.ray_embed.RayEmbedder`); the rest of the recipe stays the same for every engine."""
 
 
 def embed_texts(
@@ -81,14 +85,26 @@ def build_text_index(
     batch_size: int = 64,
     cache: EmbeddingCache | None = None,
     progress: ProgressFn | None = None,
+    embed: TextEmbedFn | None = None,
 ) -> tuple[CaseIndex, np.ndarray]:
     """Embed the reports of ``splits`` and index them; returns the index and the embeddings (for scorers).
 
+    ``embed`` swaps the embedding engine (default: ``encoder`` in this process, through ``cache``); the
+    engine must embed with an encoder of the same fingerprint, since ``encoder`` names the index's vectors.
     Stages reported: ``"embed reports"``, then ``"build <kind> index"`` (FAISS insertion).
     """
     chosen = select_cases(cases, splits)
     texts = [c.report_text for c in chosen]
-    emb = embed_texts(encoder, texts, batch_size=batch_size, progress=progress, cache=cache)
+    if embed is None:
+        emb = embed_texts(encoder, texts, batch_size=batch_size, progress=progress, cache=cache)
+    else:
+        if cache is not None:
+            raise InvalidInputError("an embedding cache works with the in-process engine only (embed= was given)")
+        emb = np.asarray(embed(texts, progress), dtype=np.float32)
+        if emb.shape != (len(texts), encoder.dim):
+            raise InvalidInputError(
+                f"embedding engine returned shape {emb.shape} for {len(texts)} texts (encoder dim {encoder.dim})"
+            )
     index = CaseIndex.build(
         emb,
         chosen,
@@ -127,12 +143,14 @@ def build_index(
     batch_size: int = 64,
     cache: EmbeddingCache | None = None,
     progress: ProgressFn | None = None,
+    embed: TextEmbedFn | None = None,
 ) -> BuiltIndex:
     """Embed the reports of ``splits``, index them and attach the scorer: the recipe of ``ctrag index``.
 
     ``scorer="hybrid"`` fits :class:`~ctrag.retrieval.hybrid.HybridScorer` on the index rows only (with
     ``hybrid_config``, default settings when None) and attaches it as the index's ``"hybrid"`` component;
-    ``"dense"`` leaves the index with plain cosine scores. ``seed`` drives index training samples and the
+    ``"dense"`` leaves the index with plain cosine scores. ``embed`` swaps the embedding engine (see
+    :func:`build_text_index`). ``seed`` drives index training samples and the
     scorer's weight search alike. Stages reported: those of :func:`build_text_index`, then
     ``"fit hybrid scorer"`` (and the scorer's own ``"hybrid weight search"``).
     """
@@ -150,6 +168,7 @@ def build_index(
         batch_size=batch_size,
         cache=cache,
         progress=progress,
+        embed=embed,
     )
     timings = {"build_index_seconds": time.perf_counter() - t0}
     fitted = None
