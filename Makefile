@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sampler.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_segment.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_scorer.py --out benchmarks/results  # ~1 min, 5 GB for the 10^6-row scorer
+	$(BIN)/python benchmarks/bench_index_ray.py --out benchmarks/results  # ~3 min: local vs 2 Ray workers
 	@if [ -d demo_out/index ] && [ -d demo_out/generator ]; then \
 	  $(BIN)/python benchmarks/bench_serve.py --out benchmarks/results; \
 	  $(BIN)/python benchmarks/bench_search_cold_start.py --out benchmarks/results; \
