@@ -349,7 +349,6 @@ def test_two_report_rows_for_one_volume_are_refused(tmp_path: Path, capsys: pyte
 
 def test_progress_bar_gets_the_validate_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI drives its bar from ctrag.utils.progress.ProgressFn calls: progress('validate', done, total)."""
-    import ctrag.cli.cmd_ingest as cmd_ingest
     from ctrag.data import ingest as ingest_module
 
     seen: list[tuple[str, int, int]] = []
@@ -362,7 +361,7 @@ def test_progress_bar_gets_the_validate_stage(tmp_path: Path, monkeypatch: pytes
 
         return real(*args, progress=record, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(cmd_ingest, "ingest", spy)
+    monkeypatch.setattr(ingest_module, "ingest", spy)  # cmd_ingest imports it when the command runs
     source = _corpus(tmp_path / "c", [_row("one"), _row("two")])
     assert main(["ingest", str(source), "--out", str(tmp_path / "out")]) == 0
     assert seen == [("validate", 1, 2), ("validate", 2, 2)]
