@@ -130,6 +130,9 @@ def test_vectors_normalised_deterministic_and_batch_invariant(
     np.testing.assert_allclose(static.encode_text(texts[::-1], batch_size=7)[::-1], full, atol=1e-6, rtol=0)
     with pytest.raises(InvalidInputError, match="empty"):
         static.encode_text(["   "])
+    assert static.count_tokens(["No mass."]) == [3]  # the saved tokenizer's padding to 128 tokens is off
+    with pytest.raises(InvalidInputError, match="text #1 holds no tokens"):
+        static.encode_text([texts[0], "\x00\x01"])
 
 
 def test_a_long_report_is_read_whole(static: StaticTextEncoder, minilm, report_cases) -> None:  # type: ignore[no-untyped-def]

@@ -166,24 +166,23 @@ class StaticTextEncoder(Encoder):
         out = np.zeros((len(items), self.dim), dtype=np.float32)
         step = int(batch_size or self.default_batch_size)
         for start in range(0, len(items), step):
-            out[start : start + step] = self._embed(self._prepare(items[start : start + step]))
+            out[start : start + step] = self._embed(self._prepare(items[start : start + step]), start)
         return out
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
+    def _embed(self, texts: list[str], first: int) -> np.ndarray:
         encoded = self._tokenizer.encode_batch(texts, add_special_tokens=False)
         lengths = np.fromiter((len(e.ids) for e in encoded), dtype=np.int64, count=len(encoded))
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        if not lengths.any():
-            return out
+        empty = np.flatnonzero(lengths == 0)
+        if empty.size:  # only characters the tokenizer drops (control characters): no vector to give
+            raise InvalidInputError(
+                f"text #{first + int(empty[0])} holds no tokens after tokenisation; nothing to embed"
+            )
         ids = np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encoded])
         weights = self._weights[ids]
-        weighted = self._table[ids] * weights[:, None]
-        has = lengths > 0
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[has]
-        sums = np.add.reduceat(weighted, starts, axis=0)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        sums = np.add.reduceat(self._table[ids] * weights[:, None], starts, axis=0)
         totals = np.add.reduceat(weights, starts)
-        out[has] = sums / np.maximum(totals, 1e-12)[:, None]
-        return l2_normalise(out)
+        return l2_normalise(sums / np.maximum(totals, 1e-12)[:, None])
 
     def __repr__(self) -> str:
         return f"StaticTextEncoder(name={self.name!r}, dim={self.dim}, folder={str(self.folder)!r})"
