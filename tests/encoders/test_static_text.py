@@ -220,3 +220,24 @@ def test_cli_writes_the_folder_and_refuses_bad_corpora(  # type: ignore[no-untyp
     assert main(["encoders", "distill-static", "--corpus", str(val_corpus), "--out", str(tmp_path / "x")]) != 0
     assert "needs train reports" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_saved_static_index_answers_text_queries_without_torch(  # type: ignore[no-untyped-def]
+    static_dir: Path, static: StaticTextEncoder, report_cases, tmp_path: Path
+) -> None:
+    from ctrag.index import build_index
+
+    cases = [c for c in report_cases if c.split == "train"][:30]
+    spec = {"name_or_path": "minilm-static", "weights": str(static_dir)}
+    build_index(cases, static, scorer="dense", encoder_spec=spec).index.save(tmp_path / "index")
+    query = cases[7].report_text
+    script = (
+        "import sys\n"
+        "from ctrag.retrieval.retriever import Retriever\n"
+        f"r = Retriever.from_dir({str(tmp_path / 'index')!r}, scorer='dense')\n"
+        f"hits = r.search({query!r}, k=3)\n"
+        "print(hits[0].case_id, r.encoder.fingerprint, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [cases[7].case_id, static.fingerprint, "False"]
