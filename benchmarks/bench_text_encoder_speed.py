@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import peak_rss_mb, write_result
@@ -44,6 +46,36 @@ def _quality(result: Any) -> dict[str, Any]:
         summary = result.method(method)
         out[label] = {key: {"mean": round(summary[key]["mean"], 4),
                             "ci95": [round(v, 4) for v in summary[key]["ci95"]]} for key in QUALITY_KEYS}  # fmt: skip
+    return out
+
+
+def _paired_top1(results: dict[str, Any], data: Any, bootstrap: int, seed: int) -> dict[str, Any]:
+    """Static minus MiniLM per query on the top-1 metrics, with a paired bootstrap CI (same resamples for both)."""
+    from ctrag.evaluation.metrics.retrieval import mean_jaccard_at_k
+    from ctrag.evaluation.metrics.text import rouge_l
+    from ctrag.evaluation.retrieval_eval import _labels
+    from ctrag.evaluation.stats import BootstrapPlan
+
+    by_id = {c.case_id: c for c in data.index_cases}
+    queries = data.query_cases
+    plan = BootstrapPlan.make(len(queries), bootstrap, seed)
+    q_labels = _labels(queries)
+    out: dict[str, Any] = {}
+    for method, label in (("minilm", "dense"), ("default", "hybrid")):
+        per: dict[str, dict[str, np.ndarray]] = {}
+        for enc, result in results.items():
+            top1 = [by_id[i] for i in result.method(method)["top1_case_ids"]]
+            per[enc] = {
+                "label_jaccard@1": mean_jaccard_at_k(q_labels, _labels(top1)[:, None, :], 1),
+                "rouge_l@1": rouge_l([c.report_text for c in queries], [c.report_text for c in top1]),
+            }
+        out[label] = {}
+        for key in ("label_jaccard@1", "rouge_l@1"):
+            diff = per["static"][key] - per["minilm_torch"][key]
+            lo, hi = plan.ci(diff)
+            out[label][key] = {"mean": round(float(diff.mean()), 4), "ci95": [round(lo, 4), round(hi, 4)]}
+        same = sum(a == b for a, b in zip(*(r.method(method)["top1_case_ids"] for r in results.values()), strict=True))
+        out[label]["same_top1_share"] = round(same / len(queries), 3)
     return out
 
 
@@ -161,11 +193,12 @@ def main(argv: list[str] | None = None) -> int:
             "queries": len(data.query_cases),
             "index_rows": len(data.index_cases),
         }
+        results = {}
         for name in ("minilm_torch", "static"):
             t0 = time.perf_counter()
             with one_truncation_warning(encoders[name]):
-                result = evaluate_retrieval(data, encoders[name], config=eval_cfg)
-            quality[name] = _quality(result)
+                results[name] = evaluate_retrieval(data, encoders[name], config=eval_cfg)
+            quality[name] = _quality(results[name])
             quality[name]["seconds"] = round(time.perf_counter() - t0, 1)
             print(f"quality {name}: {quality[name]}", flush=True)
         quality["static_minus_minilm"] = {
@@ -173,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                    for key in QUALITY_KEYS}
             for mode in ("dense", "hybrid")
         }  # fmt: skip
+        quality["static_minus_minilm_paired_top1"] = _paired_top1(results, data, args.bootstrap, eval_cfg.seed)
+        print(f"paired top-1 differences: {quality['static_minus_minilm_paired_top1']}", flush=True)
         figures["quality"] = quality
     figures["peak_rss_mb"] = round(peak_rss_mb(), 1)
     path = write_result(args.out, "text_encoder_speed", figures)
