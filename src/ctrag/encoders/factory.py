@@ -10,7 +10,8 @@ Accepted ``name_or_path`` forms:
 
 * a registered name: ``"minilm"``, ``"hf-text"``, ``"ct-clip"``, ``"ctrag-volume-tiny"``, ...
 * ``"local-dir:/path"`` or a plain existing folder: a sentence-transformers folder (``modules.json``), a plain
-  Hugging Face folder (``config.json``) or a trained shared-space encoder (``encoder_config.json``);
+  Hugging Face folder (``config.json``), a trained shared-space encoder (``encoder_config.json``) or a static
+  encoder distilled by ``ctrag encoders distill-static`` (``static_encoder.json``);
 * a path to an architecture ``.json`` file of your own (same schema as the shipped ones).
 """
 
@@ -30,7 +31,7 @@ from ctrag.encoders.base import Encoder
 from ctrag.encoders.pretrained import is_pretrained_tag, list_pretrained_tags, resolve_pretrained
 from ctrag.errors import ConfigError, InvalidInputError, WeightsNotFoundError
 
-_TYPES = ("sentence-transformers", "hf-text", "ct-clip", "shared-space")
+_TYPES = ("sentence-transformers", "hf-text", "ct-clip", "shared-space", "static-text")
 
 
 @lru_cache(maxsize=1)
@@ -98,6 +99,7 @@ def create_encoder(
         "hf-text": _build_hf_text,
         "ct-clip": _build_ct_clip,
         "shared-space": _build_shared_space,
+        "static-text": _build_static_text,
     }[cfg["type"]]
     return builder(name, cfg, weights, device, weights_dir, dict(overrides))
 
@@ -224,6 +226,21 @@ def _build_shared_space(
     return _load_shared_space(path, device, overrides)
 
 
+def _build_static_text(
+    name: str, cfg: dict[str, Any], weights: Any, device: str, weights_dir: Any, overrides: dict[str, Any]
+) -> Encoder:
+    """A static encoder folder; no torch is imported (the folder holds numpy arrays and a tokenizer file)."""
+    from ctrag.encoders.static_text import StaticTextEncoder
+
+    if weights is None:
+        raise WeightsNotFoundError(
+            f"encoder {name!r} is distilled by ctrag and has no shipped weights: run `ctrag encoders distill-static "
+            "--corpus DIR --out FOLDER` and pass weights=FOLDER"
+        )
+    settings = _merge(cfg.get("text", {}), overrides, name)
+    return StaticTextEncoder(Path(weights).expanduser(), name=name, batch_size=int(settings.get("batch_size", 256)))
+
+
 def _load_shared_space(folder: Path, device: str, overrides: dict[str, Any]) -> Encoder:
     from ctrag.encoders.clip import SharedSpaceEncoder, read_tower_info
 
@@ -249,6 +266,11 @@ def _from_local_dir(folder: Path, device: str, overrides: dict[str, Any]) -> Enc
         raise WeightsNotFoundError(f"local model folder not found: {folder}")
     if (folder / "encoder_config.json").is_file():
         return _load_shared_space(folder, device, overrides)
+    from ctrag.encoders.static_text import NAME as STATIC_NAME
+    from ctrag.encoders.static_text import is_static_folder
+
+    if is_static_folder(folder):
+        return _build_static_text(STATIC_NAME, get_model_config(STATIC_NAME), folder, device, None, overrides)
     if (folder / "modules.json").is_file():
         # Any sentence-transformers folder: keep its own max_seq_length unless overridden.
         cfg = {
