@@ -30,7 +30,11 @@ def _attach_onnx_encoder(index: Any, encoder: Any, scratch: str) -> str:
     from ctrag.errors import CtragError
 
     if not can_export(encoder):
-        return f"torch ({getattr(encoder, 'name', 'this encoder')} has no ONNX export)"
+        from ctrag.encoders.static_text import StaticTextEncoder
+
+        if isinstance(getattr(encoder, "inner", encoder), StaticTextEncoder):
+            return "static token table (numpy; no torch, no ONNX needed)"
+        return f"built from the encoder spec ({getattr(encoder, 'name', 'this encoder')} has no ONNX export)"
     texts = [case.report_text for case in index.cases if case.report_text.strip()][:ONNX_CHECK_REPORTS]
     try:
         export = export_text_encoder(encoder, texts, scratch)
