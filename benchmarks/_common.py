@@ -44,6 +44,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def latency_ms(seconds: list[float]) -> dict[str, float]:
+    """n, p50, p99 and mean of per-request wall times, in milliseconds (the latency block every benchmark writes)."""
+    import numpy as np
+
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    return {
+        "n": len(seconds),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+    }
+
+
 def write_result(out_dir: str | Path, name: str, figures: dict[str, Any]) -> Path:
     out = Path(out_dir) / f"{name}.json"
     payload = {

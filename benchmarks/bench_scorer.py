@@ -38,20 +38,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import peak_rss_mb, write_result
+from _common import latency_ms, peak_rss_mb, write_result
 from baseline_hybrid import BaselineScorer
 
 REPO = Path(__file__).resolve().parents[1]
 VAL = REPO / "sample_data" / "ct_rate_nc_sa" / "ct_clip_text_classifier" / "val.csv"
-
-
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    ms = np.asarray(seconds) * 1000.0
-    return {
-        "p50_ms": round(float(np.percentile(ms, 50)), 3),
-        "p99_ms": round(float(np.percentile(ms, 99)), 3),
-        "mean_ms": round(float(ms.mean()), 3),
-    }
 
 
 def val_reports() -> list[str]:
@@ -102,7 +93,7 @@ def time_pair(
         t_new.append(time.perf_counter() - t)
         max_diff = max(max_diff, float(np.abs(a - b).max()))
         same_rank &= bool(np.array_equal(np.argsort(-a[0], kind="stable"), np.argsort(-b[0], kind="stable")))
-    old_p, new_p = percentiles(t_old), percentiles(t_new)
+    old_p, new_p = latency_ms(t_old), latency_ms(t_new)
     return {
         "queries": len(texts),
         "candidates_per_query": int(np.median([len(new) if r is None else r.size for r in rows])),

@@ -25,24 +25,12 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import write_result
+from _common import latency_ms, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 REPORTS = REPO / "sample_data" / "ct_rate_nc_sa" / "ct_clip_text_classifier" / "val.csv"
-
-
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    ms = np.asarray(seconds) * 1000.0
-    return {
-        "n": len(seconds),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2),
-        "mean_ms": round(float(ms.mean()), 2),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,12 +118,12 @@ def main(argv: list[str] | None = None) -> int:
                        check=True, capture_output=True)  # fmt: skip
         cold.append(time.perf_counter() - start)
 
-    warm_stats, cold_median = percentiles(warm), statistics.median(cold)
+    warm_stats, cold_median = latency_ms(warm), statistics.median(cold)
     figures = {
         "demo_out": os.path.relpath(demo, REPO),
         "service_load_seconds": round(load_s, 2),
         "search_warm_http": warm_stats,
-        "search_in_process": percentiles(in_process),
+        "search_in_process": latency_ms(in_process),
         "search_cold_cli": {"n": len(cold), "median_s": round(cold_median, 3), "runs_s": [round(c, 3) for c in cold]},
         "cold_cli_over_warm_p50": round(cold_median / (warm_stats["p50_ms"] / 1000.0), 1),
         "jobs": {
