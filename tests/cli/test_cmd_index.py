@@ -39,6 +39,22 @@ def test_index_kind_and_splits_options(
     assert len(val_hits) == 3 and {h["split"] for h in val_hits} == {"val"}
 
 
+def test_on_disk_ivfpq_index_is_searched_with_clean_json(
+    corpus_dir: Path, patched: None, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`--kind ivfpq --on-disk` writes memory-mapped lists; FAISS's C-level messages stay out of the stdout JSON."""
+    capsys = capfd  # file-descriptor capture: FAISS prints from C++, which sys.stdout capture would not see
+    out = tmp_path / "ondisk"
+    args = ["index", str(corpus_dir), "--out", str(out), "--kind", "ivfpq", "--on-disk", "--splits", "train,val"]
+    assert main([*args, "--scorer", "dense", "--no-progress"]) == 0
+    meta = CaseIndex.read_metadata(out)
+    assert meta["kind"] == "ivfpq" and meta["effective"]["on_disk"] is True and "index.ivfdata" in meta["files"]
+    hits = search_json(capsys, EFFUSION, "--index", str(out), "--k", "3")["hits"]  # parses stdout as JSON
+    assert len(hits) == 3 and all(h["split"] == "train" for h in hits)
+    assert main(["index", str(corpus_dir), "--out", str(tmp_path / "bad"), "--on-disk", "--no-progress"]) == 2
+    assert "--on-disk applies to --kind ivfpq" in capsys.readouterr().err
+
+
 def test_hybrid_scorer_component(
     corpus_dir: Path, patched: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

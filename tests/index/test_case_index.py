@@ -265,3 +265,86 @@ def test_ivfpq_small_corpus_records_the_sizes_it_used(support_module, test_encod
     assert eff["nlist"] == len(cases) // 39 and eff["bits"] == int(np.log2(len(cases))) and eff["m"] == 48
     index.set_search_params(nprobe=1)
     assert index.effective["nprobe"] == 1
+
+
+def _on_disk_config(shard_size: int) -> IndexConfig:
+    ivfpq = IVFPQConfig(bits=4, nprobe=4, on_disk=True, shard_size=shard_size)
+    return IndexConfig(kind="ivfpq", threads=1, ivfpq=ivfpq)
+
+
+def test_on_disk_index_survives_a_reopen_and_a_move(
+    support_module,  # type: ignore[no-untyped-def]
+    test_encoder,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    cases, emb = support_module.train_part()
+    kwargs = {"encoder_fingerprint": test_encoder.fingerprint, "encoder_name": test_encoder.name}
+    in_memory = CaseIndex.build(emb, cases, config=KIND_CONFIGS["ivfpq"], **kwargs)
+    on_disk = CaseIndex.build(emb, cases, config=_on_disk_config(shard_size=16), **kwargs)  # 4 shards merged
+    assert on_disk.on_disk and not in_memory.on_disk
+    assert on_disk.effective["on_disk"] is True and on_disk.effective["shard_size"] == 16
+    # Filling shard by shard and merging the lists on disk loses nothing: FAISS's answers equal the in-memory ones.
+    m_scores, m_rows = in_memory.search(emb, k=5)
+    d_scores, d_rows = on_disk.search(emb, k=5)
+    np.testing.assert_array_equal(d_rows, m_rows)
+    np.testing.assert_allclose(d_scores, m_scores, rtol=1e-6)
+    r_scores, _ = on_disk.search(emb, k=5, rerank=True, shortlist=len(cases))
+    exact = emb @ emb.T
+    np.testing.assert_allclose(r_scores, -np.sort(-exact, axis=1)[:, :5], atol=1e-5)  # full shortlist = exact
+
+    version = on_disk.save(tmp_path / "idx")
+    assert (version / "index.ivfdata").is_file()
+    meta = json.loads((version / "index.json").read_text(encoding="utf-8"))
+    assert meta["files"]["index.ivfdata"]["bytes"] == (version / "index.ivfdata").stat().st_size
+    np.testing.assert_array_equal(on_disk.search(emb, k=5)[1], d_rows)  # now reading the saved lists
+    (tmp_path / "idx").rename(tmp_path / "moved")  # the lists are found beside the index, wherever it is
+    capfd.readouterr()
+    back = CaseIndex.load(tmp_path / "moved", verify=True)
+    b_scores, b_rows = back.search(emb, k=5)
+    captured = capfd.readouterr()
+    assert captured.out == ""  # FAISS's messages about mapping the lists go to stderr, not into JSON output
+    assert back.on_disk and back.effective == on_disk.effective
+    np.testing.assert_array_equal(b_rows, d_rows)
+    np.testing.assert_allclose(b_scores, d_scores, rtol=1e-6)
+    back.set_search_params(nprobe=1)
+    assert back.effective["nprobe"] == 1
+    # Saving a loaded on-disk index again writes a complete new version (lists copied) and removes the old one.
+    again = back.save(tmp_path / "moved")
+    assert again != version and not (tmp_path / "moved" / version.name).exists()
+    back.set_search_params(nprobe=4)
+    np.testing.assert_array_equal(back.search(emb, k=5)[1], d_rows)
+
+
+def test_on_disk_index_with_missing_or_torn_lists_is_refused(
+    support_module,  # type: ignore[no-untyped-def]
+    test_encoder,
+    tmp_path: Path,
+) -> None:
+    cases, emb = support_module.train_part()
+    index = CaseIndex.build(
+        emb,
+        cases,
+        encoder_fingerprint=test_encoder.fingerprint,
+        encoder_name=test_encoder.name,
+        config=_on_disk_config(shard_size=1000),
+    )
+    version = index.save(tmp_path / "idx")
+    lists = version / "index.ivfdata"
+    data = lists.read_bytes()
+    lists.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataValidationError, match=r"index\.ivfdata has .* bytes"):
+        CaseIndex.load(tmp_path / "idx")
+    lists.unlink()
+    with pytest.raises(DataValidationError, match=r"missing file index\.ivfdata"):
+        CaseIndex.load(tmp_path / "idx")
+
+
+def test_rescored_search_recovers_exact_neighbours_from_a_shortlist(train_index: CaseIndex) -> None:
+    emb = np.asarray(train_index.vectors)
+    scores, rows = train_index.search(emb[:10], k=3, rerank=True, shortlist=8)
+    exact = train_index.exact_scores(emb[:10], rows[:, 0])
+    np.testing.assert_allclose(scores[:, 0], np.diag(exact), rtol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+    with pytest.raises(InvalidInputError, match="shortlist must be >= 1"):
+        train_index.search(emb[:1], k=3, rerank=True, shortlist=0)

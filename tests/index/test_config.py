@@ -22,6 +22,12 @@ def test_index_config_from_preset_and_validation() -> None:
     assert IVFPQConfig().resolve_m(384) == 48 and IVFPQConfig().resolve_m(512) == 64
     assert IVFPQConfig().resolve_nlist(1_000_000) == 1000 and IVFPQConfig().resolve_nlist(100) == 2
     assert IVFPQConfig().resolve_train_size(1_000_000, 1000) == 64_000
+    on_disk = load_config(IndexConfig, "tiny-cpu", ["kind=ivfpq", "ivfpq.on_disk=true", "device=cpu"], section="index")
+    assert on_disk.ivfpq.on_disk and on_disk.device == "cpu" and on_disk.ivfpq.shard_size == 1_000_000
+    with pytest.raises(ConfigError, match="shard_size must be >= 1"):
+        IVFPQConfig(shard_size=0)
+    with pytest.raises(ConfigError, match="device must be one of"):
+        IndexConfig(device="tpu")  # type: ignore[arg-type]
 
 
 def test_ivfpq_sizes_shrink_for_small_training_sets() -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctrag.index import HNSWConfig, IndexConfig
+from ctrag.errors import ConfigError
+from ctrag.index import HNSWConfig, IndexConfig, IVFPQConfig
 from ctrag.index import faiss_backend as fb
 
 
@@ -50,3 +51,55 @@ def test_faiss_threads_are_restored() -> None:
     assert faiss.omp_get_max_threads() == before
     with fb.faiss_threads(None):
         assert faiss.omp_get_max_threads() == before
+
+
+def test_gpu_is_an_error_without_one_and_auto_falls_back_to_cpu(vectors: np.ndarray) -> None:
+    assert fb.gpu_count() == 0  # the CPU wheel this project pins
+    assert fb.resolve_device("auto") == "cpu" and fb.resolve_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="sees no GPU"):
+        fb.resolve_device("gpu")
+    with pytest.raises(ConfigError, match="sees no GPU"):
+        fb.build_faiss_index(vectors, IndexConfig(device="gpu"))
+    index, _ = fb.build_faiss_index(vectors, IndexConfig(device="auto"))
+    assert fb.to_search_device(index, "flat", "auto") is index
+
+
+def test_gpu_dispatch_moves_only_what_faiss_can_run_on_a_gpu(
+    vectors: np.ndarray, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """With a GPU visible, flat and in-memory IVF-PQ are copied to it; HNSW and on-disk lists stay on the CPU.
+
+    This machine has no GPU, so FAISS's GPU entry points are replaced by recorders: what is checked is which
+    indexes ctrag hands to them, not FAISS's GPU code.
+    """
+    import faiss
+
+    moved: list[object] = []
+
+    def fake_to_gpu(index):  # type: ignore[no-untyped-def]
+        moved.append(index)
+        return index
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", fake_to_gpu, raising=False)
+    assert fb.resolve_device("auto") == "gpu" and fb.resolve_device("gpu") == "gpu"
+    assert fb.resolve_device("cpu") == "cpu"
+    flat, _ = fb.build_faiss_index(vectors, IndexConfig(device="cpu"))
+    hnsw, _ = fb.build_faiss_index(vectors, IndexConfig(kind="hnsw", device="cpu", threads=1))
+    ivf_cfg = IndexConfig(kind="ivfpq", device="cpu", threads=1, ivfpq=IVFPQConfig(bits=4))
+    ivf, _ = fb.build_faiss_index(vectors, ivf_cfg)
+    on_disk_cfg = IndexConfig(kind="ivfpq", device="cpu", threads=1, ivfpq=IVFPQConfig(bits=4, on_disk=True))
+    on_disk, _ = fb.build_faiss_index(vectors, on_disk_cfg, ondisk_dir=tmp_path)
+    assert fb.is_on_disk(on_disk) and not fb.is_on_disk(ivf) and not fb.is_on_disk(flat)
+    for index, kind in ((flat, "flat"), (hnsw, "hnsw"), (ivf, "ivfpq"), (on_disk, "ivfpq")):
+        fb.to_search_device(index, kind, "auto")
+    assert moved == [flat, ivf]
+    # Training on a GPU hands k-means a GPU flat index (the recorder returns the CPU one it was given).
+    moved.clear()
+    fb.build_faiss_index(vectors, IndexConfig(kind="ivfpq", device="gpu", threads=1, ivfpq=IVFPQConfig(bits=4)))
+    assert len(moved) == 1 and isinstance(moved[0], faiss.IndexFlatIP)
+
+
+def test_on_disk_build_needs_a_folder_for_its_lists(vectors: np.ndarray) -> None:
+    with pytest.raises(ConfigError, match="needs ondisk_dir"):
+        fb.build_faiss_index(vectors, IndexConfig(kind="ivfpq", ivfpq=IVFPQConfig(on_disk=True)))

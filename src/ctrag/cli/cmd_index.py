@@ -56,6 +56,14 @@ def index_command(
     corpus_dir: Annotated[Path, typer.Argument(help="Corpus folder (manifest.jsonl written by `ctrag ingest`).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write (replaced atomically).")],
     kind: Annotated[str | None, typer.Option(help="FAISS structure: flat (exact, default), hnsw or ivfpq.")] = None,
+    on_disk: Annotated[
+        bool,
+        typer.Option(
+            "--on-disk",
+            help="With --kind ivfpq: keep the inverted lists in index.ivfdata, memory-mapped when searching, and "
+            "build them shard by shard (for corpora larger than memory; see docs/scale.md).",
+        ),
+    ] = False,
     encoder: Annotated[
         str, typer.Option(help="Encoder name or local model folder (see `ctrag.encoders.factory`).")
     ] = DEFAULT_ENCODER,
@@ -105,7 +113,11 @@ def index_command(
 
     chosen_splits = split_list(splits, ["train"])
     overrides = [f"kind={kind}"] if kind is not None else []
+    if on_disk:
+        overrides.append("ivfpq.on_disk=true")
     index_cfg = load_config(IndexConfig, config, overrides, section="index")
+    if index_cfg.ivfpq.on_disk and index_cfg.kind != "ivfpq":
+        raise InvalidInputError(f"--on-disk applies to --kind ivfpq (the index kind here is {index_cfg.kind!r})")
     scorer_kind = _resolve_scorer(scorer)
     hybrid_cfg = load_config(HybridConfig, config, section="hybrid") if scorer_kind == "hybrid" else None
     corpus = Corpus.load(corpus_dir)

@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 INDEX_FORMAT = "ctrag-case-index"
 FORMAT_VERSION = 1
 FAISS_NAME = "index.faiss"
+#: Inverted lists of an on-disk IVF-PQ index (memory-mapped; only present when ``ivfpq.on_disk``).
+IVFDATA_NAME = "index.ivfdata"
 VECTORS_NAME = "vectors.npy"
 CASES_NAME = "cases.jsonl"
 #: Largest deviation of a vector's norm from 1 that still counts as L2-normalised.
@@ -95,6 +97,8 @@ class CaseIndex:
                 f"CaseIndex: FAISS index holds {faiss_index.ntotal}x{faiss_index.d}, expected {n}x{vectors.shape[1]}"
             )
         self._faiss = faiss_index
+        self._search_faiss: Any = None  # the index searches run on (a GPU copy where one is used), made lazily
+        self._scratch: faiss_backend.ScratchDir | None = None
         self._vectors = vectors
         self._cases = list(cases)
         self.encoder_name = encoder_name
@@ -144,9 +148,12 @@ class CaseIndex:
         if vectors.shape[0] != len(cases):
             raise InvalidInputError(f"CaseIndex.build: {vectors.shape[0]} embeddings for {len(cases)} cases")
         vectors = _check_normalised(vectors, "CaseIndex.build: embeddings")
-        faiss_index, effective = faiss_backend.build_faiss_index(vectors, config, seed=seed, progress=progress)
+        scratch = faiss_backend.ScratchDir() if config.kind == "ivfpq" and config.ivfpq.on_disk else None
+        faiss_index, effective = faiss_backend.build_faiss_index(
+            vectors, config, seed=seed, progress=progress, ondisk_dir=None if scratch is None else scratch.path
+        )
         effective["seed"] = seed
-        return cls(
+        built = cls(
             faiss_index=faiss_index,
             vectors=vectors,
             cases=cases,
@@ -157,6 +164,8 @@ class CaseIndex:
             encoder_spec=encoder_spec,
             source=source,
         )
+        built._scratch = scratch  # an unsaved on-disk index reads its lists from here
+        return built
 
     # ------------------------------------------------------------------ properties
     def __len__(self) -> int:
@@ -195,6 +204,18 @@ class CaseIndex:
     @property
     def faiss_index(self) -> Any:
         return self._faiss
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the FAISS inverted lists are memory-mapped from ``index.ivfdata`` (IVF-PQ ``on_disk``)."""
+        return self.kind == "ivfpq" and self.config.ivfpq.on_disk
+
+    def _searcher(self) -> Any:
+        if self._search_faiss is None:
+            self._search_faiss = faiss_backend.to_search_device(self._faiss, self.kind, self.config.device)
+            if self._search_faiss is not self._faiss:
+                faiss_backend.set_search_params(self._search_faiss, self.kind, nprobe=self.effective.get("nprobe"))
+        return self._search_faiss
 
     @cached_property
     def case_ids(self) -> list[str]:
@@ -256,28 +277,26 @@ class CaseIndex:
             )
         return _check_normalised(q, "query vectors")
 
-    def search(self, queries: np.ndarray, k: int, *, rerank: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, *, rerank: bool = False, shortlist: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """FAISS top-``k``: (scores, rows), each (n_queries, k'), k' = min(k, count), best first.
 
         Scores are FAISS's: exact cosine for flat and HNSW, PQ approximations for IVF-PQ. ``rerank=True``
-        replaces them with exact cosines from the stored vectors and re-sorts. Rows a structure could not fill
-        (possible with IVF when ``nprobe`` lists hold fewer than k cases) are -1 with score -inf.
+        takes FAISS's top ``max(k, shortlist)`` (``shortlist`` defaults to k), replaces their scores with exact
+        cosines from the stored vectors and keeps the best k: with IVF-PQ this is what turns a poor top-1 into
+        a near-exact one. Rows a structure could not fill (possible with IVF when ``nprobe`` lists hold fewer
+        than k cases) are -1 with score -inf.
         """
         q = self.check_queries(queries)
         if k < 1:
             raise InvalidInputError(f"k must be >= 1, got {k}")
-        k_eff = min(int(k), len(self))
-        scores, rows = self._faiss.search(q, k_eff)
-        scores = np.where(rows >= 0, scores, -np.inf).astype(np.float32)
+        if shortlist is not None and shortlist < 1:
+            raise InvalidInputError(f"shortlist must be >= 1, got {shortlist}")
         if rerank:
-            for i in range(q.shape[0]):
-                valid = rows[i] >= 0
-                exact = self.exact_scores(q[i], rows[i][valid])[0]
-                order = np.argsort(-exact, kind="stable")
-                n_valid = int(valid.sum())
-                rows[i, :n_valid] = rows[i][valid][order]
-                scores[i, :n_valid] = exact[order]
-        return scores, rows
+            return faiss_backend.search_rescored(self._searcher(), self._vectors, q, k, shortlist or k)
+        scores, rows = self._searcher().search(q, min(int(k), len(self)))
+        return np.where(rows >= 0, scores, -np.inf).astype(np.float32), rows
 
     def exact_scores(self, queries: np.ndarray, rows: np.ndarray | None = None, *, precise: bool = False) -> np.ndarray:
         """Exact cosine (n_queries, n_rows) between queries and the stored vectors of ``rows`` (all when None).
@@ -305,6 +324,8 @@ class CaseIndex:
     def set_search_params(self, *, ef_search: int | None = None, nprobe: int | None = None) -> None:
         """Tune query-time knobs of HNSW (``ef_search``) or IVF-PQ (``nprobe``) after building or loading."""
         faiss_backend.set_search_params(self._faiss, self.kind, ef_search=ef_search, nprobe=nprobe)
+        if self._search_faiss is not None and self._search_faiss is not self._faiss:
+            faiss_backend.set_search_params(self._search_faiss, self.kind, ef_search=ef_search, nprobe=nprobe)
         self.effective.update(faiss_backend.search_params(self._faiss, self.kind))
 
     # ------------------------------------------------------------------ components
@@ -359,7 +380,7 @@ class CaseIndex:
         """
         root = Path(directory)
         with versioned_write(root) as stage:
-            faiss_backend.write_index(self._faiss, str(stage / FAISS_NAME))
+            faiss_backend.write_index(self._faiss, str(stage / FAISS_NAME), IVFDATA_NAME)
             np.save(stage / VECTORS_NAME, np.ascontiguousarray(self._vectors, dtype=np.float32))
             with open(stage / CASES_NAME, "w", encoding="utf-8") as fh:
                 for case in self._cases:
@@ -374,13 +395,24 @@ class CaseIndex:
             meta = self.metadata()
             meta["files"] = {
                 fname: {"bytes": (stage / fname).stat().st_size, "sha256": sha256_file(stage / fname)}
-                for fname in (FAISS_NAME, VECTORS_NAME, CASES_NAME)
+                for fname in self._file_names()
             }
             (stage / META_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         version = resolve_version_dir(root)
         self._component_dirs = {name: version / name for name in self.component_names}
+        if self.on_disk:  # map the saved lists: the build's temporary copy (or an older version) goes away
+            self._faiss = faiss_backend.read_index(str(version / FAISS_NAME), on_disk=True)
+            self._search_faiss = None
+            self.set_search_params(nprobe=self.effective.get("nprobe"))
+            if self._scratch is not None:
+                self._scratch.cleanup()
+                self._scratch = None
         logger.info("saved %r to %s", self, version)
         return version
+
+    def _file_names(self) -> tuple[str, ...]:
+        names = (FAISS_NAME, VECTORS_NAME, CASES_NAME)
+        return (*names, IVFDATA_NAME) if self.on_disk else names
 
     @staticmethod
     def read_metadata(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -431,7 +463,12 @@ class CaseIndex:
                 f"index {root} has dimension {dim}, but the query encoder produces {expected_dim}-d vectors"
             )
         files = meta.get("files") or {}
-        for fname in (FAISS_NAME, VECTORS_NAME, CASES_NAME):
+        try:
+            config = from_dict(IndexConfig, meta.get("config") or {})
+        except ConfigError as exc:
+            raise DataValidationError(f"index {root}: bad config in {META_NAME} ({exc})") from exc
+        on_disk = config.kind == "ivfpq" and config.ivfpq.on_disk
+        for fname in (FAISS_NAME, VECTORS_NAME, CASES_NAME, *((IVFDATA_NAME,) if on_disk else ())):
             path = version / fname
             if not path.is_file():
                 raise DataValidationError(f"index {root}: missing file {fname} in {version.name} (index corrupted)")
@@ -452,16 +489,12 @@ class CaseIndex:
                 f"index {root}: {VECTORS_NAME} is {vectors.dtype}{vectors.shape}, expected float32({count}, {dim})"
             )
         try:
-            faiss_index = faiss_backend.read_index(str(version / FAISS_NAME))
+            faiss_index = faiss_backend.read_index(str(version / FAISS_NAME), on_disk=on_disk)
         except RuntimeError as exc:
             raise DataValidationError(f"index {root}: cannot read {FAISS_NAME} ({exc})") from exc
         cases = _read_cases(version / CASES_NAME, root)
         if len(cases) != count:
             raise DataValidationError(f"index {root}: {CASES_NAME} has {len(cases)} cases, index.json says {count}")
-        try:
-            config = from_dict(IndexConfig, meta.get("config") or {})
-        except ConfigError as exc:
-            raise DataValidationError(f"index {root}: bad config in {META_NAME} ({exc})") from exc
         components = {name: version / str(sub).rstrip("/") for name, sub in (meta.get("components") or {}).items()}
         for name, folder in components.items():
             if not folder.is_dir():
@@ -499,15 +532,24 @@ def _read_cases(path: Path, root: Path) -> list[Case]:
 
 
 def _check_normalised(x: np.ndarray, what: str) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float32)
-    if not np.isfinite(arr).all():
-        raise InvalidInputError(f"{what} contain NaN or infinite values")
-    norms = np.linalg.norm(arr, axis=1)
-    bad = np.flatnonzero(np.abs(norms - 1.0) > NORM_TOLERANCE)
-    if bad.size:
+    """Finite, unit-norm float32 rows, checked block by block so a memory-mapped corpus is not loaded whole."""
+    arr = np.asarray(x, dtype=np.float32)  # no copy for float32 input, memory maps included
+    if arr.ndim != 2:
+        raise InvalidInputError(f"{what} must be 2-D, got shape {arr.shape}")
+    n_bad, first_bad, first_norm = 0, -1, 0.0
+    for start in range(0, arr.shape[0], _SCORE_CHUNK):
+        block = np.asarray(arr[start : start + _SCORE_CHUNK])
+        if not np.isfinite(block).all():
+            raise InvalidInputError(f"{what} contain NaN or infinite values")
+        norms = np.linalg.norm(block, axis=1)
+        bad = np.flatnonzero(np.abs(norms - 1.0) > NORM_TOLERANCE)
+        if bad.size and first_bad < 0:
+            first_bad, first_norm = start + int(bad[0]), float(norms[bad[0]])
+        n_bad += bad.size
+    if n_bad:
         raise InvalidInputError(
-            f"{what} must be L2-normalised (inner product = cosine); row {int(bad[0])} has norm "
-            f"{float(norms[bad[0]]):.4f} ({bad.size} such rows). Encoders return normalised vectors; "
+            f"{what} must be L2-normalised (inner product = cosine); row {first_bad} has norm "
+            f"{first_norm:.4f} ({n_bad} such rows). Encoders return normalised vectors; "
             f"use ctrag.encoders.base.l2_normalise for others"
         )
     return np.ascontiguousarray(arr)

@@ -15,6 +15,8 @@ from ctrag.errors import ConfigError
 
 IndexKind = Literal["flat", "hnsw", "ivfpq"]
 INDEX_KINDS: tuple[str, ...] = ("flat", "hnsw", "ivfpq")
+IndexDevice = Literal["auto", "cpu", "gpu"]
+INDEX_DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
 
 
 @dataclass
@@ -44,6 +46,13 @@ class IVFPQConfig:
     with the seed. k-means cost grows with ``nlist * train_size``, so these keep a 10^6-vector build to minutes
     on two cores. Small corpora cannot train the requested sizes (k-means needs >= 39 points per list and
     2**bits points per PQ codebook), so the builder clamps them and records the values it used in ``index.json``.
+
+    ``on_disk=True`` keeps the inverted lists (the PQ codes and row ids, ~56 bytes per case at 384-d) in their
+    own file, ``index.ivfdata``, memory-mapped when the index is loaded: a search touches only the lists it
+    probes, so resident memory stays far below the index size and opening a 10^7-case index is instant. The
+    lists are then filled shard by shard (``shard_size`` rows each, every shard written to disk and the shards
+    merged into one file, as FAISS does for indexes larger than memory), so building needs memory for one shard,
+    not for the whole corpus.
     """
 
     nlist: int | None = None
@@ -51,6 +60,8 @@ class IVFPQConfig:
     m: int | None = None
     bits: int = 8
     train_size: int | None = None
+    on_disk: bool = False
+    shard_size: int = 1_000_000
 
     def __post_init__(self) -> None:
         if self.nlist is not None and self.nlist < 1:
@@ -63,6 +74,8 @@ class IVFPQConfig:
             raise ConfigError(f"IVFPQConfig: bits must be in 1..16, got {self.bits}")
         if self.train_size is not None and self.train_size < 1:
             raise ConfigError(f"IVFPQConfig: train_size must be >= 1 or null, got {self.train_size}")
+        if self.shard_size < 1:
+            raise ConfigError(f"IVFPQConfig: shard_size must be >= 1, got {self.shard_size}")
 
     def resolve_nlist(self, n: int) -> int:
         """Number of inverted lists actually used for ``n`` vectors (requested or automatic, then clamped)."""
@@ -91,7 +104,13 @@ class IVFPQConfig:
 
 @dataclass
 class IndexConfig:
-    """Which FAISS structure a :class:`~ctrag.index.case_index.CaseIndex` uses, and its parameters."""
+    """Which FAISS structure a :class:`~ctrag.index.case_index.CaseIndex` uses, and its parameters.
+
+    ``device``: where FAISS trains and searches. ``auto`` uses a GPU when the installed FAISS is a GPU build and
+    sees one (IVF k-means training, flat and in-memory IVF-PQ search), the CPU otherwise; ``gpu`` makes a missing
+    GPU an error instead of a silent fallback. HNSW and on-disk inverted lists always stay on the CPU (FAISS has
+    no GPU version of either).
+    """
 
     kind: IndexKind = "flat"
     hnsw: HNSWConfig = field(default_factory=HNSWConfig)
@@ -99,11 +118,14 @@ class IndexConfig:
     add_batch_size: int = 65_536
     #: OpenMP threads FAISS may use while building (``None``: FAISS default, one per core).
     threads: int | None = None
+    device: IndexDevice = "auto"
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"IndexConfig: threads must be >= 1 or null, got {self.threads}")
         if self.kind not in INDEX_KINDS:
             raise ConfigError(f"IndexConfig: kind must be one of {list(INDEX_KINDS)}, got {self.kind!r}")
+        if self.device not in INDEX_DEVICES:
+            raise ConfigError(f"IndexConfig: device must be one of {list(INDEX_DEVICES)}, got {self.device!r}")
         if self.add_batch_size < 1:
             raise ConfigError(f"IndexConfig: add_batch_size must be >= 1, got {self.add_batch_size}")
