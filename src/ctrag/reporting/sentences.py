@@ -25,6 +25,7 @@ the same, and put "mediastinal main vascular structures, heart contour" under bo
   organ is named, so a thyroid nodule is thyroid and a liver cyst is abdomen.
 * Airways (trachea, main / lobar / segmental bronchi, bronchial walls, peribronchial thickening without a lung
   named) are **trachea and bronchie**; bronchiectasis and bronchial findings inside a named lung are **lung**.
+* The abdominal aorta and abdominal vessels are **abdomen** only.
 * Hiatal hernia is **esophagus**; thoracic vertebrae, ribs, sternum, spine are **bone**; liver, gallbladder,
   spleen, pancreas, kidneys, adrenals, stomach are **abdomen**; gynecomastia is **breast**.
 * Lead-ins ("When examined in the lung parenchyma window; ...", "As far as can be seen; ...") do not add their
@@ -47,7 +48,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ctrag.data.reports import clean_section, is_abnormal, split_joined_report, split_sentences
+from ctrag.data.reports import clean_section, is_abnormal, split_clauses, split_joined_report, split_sentences
 
 REGIONS: tuple[str, ...] = (
     "lung",
@@ -212,7 +213,7 @@ _ANATOMY: dict[str, re.Pattern[str]] = {
         r"mitral",
         r"myocard\w*",
         r"pacemaker",
-        r"cto\b",
+        r"ct[or]\b",
         r"ascending\s+aort\w*",
     ),
     "esophagus": _rx(r"o?esophag\w*", r"hiat(?:al|us)\b", r"paraesophageal\s+hernia", r"nasogastric"),
@@ -260,7 +261,8 @@ _ANATOMY: dict[str, re.Pattern[str]] = {
         r"adrenal\w*",
         r"stomach",
         r"gastr\w*",
-        r"abdom\w*",
+        r"(?:intra|upper\s+)?abdom\w*|intraabdom\w*",
+        r"bladder|prostat\w*|periprostat\w*|seminal|uter\w*|adnex\w*|pelvi[cs]\w*",
         r"periportal|portal\b",
         r"paracaval|para-aortic|paraaortic|celiac|retroperiton\w*|mesenter\w*",
         r"duoden\w*",
@@ -272,7 +274,7 @@ _ANATOMY: dict[str, re.Pattern[str]] = {
         r"inguinal",
         r"perito\w*|ascites",
         r"diaphragmatic\s+crus|subdiaphragm\w*",
-        r"aort\w*",
+
     ),
 }
 
@@ -312,6 +314,7 @@ _FINDINGS: dict[str, re.Pattern[str]] = {
         r"atoll|halo",
         r"viral",
         r"peribronchial",
+        r"budding\s+tree",
     ),
     "trachea and bronchie": _rx(r"peribronchial", r"bronchial", r"mucus\s+plug\w*|mucoid\s+impaction"),
     "pleura": _rx(r"effusion\w*"),
@@ -354,9 +357,11 @@ _HILAR_RE = _rx(r"hil(?:ar|um|i)\b|suprahilar|perihilar|peribronchial")
 _INTRAPULMONARY_RE = _rx(r"intrapulmonary|intraparenchymal|fissur\w*|subpleural")
 _AXILLARY_RE = _rx(r"axill\w*", r"supraclavicular", r"retropectoral", r"pectoral")
 _ABDOMINAL_STATION_RE = _rx(
-    r"periportal|portal\b|paracaval|para-?aortic|celiac|retroperiton\w*|mesenter\w*|abdom\w*|hepat\w*|gastr\w*"
+    r"periportal|portal\b|paracaval|para-?aortic|celiac|retroperiton\w*|mesenter\w*|(?:intra)?abdom\w*|hepat\w*|gastr\w*|inguinal"
 )
 _AORTA_RE = re.compile(r"\baort(?!\w*\s*-?\s*pulmon|icopulmon|opulmon)\w*|\barcus\b", re.IGNORECASE)
+_ABDOMINAL_VESSEL_RE = _rx(r"abdominal\s+(?:aort\w*|vascular|vessel\w*)", r"mesenteric\s+arter\w*")
+_THORACIC_VESSEL_RE = _rx(r"thoracic(?:-abdominal)?\s+aort\w*", r"ascending", r"arch\b", r"descending", r"mediastin\w*")
 _PERICARDIAL_RE = _rx(r"pericardi\w*")
 _PLEURA_ONLY_RE = _rx(r"pleura[el]?\b", r"subpleural", r"pneumothora\w*", r"hydro\w*thora\w*", r"empyema")
 _LUNG_NAMED_RE = _rx(r"lungs?\b", r"pulmonary(?!\s+(?:arter|trunk|conus|vein|embol))", r"parenchym\w*")
@@ -417,7 +422,10 @@ def tag_regions(sentence: str) -> tuple[str, ...]:
         # A re-added mediastinum from vessels named beside the nodes ("main vascular structures") stays.
         if re.search(r"vascular\s+structures?|vena\s+cava|pulmonary\s+arter|brachiocephalic", text, re.I):
             regions.add("mediastinum")
-    if _AORTA_RE.search(text):
+    if _ABDOMINAL_VESSEL_RE.search(text) and not _THORACIC_VESSEL_RE.search(text):
+        regions.discard("mediastinum")
+        regions.add("abdomen")
+    elif _AORTA_RE.search(text):
         regions |= {"mediastinum", "abdomen"}
     if "pleura" in regions or ("pleura" in _finding_hits(text) and not _PERICARDIAL_RE.search(text) and not regions):
         if _PERICARDIAL_RE.search(text):
@@ -454,9 +462,23 @@ def tag_regions(sentence: str) -> tuple[str, ...]:
     return tuple(r for r in REGIONS if r in regions)
 
 
+# Findings the shared clause rules do not list; a clause with one of them and no negation is abnormal.
+_EXTRA_FINDING_RE = _rx(
+    r"adenoma\w*", r"height\s+loss", r"loss\s+of\s+height", r"accessory", r"osteodegenerat\w*",
+    r"budding\s+tree", r"air\s+(?:is\s+)?(?:observed|seen)\s+between", r"above\s+(?:the\s+)?normal",
+)
+_EXTRA_NEGATION_RE = _rx(r"no\b", r"not\b", r"without", r"within\s+normal", r"normal\b", r"natural")
+
+
 def sentence_is_abnormal(sentence: str) -> bool:
     """The abnormal flag of one sentence (lead-ins removed; rules of :func:`ctrag.data.reports.is_abnormal`)."""
-    return is_abnormal(_strip_lead_in(sentence))
+    text = _strip_lead_in(sentence)
+    if is_abnormal(text):
+        return True
+    return any(
+        _EXTRA_FINDING_RE.search(clause) and not _EXTRA_NEGATION_RE.search(_EXTRA_FINDING_RE.sub("", clause))
+        for clause in split_clauses(text)
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
