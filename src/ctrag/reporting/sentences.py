@@ -128,8 +128,10 @@ def split_report(text: str) -> list[str]:
             continue
         if pending:
             lead = pending.rstrip(" ;:,")
-            piece = f"{lead}; {piece[:1].lower()}{piece[1:]}" if piece[:1].isupper() and piece[1:2].islower() else (
-                f"{lead}; {piece}"
+            piece = (
+                f"{lead}; {piece[:1].lower()}{piece[1:]}"
+                if piece[:1].isupper() and piece[1:2].islower()
+                else (f"{lead}; {piece}")
             )
             pending = ""
         out.append(piece)
@@ -274,7 +276,6 @@ _ANATOMY: dict[str, re.Pattern[str]] = {
         r"inguinal",
         r"perito\w*|ascites",
         r"diaphragmatic\s+crus|subdiaphragm\w*",
-
     ),
 }
 
@@ -414,8 +415,10 @@ def tag_regions(sentence: str) -> tuple[str, ...]:
             regions.discard("bone")
         if "lung" in regions and not _LUNG_NAMED_RE.search(text):
             regions.discard("lung")  # "hilar" belongs to the node rule
-        if "abdomen" in regions and _ABDOMINAL_STATION_RE.search(text) and not re.search(
-            r"\b(?:liver|spleen|kidney|adrenal|pancrea\w*|gall\s*bladder|stomach)", text, re.I
+        if (
+            "abdomen" in regions
+            and _ABDOMINAL_STATION_RE.search(text)
+            and not re.search(r"\b(?:liver|spleen|kidney|adrenal|pancrea\w*|gall\s*bladder|stomach)", text, re.I)
         ):
             regions.discard("abdomen")
         regions |= _lymph_regions(text)
@@ -434,9 +437,13 @@ def tag_regions(sentence: str) -> tuple[str, ...]:
             regions.discard("lung")
     if "esophagus" in regions and re.search(r"\bhiat(?:al|us)\b", text, re.I):
         regions.discard("abdomen")
-    if "trachea and bronchie" in regions and "lung" in regions and re.search(r"bronchiectas", text, re.I):
-        if not re.search(r"\btrache(?:a|al)\b|main\s+bronch", text, re.I):
-            regions.discard("trachea and bronchie")
+    if (
+        "trachea and bronchie" in regions
+        and "lung" in regions
+        and re.search(r"bronchiectas", text, re.I)
+        and not re.search(r"\btrache(?:a|al)\b|main\s+bronch", text, re.I)
+    ):
+        regions.discard("trachea and bronchie")
     if not regions:
         findings = _finding_hits(text)
         if "pleura" in findings and _PERICARDIAL_RE.search(text):
@@ -464,8 +471,14 @@ def tag_regions(sentence: str) -> tuple[str, ...]:
 
 # Findings the shared clause rules do not list; a clause with one of them and no negation is abnormal.
 _EXTRA_FINDING_RE = _rx(
-    r"adenoma\w*", r"height\s+loss", r"loss\s+of\s+height", r"accessory", r"osteodegenerat\w*",
-    r"budding\s+tree", r"air\s+(?:is\s+)?(?:observed|seen)\s+between", r"above\s+(?:the\s+)?normal",
+    r"adenoma\w*",
+    r"height\s+loss",
+    r"loss\s+of\s+height",
+    r"accessory",
+    r"osteodegenerat\w*",
+    r"budding\s+tree",
+    r"air\s+(?:is\s+)?(?:observed|seen)\s+between",
+    r"above\s+(?:the\s+)?normal",
 )
 _EXTRA_NEGATION_RE = _rx(r"no\b", r"not\b", r"without", r"within\s+normal", r"normal\b", r"natural")
 
