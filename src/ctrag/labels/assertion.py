@@ -34,7 +34,7 @@ _COMMA_SPLIT = re.compile(r",")
 NEGATION_CUES: tuple[str, ...] = (
     "no", "not", "none", "without", "absent", "absence", "negative", "free of", "nor", "neither", "normal",
     "unremarkable", "natural", "never", "ruled out", "excluded", "did not", "does not", "cannot be seen",
-    "within normal limits", "disappeared", "resolved", "regressed completely",
+    "within normal limits", "disappeared", "resolved", "regressed completely", "completely regressed",
 )  # fmt: skip
 #: Phrases that contain a negation word but assert the finding ("no new nodule", "no significant change in ...").
 PSEUDO_NEGATIONS: tuple[str, ...] = (
@@ -45,6 +45,8 @@ PSEUDO_NEGATIONS: tuple[str, ...] = (
     "not ruled out", "cannot be ruled out", "could not be ruled out", "not be ruled out",
     "not evaluated", "could not be evaluated", "cannot be evaluated", "not be evaluated", "not optimal",
     "not given", "no contrast", "without contrast", "not administered",
+    "not observed in the previous", "not detected in the previous", "not seen in the previous",
+    "not present in the previous", "not visible in the previous", "not observed in previous",
 )  # fmt: skip
 #: Hedges: the report is unsure the finding is there.
 UNCERTAINTY_CUES: tuple[str, ...] = (

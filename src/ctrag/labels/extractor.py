@@ -23,6 +23,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -102,35 +103,46 @@ def _rule_slices(labels: Sequence[str]) -> list[slice]:
     return out
 
 
-def rule_features(texts: Sequence[str], labels: Sequence[str] = CT_RATE_LABELS) -> np.ndarray:
+def rule_features(texts: Sequence[str]) -> np.ndarray:
     """(n, sum over labels of (concepts + 1) * 5) log1p mention counts by status and scope."""
-    slices = _rule_slices(labels)
-    out = np.zeros((len(texts), slices[-1].stop if slices else 0), dtype=np.float64)
+    width = _rule_slices(CT_RATE_LABELS)[-1].stop
+    out = np.zeros((len(texts), width), dtype=np.float64)
     for i, text in enumerate(texts):
-        sc = Scopes.of(text)
-        clause_status = [status_of(c) for c in sc.clauses]
-        part_present = [p for p in sc.parts if status_of(p) == "present"]
-        sent_present = [s for s in sc.sentences if status_of(s) == "present"]
-        for lab, sl in zip(labels, slices, strict=True):
-            block = np.zeros((len(LEXICON[lab]) + 1, _PER_CONCEPT))
-            for k, concept in enumerate(LEXICON[lab]):
-                for clause, status in zip(sc.clauses, clause_status, strict=True):
-                    if concept_matches(concept, clause):
-                        block[k, _STATUS_COL[status]] += 1
-                block[k, 3] = sum(concept_matches(concept, p) for p in part_present)
-                block[k, 4] = sum(concept_matches(concept, s) for s in sent_present)
-            block[-1] = block[:-1].sum(0)
-            out[i, sl] = np.log1p(block).ravel()
+        out[i] = _features_of(text)[1]
     return out
 
 
 def marked_tokens(text: str) -> list[str]:
     """Alphanumeric tokens prefixed by their clause's status (``n_`` absent, ``u_`` uncertain, bare if present)."""
-    out: list[str] = []
-    for clause in Scopes.of(text).clauses:
-        prefix = _PREFIX[status_of(clause)]
-        out.extend(prefix + t for t in _TOKEN.findall(clause))
-    return out
+    return list(_features_of(text)[0])
+
+
+@lru_cache(maxsize=8192)
+def _features_of(text: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """Marked tokens and the rule-feature row of one report, memoised.
+
+    Why memoised: the regexes are most of the cost, and fitting (cross-validation folds, the hybrid scorer's
+    cross-fitting) featurises the same reports many times. The cached row is read-only.
+    """
+    sc = Scopes.of(text)
+    clause_status = [status_of(c) for c in sc.clauses]
+    tokens = tuple(_PREFIX[s] + t for c, s in zip(sc.clauses, clause_status, strict=True) for t in _TOKEN.findall(c))
+    part_present = [p for p in sc.parts if status_of(p) == "present"]
+    sent_present = [s for s in sc.sentences if status_of(s) == "present"]
+    rows = []
+    for lab in CT_RATE_LABELS:
+        block = np.zeros((len(LEXICON[lab]) + 1, _PER_CONCEPT))
+        for k, concept in enumerate(LEXICON[lab]):
+            for clause, status in zip(sc.clauses, clause_status, strict=True):
+                if concept_matches(concept, clause):
+                    block[k, _STATUS_COL[status]] += 1
+            block[k, 3] = sum(concept_matches(concept, p) for p in part_present)
+            block[k, 4] = sum(concept_matches(concept, s) for s in sent_present)
+        block[-1] = block[:-1].sum(0)
+        rows.append(np.log1p(block).ravel())
+    row = np.concatenate(rows)
+    row.setflags(write=False)
+    return tokens, row
 
 
 def _tfidf_fit(docs: list[list[str]], min_df: int) -> tuple[list[str], np.ndarray]:

@@ -52,7 +52,7 @@ _RAW: dict[str, tuple[tuple[str, ...], ...]] = {
     ),
     "Emphysema": ((r"emphysem",), (r"bulla|bullae|bullous|blebs?\b",)),
     "Atelectasis": ((r"atelecta",), (r"collaps",)),
-    "Lung nodule": ((r"nodul",), (r"\bmass\b|\bmasses\b|\blesion",)),
+    "Lung nodule": ((r"\bnodules?\b|micronodul",), (r"nodular",), (r"\bmass\b|\bmasses\b|\blesion",)),
     "Lung opacity": (
         (r"opacit|ground[ -]?glass|\bggo\b",),
         (r"density increas|increased density|increase in density|densities",),
