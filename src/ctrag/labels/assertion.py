@@ -25,8 +25,8 @@ Status = Literal["present", "absent", "uncertain"]
 # impression (and impression items) with a double quote.
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?;])\s+|\n+|\"+")
 _CLAUSE_SPLIT = re.compile(
-    r";|,\s*(?:and|but|while|whereas)\b|\b(?:but|however|whereas|although|though|except|apart from|other than|"
-    r"besides|in addition|additionally)\b"
+    r";|,\s*(?:and|but|while|whereas)\b|\band(?=\s+(?:no|there is no|there are no)\b)|"
+    r"\b(?:but|however|whereas|although|though|except|apart from|other than|besides|in addition|additionally)\b"
 )
 _COMMA_SPLIT = re.compile(r",")
 
@@ -47,6 +47,8 @@ PSEUDO_NEGATIONS: tuple[str, ...] = (
     "not given", "no contrast", "without contrast", "not administered",
     "not observed in the previous", "not detected in the previous", "not seen in the previous",
     "not present in the previous", "not visible in the previous", "not observed in previous",
+    "not show any significant change", "not show a significant change", "not show significant change",
+    "not show any change",
 )  # fmt: skip
 #: Hedges: the report is unsure the finding is there.
 UNCERTAINTY_CUES: tuple[str, ...] = (

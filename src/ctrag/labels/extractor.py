@@ -320,11 +320,12 @@ class LabelExtractor:
 
         ``groups`` keep a patient's reports in one cross-validation fold (calibration and thresholds must not be
         tuned on a report whose sibling trained the fold's model); without them each report is its own group.
+        With fewer than 2 groups there is nothing to cross-validate: logits stay uncalibrated, thresholds 0.5.
         """
         config = config or LabelExtractorConfig()
         texts = _check_texts(texts, "LabelExtractor.fit")
-        if len(texts) < 2 * config.cv_folds:
-            raise InvalidInputError(f"LabelExtractor.fit: need at least {2 * config.cv_folds} reports, got {len(texts)}")
+        if not texts:
+            raise InvalidInputError("LabelExtractor.fit: no training texts")
         y = np.asarray(labels)
         if y.shape != (len(texts), len(CT_RATE_LABELS)) or not np.isin(y, (0, 1)).all():
             raise InvalidInputError(
@@ -335,35 +336,37 @@ class LabelExtractor:
         groups = list(groups) if groups is not None else [str(i) for i in range(len(texts))]
         if len(groups) != len(texts):
             raise InvalidInputError(f"LabelExtractor.fit: {len(groups)} groups for {len(texts)} texts")
-        n_folds = min(config.cv_folds, len(set(groups)))
-        if n_folds < 2:
-            raise InvalidInputError("LabelExtractor.fit: need reports of at least 2 patients for cross-validation")
         docs = [marked_tokens(t) for t in texts]
         rules = rule_features(texts)
-        folds = _group_folds(groups, n_folds, seed)
-        oof = np.zeros(y.shape)
-        for f in range(n_folds):
-            tr, te = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
-            core = _Core.fit([docs[i] for i in tr], rules[tr], y[tr], config, seed)
-            oof[te] = core.logits([docs[i] for i in te], rules[te])
+        n_folds = min(config.cv_folds, len(set(groups)))
         slope, offset = np.ones(y.shape[1]), np.zeros(y.shape[1])
-        if config.calibrate:
-            for j in range(y.shape[1]):
-                slope[j], offset[j] = _platt(oof[:, j], y[:, j])
-        p_oof = _sigmoid(oof * slope + offset)
-        lo, hi = config.threshold_range
         thresholds = np.full(y.shape[1], 0.5)
-        if config.tune_thresholds:
-            thresholds = np.asarray([_best_threshold(y[:, j], p_oof[:, j], lo, hi) for j in range(y.shape[1])])
-        final = _Core.fit(docs, rules, y, config, seed)
-        info = {
+        info: dict[str, Any] = {
             "n_train": len(texts),
             "n_groups": len(set(groups)),
             "positives": [int(v) for v in y.sum(0)],
             "seed": seed,
-            "cv": cv_summary(y, p_oof, thresholds),
-            "cv_uncalibrated": cv_summary(y, _sigmoid(oof), np.full(y.shape[1], 0.5)),
+            "cv_folds": n_folds,
         }
+        if n_folds >= 2 and (config.calibrate or config.tune_thresholds):
+            folds = _group_folds(groups, n_folds, seed)
+            oof = np.zeros(y.shape)
+            for f in range(n_folds):
+                tr, te = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
+                core = _Core.fit([docs[i] for i in tr], rules[tr], y[tr], config, seed)
+                oof[te] = core.logits([docs[i] for i in te], rules[te])
+            if config.calibrate:
+                for j in range(y.shape[1]):
+                    slope[j], offset[j] = _platt(oof[:, j], y[:, j])
+            p_oof = _sigmoid(oof * slope + offset)
+            if config.tune_thresholds:
+                lo, hi = config.threshold_range
+                thresholds = np.asarray([_best_threshold(y[:, j], p_oof[:, j], lo, hi) for j in range(y.shape[1])])
+            info["cv"] = cv_summary(y, p_oof, thresholds)
+            info["cv_uncalibrated"] = cv_summary(y, _sigmoid(oof), np.full(y.shape[1], 0.5))
+        else:  # too few patients to cross-validate: raw logits, threshold 0.5
+            info["cv_folds"] = 0
+        final = _Core.fit(docs, rules, y, config, seed)
         return cls(final, slope, offset, thresholds, CT_RATE_LABELS, config, info)
 
     # ------------------------------------------------------------------ prediction
