@@ -70,7 +70,10 @@ def test_probabilities_follow_the_evidence(extractor: LabelExtractor) -> None:
     )
     assert p.shape == (3, 18) and np.all((p > 0) & (p < 1))
     assert p[0, j] < 0.1 < 0.5 < p[1, j] <= p[2, j] + 0.05
-    assert np.allclose(extractor.decision_function(["no effusion"]), np.log(p := extractor.predict_proba(["no effusion"])) - np.log1p(-p))
+    assert np.allclose(
+        extractor.decision_function(["no effusion"]),
+        np.log(p := extractor.predict_proba(["no effusion"])) - np.log1p(-p),
+    )
 
 
 def test_expected_calibration_error_is_zero_for_matching_frequencies() -> None:

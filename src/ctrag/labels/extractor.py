@@ -71,7 +71,9 @@ class LabelExtractorConfig:
 
     def __post_init__(self) -> None:
         if self.c <= 0 or self.rule_weight < 0:
-            raise ConfigError(f"LabelExtractorConfig: need c > 0 and rule_weight >= 0, got {self.c}, {self.rule_weight}")
+            raise ConfigError(
+                f"LabelExtractorConfig: need c > 0 and rule_weight >= 0, got {self.c}, {self.rule_weight}"
+            )
         if self.cv_folds < 2:
             raise ConfigError(f"LabelExtractorConfig: cv_folds must be >= 2, got {self.cv_folds}")
         lo, hi = self.threshold_range

@@ -13,9 +13,10 @@ adds, per query q and index case c::
 
 - ``E[Jaccard]`` is exact under independent Bernoulli label probabilities p (from the calibrated
   :class:`~ctrag.labels.extractor.LabelExtractor` by default, or the TF-IDF
-  :class:`~ctrag.retrieval.label_model.LabelModel`; ``label_model_kind``), sharpened or softened by a temperature) against the case's
-  known 0/1 labels (predicted ones where a case has none). Ranking by it is the Bayes-optimal choice for
-  label-Jaccard when p is calibrated. Two empty label sets count as Jaccard 1 (two normal reports agree).
+  :class:`~ctrag.retrieval.label_model.LabelModel`; ``label_model_kind``), sharpened or softened by a
+  temperature, against the case's known 0/1 labels (predicted ones where a case has none). Ranking by it is
+  the Bayes-optimal choice for label-Jaccard when p is calibrated. Two empty label sets count as Jaccard 1
+  (two normal reports agree).
 - ``LCS-F1`` is computed for a shortlist only (the union of each component's top ``rerank_k``); other rows
   keep their first-stage order below every shortlisted row, so ``scores`` still ranks every candidate.
 
