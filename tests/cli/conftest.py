@@ -20,6 +20,7 @@ from testsupport.generation_data import _threads  # noqa: F401  one torch thread
 from ctrag.cli import _shared, main
 from ctrag.data.case import Case, Corpus
 from tests.encoders.conftest import ct_cases, tiny_tower_json  # noqa: F401  cheap session fixtures
+from tests.labels.conftest import extractor  # noqa: F401  the fitted label extractor (session)
 
 REAL_LOAD_ENCODER = _shared.load_encoder
 EFFUSION = "Bilateral pleural effusion with passive atelectasis in both lower lobes."

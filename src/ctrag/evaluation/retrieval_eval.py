@@ -295,17 +295,20 @@ def method_metrics(
 
 
 def label_model_metrics(scorer: HybridScorer, query_cases: Sequence[Case]) -> dict[str, Any] | None:
-    """Macro-F1 (threshold 0.5) and macro AUC of the scorer's label model on the query reports."""
+    """Macro-F1 (at the label model's own thresholds: 0.5, or the sentence extractor's tuned ones) and macro AUC
+    of the scorer's label model on the query reports."""
     if scorer.label_model is None:
         return None
     from sklearn.metrics import f1_score, roc_auc_score
 
     y = _labels(query_cases)
-    p = scorer.label_model.predict_proba([c.report_text for c in query_cases])
+    texts = [c.report_text for c in query_cases]
+    p = scorer.label_model.predict_proba(texts)
+    pred = np.asarray(scorer.label_model.predict(texts)).astype(bool)
     per_label = {}
     aucs, f1s = [], []
     for j, name in enumerate(CT_RATE_LABELS):
-        f1 = float(f1_score(y[:, j], p[:, j] >= 0.5, zero_division=0))
+        f1 = float(f1_score(y[:, j], pred[:, j], zero_division=0))
         auc = float(roc_auc_score(y[:, j], p[:, j])) if 0 < y[:, j].sum() < len(y) else None
         per_label[name] = {"positives": int(y[:, j].sum()), "f1": f1, "auc": auc}
         f1s.append(f1)

@@ -110,7 +110,7 @@ def render_markdown(result: RetrievalEvalResult, command: str | None = None) -> 
             "",
             "## Label model (trained on the index rows, measured on the queries)",
             "",
-            f"Macro-F1 (threshold 0.5) {lm['macro_f1']:.3f}, macro AUC {lm['macro_auc']:.3f} over "
+            f"Macro-F1 (at the model's thresholds) {lm['macro_f1']:.3f}, macro AUC {lm['macro_auc']:.3f} over "
             f"{lm['n_queries']} query reports.",
         ]
     notes = result.setup.get("notes") or []

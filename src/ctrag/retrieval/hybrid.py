@@ -11,10 +11,12 @@ adds, per query q and index case c::
                 + w_bm25  * BM25(q, c) / max_c BM25(q, c)
                 + w_dense * cos(emb(q), emb(c))
 
-- ``E[Jaccard]`` is exact under independent Bernoulli label probabilities p (from
-  :class:`~ctrag.retrieval.label_model.LabelModel`, sharpened or softened by a temperature) against the case's
-  known 0/1 labels (predicted ones where a case has none). Ranking by it is the Bayes-optimal choice for
-  label-Jaccard when p is calibrated. Two empty label sets count as Jaccard 1 (two normal reports agree).
+- ``E[Jaccard]`` is exact under independent Bernoulli label probabilities p (from the calibrated
+  :class:`~ctrag.labels.extractor.LabelExtractor` by default, or the TF-IDF
+  :class:`~ctrag.retrieval.label_model.LabelModel`; ``label_model_kind``), sharpened or softened by a
+  temperature, against the case's known 0/1 labels (predicted ones where a case has none). Ranking by it is
+  the Bayes-optimal choice for label-Jaccard when p is calibrated. Two empty label sets count as Jaccard 1
+  (two normal reports agree).
 - ``LCS-F1`` is computed for a shortlist only (the union of each component's top ``rerank_k``); other rows
   keep their first-stage order below every shortlisted row, so ``scores`` still ranks every candidate.
 
@@ -46,6 +48,7 @@ from ctrag.config import config_to_dict, from_dict
 from ctrag.data.case import Case
 from ctrag.data.labels import CT_RATE_LABELS
 from ctrag.errors import ConfigError, DataValidationError, IncompatibleIndexError, InvalidInputError
+from ctrag.labels.extractor import LabelExtractor, LabelExtractorConfig
 from ctrag.retrieval.label_agreement import expected_jaccard_patterns, label_patterns
 from ctrag.retrieval.label_model import LabelModel, LabelModelConfig
 from ctrag.retrieval.lexical import BM25Config, BM25Scorer, tokens_alnum
@@ -116,6 +119,9 @@ class HybridConfig:
     component for the LCS term. ``rouge_reference``: whose top-1 text overlap a setting must not fall below —
     BM25 alone, or the best of BM25, TF-IDF (uni+bigrams) and plain dense retrieval on the same tuning queries.
     ``rouge_confidence_z``: how sure (one-sided z over the tuning queries) the search must be of that.
+    ``label_model_kind``: the query-label model — ``"sentence"`` (:class:`~ctrag.labels.extractor.LabelExtractor`,
+    sentence-level assertion rules + calibrated regressions, configured by ``label_extractor``) or ``"tfidf"``
+    (the earlier negation-marked TF-IDF :class:`~ctrag.retrieval.label_model.LabelModel`, ``label_model``).
     """
 
     use_labels: bool = True
@@ -132,7 +138,9 @@ class HybridConfig:
     rouge_confidence_z: float = 1.645
     max_lcs_tokens: int = 2048
     bm25: BM25Config = field(default_factory=BM25Config)
+    label_model_kind: Literal["sentence", "tfidf"] = "sentence"
     label_model: LabelModelConfig = field(default_factory=LabelModelConfig)
+    label_extractor: LabelExtractorConfig = field(default_factory=LabelExtractorConfig)
 
     def __post_init__(self) -> None:
         if not (self.use_labels or self.use_lcs or self.use_bm25 or self.use_dense):
@@ -158,6 +166,28 @@ class HybridConfig:
             dense=w.dense if self.use_dense else 0.0,
             temperature=w.temperature,
         )
+
+
+# ------------------------------------------------------------------------------------------- label models
+
+#: What the scorer needs of a query-label model: ``decision_function`` (logits), ``predict``, ``save``.
+QueryLabelModel = LabelModel | LabelExtractor
+
+
+def fit_label_model(
+    texts: Sequence[str], labels: np.ndarray, groups: Sequence[str], config: HybridConfig, seed: int
+) -> QueryLabelModel:
+    """The query-label model ``config.label_model_kind`` names, fitted on labelled ``texts`` (``groups``: patients)."""
+    if config.label_model_kind == "tfidf":
+        return LabelModel.fit(texts, labels, config.label_model, seed)
+    return LabelExtractor.fit(texts, labels, groups, config.label_extractor, seed)
+
+
+def load_label_model(folder: Path) -> QueryLabelModel:
+    """Whichever label model ``folder`` holds (scorers saved before the sentence extractor hold a LabelModel)."""
+    if (folder / "label_extractor.json").is_file():
+        return LabelExtractor.load(folder)
+    return LabelModel.load(folder)
 
 
 # ------------------------------------------------------------------------------------------- scoring pieces
@@ -333,7 +363,7 @@ class HybridScorer:
         *,
         config: HybridConfig,
         weights: HybridWeights,
-        label_model: LabelModel | None,
+        label_model: QueryLabelModel | None,
         bm25: BM25Scorer | None,
         embeddings: np.ndarray,
         cand_labels: np.ndarray,
@@ -438,9 +468,12 @@ class HybridScorer:
         elif config.search_weights:
             logger.warning("HybridScorer.fit: fewer than 2 labelled patients; using the configured weights")
 
-        label_model = None
+        label_model: QueryLabelModel | None = None
         if config.use_labels:
-            label_model = LabelModel.fit([texts[i] for i in np.flatnonzero(known)], y[known], config.label_model, seed)
+            rows_known = np.flatnonzero(known)
+            label_model = fit_label_model(
+                [texts[i] for i in rows_known], y[known], [patients[i] for i in rows_known], config, seed
+            )
             if (~known).any():
                 y[~known] = label_model.predict([texts[i] for i in np.flatnonzero(~known)])
         bm25 = BM25Scorer.fit(texts, config.bm25) if config.use_bm25 else None
@@ -595,12 +628,15 @@ class HybridScorer:
         meta = read_meta(folder / "hybrid.json", KIND, FORMAT_VERSION)
         if list(meta.get("labels", [])) != list(CT_RATE_LABELS):
             raise DataValidationError(f"{folder}: scorer was fitted on another label set")
-        config = from_dict(HybridConfig, meta["config"])
+        raw_config = dict(meta["config"])
+        # Scorers saved before the sentence extractor existed carry the TF-IDF label model and no kind field.
+        raw_config.setdefault("label_model_kind", "tfidf")
+        config = from_dict(HybridConfig, raw_config)
         arrays = read_npz(folder / "hybrid.npz")
         scorer = cls(
             config=config,
             weights=from_dict(HybridWeights, meta["weights"]),
-            label_model=LabelModel.load(folder / "label_model") if config.use_labels else None,
+            label_model=load_label_model(folder / "label_model") if config.use_labels else None,
             bm25=BM25Scorer.load(folder / "bm25") if config.use_bm25 else None,
             embeddings=arrays["embeddings"],
             cand_labels=arrays["cand_labels"],

@@ -22,9 +22,15 @@ import numpy as np
 
 from ctrag.config import config_to_dict, from_dict
 from ctrag.errors import ConfigError
-from ctrag.retrieval.hybrid import HybridConfig, HybridWeights, LcsTable, normalise_max, topk_mask
+from ctrag.retrieval.hybrid import (
+    HybridConfig,
+    HybridWeights,
+    LcsTable,
+    fit_label_model,
+    normalise_max,
+    topk_mask,
+)
 from ctrag.retrieval.label_agreement import expected_jaccard, label_jaccard_matrix
-from ctrag.retrieval.label_model import LabelModel
 from ctrag.retrieval.lexical import BM25Scorer, TfidfScorer
 from ctrag.utils.progress import ProgressFn
 
@@ -108,7 +114,7 @@ def _fold_features(
     label: dict[float, np.ndarray] = {}
     if config.use_labels:
         train = candidates[known[candidates]]
-        lm = LabelModel.fit([texts[i] for i in train], y[train], config.label_model, seed)
+        lm = fit_label_model([texts[i] for i in train], y[train], [data.patients[i] for i in train], config, seed)
         unknown = candidates[~known[candidates]]
         if unknown.size:
             cand_y[~known[candidates]] = lm.predict([texts[i] for i in unknown])
