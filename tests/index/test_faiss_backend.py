@@ -103,3 +103,28 @@ def test_gpu_dispatch_moves_only_what_faiss_can_run_on_a_gpu(
 def test_on_disk_build_needs_a_folder_for_its_lists(vectors: np.ndarray) -> None:
     with pytest.raises(ConfigError, match="needs ondisk_dir"):
         fb.build_faiss_index(vectors, IndexConfig(kind="ivfpq", ivfpq=IVFPQConfig(on_disk=True)))
+
+
+def _rss_file_kb() -> int:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("RssFile:"))
+
+
+def test_rescoring_from_a_memory_map_does_not_keep_its_pages_resident(tmp_path, vectors: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    big = np.lib.format.open_memmap(tmp_path / "v.npy", mode="w+", dtype=np.float32, shape=(40_000, 384))
+    big[:] = np.tile(vectors, (40_000 // len(vectors) + 1, 1))[:40_000]
+    del big
+    mapped = np.load(tmp_path / "v.npy", mmap_mode="r")
+    assert not fb.release_mapped_pages(np.asarray(vectors)) and not fb.release_mapped_pages(
+        np.load(tmp_path / "v.npy", mmap_mode="c")  # copy-on-write: unmapping would drop private changes
+    )
+    before = _rss_file_kb()
+    touched = float(np.asarray(mapped[::50]).sum())  # scattered rows map far more than themselves
+    assert np.isfinite(touched) and _rss_file_kb() - before > 10_000
+    assert fb.release_mapped_pages(mapped)
+    assert _rss_file_kb() - before < 2_000
+    index, _ = fb.build_faiss_index(np.asarray(mapped[:2000]), IndexConfig())
+    scores, rows = fb.search_rescored(index, mapped, np.asarray(mapped[:3]), 2, 64)
+    assert _rss_file_kb() - before < 2_000
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert rows.shape == (3, 2)
