@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -251,8 +251,10 @@ class RetrievalReporter:
         config: RetrievalReportConfig | None = None,
         *,
         volume_encoder: Encoder | None = None,
+        encoder_factory: Callable[[Mapping[str, Any]], Encoder] | None = None,
     ) -> None:
         self.retriever = retriever
+        self._encoder_factory = encoder_factory
         self.config = config or RetrievalReportConfig()
         self._volume_encoder = volume_encoder
         self._text_vectors: dict[str, np.ndarray] = {}
@@ -272,6 +274,7 @@ class RetrievalReporter:
         encoder: Encoder | None = None,
         device: str = "cpu",
         onnx: bool = True,
+        encoder_factory: Callable[[Mapping[str, Any]], Encoder] | None = None,
     ) -> RetrievalReporter:
         """Load an index written by ``ctrag index`` (dense scores: sentences are ranked by cosine anyway)."""
         from ctrag.retrieval.retriever import Retriever
@@ -279,8 +282,10 @@ class RetrievalReporter:
         root = Path(index_dir)
         if not root.exists():
             raise InvalidInputError(f"index {root} does not exist (build one with `ctrag index CORPUS --out DIR`)")
-        retriever = Retriever.from_dir(root, encoder, scorer="dense", device=device, onnx=onnx)
-        return cls(retriever, config)
+        retriever = Retriever.from_dir(
+            root, encoder, scorer="dense", device=device, onnx=onnx, encoder_factory=encoder_factory
+        )
+        return cls(retriever, config, encoder_factory=encoder_factory)
 
     # ---------------------------------------------------------------- queries
     def report_for_text(
@@ -367,7 +372,7 @@ class RetrievalReporter:
         if name and (Path(name) / "encoder_config.json").is_file():  # a shared-space folder (ctrag train encoder)
             from ctrag.retrieval.retriever import load_encoder
 
-            made = load_encoder(index.encoder_spec)
+            made = (self._encoder_factory or load_encoder)(index.encoder_spec)
             if made.fingerprint != index.encoder_fingerprint or not made.supports_volume:
                 raise InvalidInputError(
                     f"the index records encoder folder {name} but it now has fingerprint {made.fingerprint}, not "
