@@ -389,6 +389,7 @@ class RetrievalReporter:
         if not cases:
             raise InvalidInputError("no query cases")
         assert_no_leakage(self.retriever.index, cases)
+        self._encode_texts([c.report_text for c in cases if c.has_report])  # one batched call for all queries
         return [self.report_for_case(c, mode=mode) for c in cases]
 
     # ---------------------------------------------------------------- internals
