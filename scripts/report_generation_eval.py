@@ -156,7 +156,7 @@ def _fmt(rec: dict[str, Any], key: str) -> str:
     v = rec.get(key)
     if v is None:
         return "n/a"
-    ci = rec["ci95"].get(key)
+    ci = rec["ci95"].get(key) if key != "meteor" else None  # METEOR: corpus score; its CI is of the per-report mean
     return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and np.isfinite(ci[0]) else "")
 
 
@@ -193,10 +193,18 @@ def render(record: dict[str, Any]) -> str:
     gt = le["extractor_vs_ground_truth_on_val_refs"]
     lines += [
         "",
-        "BLEU-n and CIDEr are corpus scores (pycocoevalcap), ROUGE-L and METEOR means over reports. Brackets: 95 % "
+        "BLEU-n, METEOR and CIDEr are corpus scores (pycocoevalcap), ROUGE-L the mean over reports. Brackets: 95 % "
         f"paired bootstrap CIs ({record['bootstrap']['resamples']} resamples of the val reports, seed "
-        f"{record['bootstrap']['seed']}) of the per-report means (ROUGE-L, METEOR, CIDEr-D with the IDF of all "
-        "100 references held fixed) and of CE micro-F1 recomputed per resample; BLEU has no CI here.",
+        f"{record['bootstrap']['seed']}) of the per-report means (ROUGE-L, CIDEr-D with the IDF of all "
+        "100 references held fixed) and of CE micro-F1 recomputed per resample; BLEU has no CI here. METEOR is "
+        "pycocoevalcap's corpus score, which is not the mean of its per-report scores, so its CI (of that mean) is "
+        "listed apart: "
+        + ", ".join(
+            f"{r['name']} [{r['ci95']['meteor'][0]:.3f}, {r['ci95']['meteor'][1]:.3f}]"
+            for r in record["results"]
+            if r["ci95"].get("meteor")
+        )
+        + ".",
         "",
         f"Clinical efficacy (micro over 18 labels x 100 reports): labels of the generated report read by "
         f"`{le['class']}` (fitted on {le['fitted_on']}, {le['thresholds']} thresholds; fingerprint "
