@@ -1,0 +1,94 @@
+"""``ctrag report``: a report for a CT (or, for evaluation, for a given report) from retrieved training cases."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ctrag.cli import _shared
+from ctrag.cli._app import app
+from ctrag.errors import InvalidInputError
+
+#: Report methods of issue 13; only the retrieval baseline exists so far.
+BUILT_METHODS = ("retrieval",)
+PLANNED_METHODS = ("adarag", "diffvp", "reg2rg")
+
+
+def _check_method(method: str) -> None:
+    if method in BUILT_METHODS:
+        return
+    if method in PLANNED_METHODS:
+        raise InvalidInputError(
+            f"--method {method} is not built yet; available: {', '.join(BUILT_METHODS)} (the retrieval-only baseline)"
+        )
+    raise InvalidInputError(f"unknown --method {method!r}; available: {', '.join(BUILT_METHODS)}")
+
+
+@app.command("report")
+def report_command(
+    volume: Annotated[Path | None, typer.Argument(help="CT volume (NIfTI, HU) to report on.")] = None,
+    index: Annotated[Path | None, typer.Option("--index", "-i", help="Index folder written by `ctrag index`.")] = None,
+    mask: Annotated[
+        Path | None, typer.Option("--mask", help="Anatomy mask on the CT's grid (TotalSegmentator 'total' labels).")
+    ] = None,
+    query_report: Annotated[
+        Path | None,
+        typer.Option("--query-report", help="Query with this report text instead of a CT (text-to-text retrieval)."),
+    ] = None,
+    method: Annotated[str, typer.Option("--method", help="Report method; only 'retrieval' is built.")] = "retrieval",
+    compose: Annotated[
+        bool,
+        typer.Option("--compose/--nearest", help="Compose region paragraphs from several cases, or copy the nearest."),
+    ] = True,
+    source_cases: Annotated[int, typer.Option("--source-cases", help="Nearest training cases to compose from.")] = 10,
+    per_region: Annotated[int, typer.Option("--per-region", help="Sentences per region paragraph.")] = 3,
+    mmr_lambda: Annotated[float, typer.Option("--mmr-lambda", help="MMR relevance weight (1 = no diversity).")] = 0.7,
+    device: Annotated[str, typer.Option(help="Device for the encoders.")] = "cpu",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON (report, sentences with sources, query).")
+    ] = False,
+) -> None:
+    """Write a report from retrieved training reports, each sentence with its source case."""
+    from ctrag.reporting.retrieval_reporter import (
+        Mode,
+        RetrievalReportConfig,
+        RetrievalReporter,
+        load_query_volume,
+    )
+
+    _check_method(method)
+    if (volume is None) == (query_report is None):
+        raise InvalidInputError("give one query: a CT VOLUME or --query-report FILE")
+    if mask is not None and volume is None:
+        raise InvalidInputError("--mask goes with a CT VOLUME")
+    if index is None:
+        raise InvalidInputError("--index DIR is required (an index written by `ctrag index`)")
+    cfg = RetrievalReportConfig(source_cases=source_cases, per_region=per_region, mmr_lambda=mmr_lambda)
+    mode: Mode = "compose" if compose else "nearest"
+    text = _shared.read_report_file(query_report, option="--query-report") if query_report is not None else None
+    vol, msk = load_query_volume(volume, mask) if volume is not None else (None, None)
+    reporter = RetrievalReporter.from_dir(
+        index,
+        cfg,
+        device=device,
+        encoder_factory=lambda spec: _shared.load_encoder(str(spec.get("name_or_path")), spec.get("weights"), device),
+    )
+    if vol is not None:
+        result = reporter.report_for_volume(vol, msk, mode=mode)
+    else:
+        assert text is not None
+        result = reporter.report_for_text(text, mode=mode)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n")
+        return
+    out = sys.stdout
+    for note in result.query.notes:
+        out.write(f"note: {note}\n")
+    out.write(f"\n{result.text}\n\nSources ({result.mode}):\n")
+    for s in result.sentences:
+        where = s.region or s.section
+        out.write(f"  [{where}] {s.case_id} ({s.split}, score {s.score:.3f}): {s.text}\n")

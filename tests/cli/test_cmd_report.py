@@ -1,0 +1,101 @@
+"""``ctrag report`` in-process on the real-encoder index of the CLI fixtures (real CT-RATE train reports): a
+shipped CT, a real val report, and the usage errors (one line, exit 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from testsupport import index_data as support
+
+from ctrag.cli import main
+from ctrag.data.case import Corpus
+
+SAMPLE_CT = Path(__file__).resolve().parents[2] / "sample_data" / "ct"
+CT = SAMPLE_CT / "ts_example_ct_3mm.nii.gz"
+MASK = SAMPLE_CT / "ts_example_ct_3mm_seg_total_fast.nii.gz"
+
+
+def _json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    capsys.readouterr()
+    code = main(["report", *args, "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)  # type: ignore[no-any-return]
+
+
+def test_report_for_a_shipped_ct(real_index_dir: Path, corpus_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train_ids = {c.case_id for c in Corpus.load(corpus_dir).split("train")}
+    out = _json(capsys, str(CT), "--mask", str(MASK), "--index", str(real_index_dir))
+    assert out["method"] == "retrieval" and out["mode"] == "compose"
+    assert out["query"]["kind"] == "volume" and out["query"]["image_conditioned"] is False
+    assert any("NOT conditioned" in n for n in out["query"]["notes"])
+    assert out["sentences"] and all(s["case_id"] in train_ids and s["split"] == "train" for s in out["sentences"])
+    assert all(s["text"] in out["report"] for s in out["sentences"])
+    # without a mask the classical segmenter is run, and the output says so
+    out = _json(
+        capsys,
+        str(SAMPLE_CT / "lowres" / "lung_pet_ct_dx_A0001_ct_128.nii.gz"),
+        "--index",
+        str(real_index_dir),
+        "--nearest",
+    )
+    assert out["query"]["mask_source"] == "classical-segmenter" and out["mode"] == "nearest"
+    assert len(out["sources"]) == 1 and out["sentences"][0]["case_id"] == out["sources"][0]["case_id"]
+
+
+def test_report_for_a_real_val_report(real_index_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    val = support.read_ct_rate("val", 1)[0]
+    path = tmp_path / "val.txt"
+    path.write_text(val.report_text, encoding="utf-8")
+    out = _json(
+        capsys, "--query-report", str(path), "--index", str(real_index_dir), "--per-region", "2", "--source-cases", "4"
+    )
+    assert out["query"]["kind"] == "text" and out["query"]["text"] == val.report_text
+    per_region: dict[str, list[str]] = {}
+    for s in out["sentences"]:
+        assert s["split"] == "train" and s["case_id"] != val.case_id
+        if s["region"]:
+            per_region.setdefault(s["region"], []).append(s["case_id"])
+    assert per_region and all(len(v) == len(set(v)) <= 2 for v in per_region.values())
+    # the plain-text form prints the report and each sentence's source
+    capsys.readouterr()
+    assert main(["report", "--query-report", str(path), "--index", str(real_index_dir), "--source-cases", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "Findings:" in text and all(f"{s['case_id']} (train" in text for s in out["sentences"][:3])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "adarag"], "not built yet"),
+        (["--method", "gpt"], "unknown --method"),
+        ([], "give one query"),
+        (["{missing}"], "does not exist"),
+        (["{readme}"], "not a NIfTI"),
+        ([str(CT), "--mask", str(SAMPLE_CT / "lowres" / "ts_example_ct_sm_3mm_seg_total.nii.gz")], "another grid"),
+        ([str(CT), "--index", "{noindex}"], "does not exist"),
+        (["--query-report", "{empty}"], "empty"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    args: list[str], message: str, real_index_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    subst = {
+        "{missing}": str(tmp_path / "nope.nii.gz"),
+        "{readme}": str(SAMPLE_CT.parent / "README.md"),
+        "{noindex}": str(tmp_path / "no-index"),
+        "{empty}": str(tmp_path / "empty.txt"),
+    }
+    argv = [subst.get(a, a) for a in args]
+    if "--index" not in argv:
+        argv += ["--index", str(real_index_dir)]
+    if argv[:2] == ["--method", "adarag"] or argv[:2] == ["--method", "gpt"]:
+        argv = [str(CT), *argv]
+    capsys.readouterr()
+    assert main(["report", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err
