@@ -190,10 +190,15 @@ def main() -> None:
     record = {
         "command": "PYTHONPATH=src python scripts/retrieval_methods_eval.py --out docs/results",
         "data": {"index_rows": len(index), "queries": len(queries), "removed_from_index": data.removed_from_index},
-        "settings": {"stage1": STAGE1, "region_weight": REGION_WEIGHT, "mix": MIX, "mmr_lambda": MMR_LAMBDA,
-                     "abstain_quantile": ABSTAIN_QUANTILE, "regions": list(EVAL_REGIONS),
-                     "region_labels": {r: [CT_RATE_LABELS[i] for i in region_label_columns(r)]
-                                       for r in EVAL_REGIONS}},  # fmt: skip
+        "settings": {
+            "stage1": STAGE1,
+            "region_weight": REGION_WEIGHT,
+            "mix": MIX,
+            "mmr_lambda": MMR_LAMBDA,
+            "abstain_quantile": ABSTAIN_QUANTILE,
+            "regions": list(EVAL_REGIONS),
+            "region_labels": {r: [CT_RATE_LABELS[i] for i in region_label_columns(r)] for r in EVAL_REGIONS},
+        },  # fmt: skip
         "rows": rows,
         "abstention": abstention,
         "timings": {"fit_seconds": t_fit, "total_seconds": time.perf_counter() - t0, **timing},

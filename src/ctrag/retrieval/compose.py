@@ -99,7 +99,9 @@ def normalise_scores(values: np.ndarray, how: Normalise) -> np.ndarray:
     raise InvalidInputError(f"normalise must be 'none', 'minmax' or 'max', got {how!r}")
 
 
-def compose_scores(terms: Mapping[str, np.ndarray], weights: MixWeights, *, normalise: Normalise = "none") -> np.ndarray:
+def compose_scores(
+    terms: Mapping[str, np.ndarray], weights: MixWeights, *, normalise: Normalise = "none"
+) -> np.ndarray:
     """``sum_t w_t * norm(s_t)`` over the terms with positive weight (1-D or 2-D score arrays, one shape).
 
     With ``normalise="minmax"`` each term is rescaled along its last axis first (per query), so the weights mean

@@ -131,7 +131,9 @@ def label_region_scores(query_probs: np.ndarray, candidate_labels: np.ndarray, r
     return expected_jaccard(probs[:, cols], cand[:, cols])
 
 
-def dense_region_scores(query_vec: np.ndarray | None, candidate_vecs: np.ndarray, candidate_empty: np.ndarray) -> np.ndarray:
+def dense_region_scores(
+    query_vec: np.ndarray | None, candidate_vecs: np.ndarray, candidate_empty: np.ndarray
+) -> np.ndarray:
     """Cosine of L2-normalised region vectors; an empty query region gives 1.0 for empty candidates, else 0."""
     if query_vec is None:
         return np.where(candidate_empty, EMPTY_JACCARD, 0.0).astype(np.float64)
@@ -284,4 +286,6 @@ def masks_from_labels(label_map: np.ndarray, regions: Mapping[str, Sequence[int]
     """(region names, (R, D, H, W) bool masks) from an integer label volume and region -> label ids."""
     arr = np.asarray(label_map)
     names = list(regions)
-    return names, np.stack([np.isin(arr, list(regions[n])) for n in names]) if names else np.zeros((0, *arr.shape), bool)
+    return names, np.stack([np.isin(arr, list(regions[n])) for n in names]) if names else np.zeros(
+        (0, *arr.shape), bool
+    )
