@@ -36,6 +36,7 @@ from ctrag.retrieval.retriever import Retriever
 from ctrag.utils.atomic import atomic_write_text
 
 DATA = Path("sample_data/ct_rate_nc_sa/ct_clip_text_classifier")
+MARKER = "<!-- hand-written notes below are kept when this file is regenerated -->"
 EVAL_REGIONS = ("lung", "pleura", "heart", "mediastinum")
 STAGE1 = 20
 REGION_WEIGHT = 0.5
@@ -58,8 +59,9 @@ def _region_jaccard(q: np.ndarray, r: np.ndarray, region: str) -> np.ndarray:
     return label_jaccard(q[:, cols], r[:, cols])
 
 
-def _metrics(top: np.ndarray, index_cases: list[Any], queries: list[Any], q_tagged: list[Any],
-             i_regions: RegionIndex) -> dict[str, Any]:  # fmt: skip
+def _metrics(
+    top: np.ndarray, index_cases: list[Any], queries: list[Any], q_tagged: list[Any], i_regions: RegionIndex
+) -> dict[str, Any]:
     ql, il = _labels(queries), _labels(index_cases)
     out: dict[str, Any] = {
         "label_jaccard@1": float(mean_jaccard_at_k(ql, il[top], 1).mean()),
@@ -97,8 +99,14 @@ def main() -> None:
     queries = data.query_cases
     q_texts = [c.report_text for c in queries]
     memo.encode_text([c.report_text for c in data.index_cases] + q_texts, batch_size=64)
-    built = build_index(data.index_cases, memo, scorer="hybrid", splits=("train",), seed=args.seed,
-                        encoder_spec={"name_or_path": "minilm"})  # fmt: skip
+    built = build_index(
+        data.index_cases,
+        memo,
+        scorer="hybrid",
+        splits=("train",),
+        seed=args.seed,
+        encoder_spec={"name_or_path": "minilm"},
+    )
     index, scorer = built.index, built.scorer
     assert scorer is not None
     retriever = Retriever(index, memo, scorer, scorer_name="hybrid")
@@ -117,11 +125,23 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
 
     def add(name: str, kind: str, top: np.ndarray, note: str, **extra: Any) -> None:
-        rows.append({"method": name, "kind": kind, "note": note, **_metrics(top, index_cases, queries, q_tagged,
-                                                                            i_regions), **extra})  # fmt: skip
+        rows.append(
+            {
+                "method": name,
+                "kind": kind,
+                "note": note,
+                **_metrics(top, index_cases, queries, q_tagged, i_regions),
+                **extra,
+            }
+        )
 
-    add("default", "default", default_top, "hybrid scorer (label + LCS, weights chosen on train CV), nearest",
-        weights=config_to_dict(scorer.weights))  # fmt: skip
+    add(
+        "default",
+        "default",
+        default_top,
+        "hybrid scorer (label + LCS, weights chosen on train CV), nearest",
+        weights=config_to_dict(scorer.weights),
+    )
 
     # Two-stage, region-conditioned rerank (WristMIR): stage one = default top STAGE1, stage two = region score.
     all_rows = np.arange(len(index))
@@ -133,15 +153,25 @@ def main() -> None:
             for qi, text in enumerate(q_texts):
                 stage = np.argsort(-glob[qi], kind="stable")[:STAGE1]
                 reg = np.zeros(len(index))
-                reg[stage] = i_regions.scores(text, region, method, stage,  # type: ignore[arg-type]
-                                              query_probs=None if probs is None else probs[qi : qi + 1],
-                                              encoder=memo)  # fmt: skip
+                reg[stage] = i_regions.scores(
+                    text,
+                    region,
+                    method,
+                    stage,  # type: ignore[arg-type]
+                    query_probs=None if probs is None else probs[qi : qi + 1],
+                    encoder=memo,
+                )
                 picked, _ = two_stage_rerank(glob[qi], reg, stage1=STAGE1, k=5, region_weight=REGION_WEIGHT)
                 assert set(picked.tolist()) <= set(stage.tolist())
                 top[qi] = picked
             timing[f"rerank_{method}_{region}_ms_per_query"] = 1000 * (time.perf_counter() - t1) / len(queries)
-            add(f"two-stage[{region}, {method}]", "two-stage", top,
-                f"default top {STAGE1}, reranked by {REGION_WEIGHT} x {method} {region} score", region=region)  # fmt: skip
+            add(
+                f"two-stage[{region}, {method}]",
+                "two-stage",
+                top,
+                f"default top {STAGE1}, reranked by {REGION_WEIGHT} x {method} {region} score",
+                region=region,
+            )
 
     # Composed text query: convex mix of the global score and the mean region-level lexical score.
     mix = MixWeights.of(MIX)
@@ -150,8 +180,12 @@ def main() -> None:
         region_terms = [i_regions.scores(text, r, "lexical", all_rows) for r in REGIONS]
         local = np.mean(region_terms, axis=0)
         top[qi] = rank_rows(compose_scores({"global": glob[qi], "region": local}, mix, normalise="minmax")[None], 5)[0]
-    add("composed[text global + text regions]", "composed", top,
-        f"one stage over all rows: {mix.as_dict()} x minmax(global hybrid, mean LCS-F1 over the 10 regions)")  # fmt: skip
+    add(
+        "composed[text global + text regions]",
+        "composed",
+        top,
+        f"one stage over all rows: {mix.as_dict()} x minmax(global hybrid, mean LCS-F1 over the 10 regions)",
+    )
 
     # Reference sets: MMR (diversity) + one per patient, and abstention calibrated on train.
     for lam in (1.0, MMR_LAMBDA):
@@ -160,33 +194,44 @@ def main() -> None:
         vecs = np.asarray(index.vectors)
         red = [float(np.mean([vecs[a] @ vecs[b] for i, a in enumerate(t) for b in t[i + 1 :]])) for t in top]
         pats = [len({index_cases[int(r)].patient_id for r in t}) for t in top]
-        add(f"references[mmr lambda={lam:g}]", "evidence", top,
+        add(
+            f"references[mmr lambda={lam:g}]",
+            "evidence",
+            top,
             "MMR over hybrid scores and MiniLM vectors, at most one case per patient",
-            mean_pairwise_cosine_top5=float(np.mean(red)), mean_distinct_patients_top5=float(np.mean(pats)))  # fmt: skip
+            mean_pairwise_cosine_top5=float(np.mean(red)),
+            mean_distinct_patients_top5=float(np.mean(pats)),
+        )
     vecs = np.asarray(index.vectors)
     red = [float(np.mean([vecs[a] @ vecs[b] for i, a in enumerate(t) for b in t[i + 1 :]])) for t in default_top]
     rows[0]["mean_pairwise_cosine_top5"] = float(np.mean(red))
-    rows[0]["mean_distinct_patients_top5"] = float(np.mean([len({index_cases[int(r)].patient_id for r in t})
-                                                            for t in default_top]))  # fmt: skip
+    rows[0]["mean_distinct_patients_top5"] = float(
+        np.mean([len({index_cases[int(r)].patient_id for r in t}) for t in default_top])
+    )
 
-    t1 = time.perf_counter()
-    thr = calibrate_abstention(retriever, ABSTAIN_QUANTILE)
-    timing["calibrate_abstention_seconds"] = time.perf_counter() - t1
-    val_refs = [select_references(retriever, t, 5, mmr_lambda=MMR_LAMBDA, abstention=thr) for t in q_texts]
-    far = [select_references(retriever, t, 5, abstention=thr) for t in UNRELATED]
     rng = np.random.default_rng(args.seed)
     rand = rng.standard_normal((3, index.dim)).astype(np.float32)
     rand /= np.linalg.norm(rand, axis=1, keepdims=True)
-    far_vec = [select_references(retriever, "", 5, abstention=thr, query_vector=v) for v in rand]
-    abstention = {
-        "threshold": thr.to_dict(),
-        "val_abstained": int(sum(r.abstained for r in val_refs)),
-        "val_queries": len(val_refs),
-        "val_top_score_min": float(min(r.top_score or 0.0 for r in val_refs)),
-        "val_top_score_median": float(np.median([r.top_score or 0.0 for r in val_refs])),
-        "unrelated_texts": [{"text": t, **r.to_dict()} for t, r in zip(UNRELATED, far, strict=True)],
-        "random_vectors": [r.to_dict() for r in far_vec],
-    }
+    abstention: dict[str, Any] = {}
+    for statistic in ("dense", "score"):
+        t1 = time.perf_counter()
+        thr = calibrate_abstention(retriever, ABSTAIN_QUANTILE, statistic=statistic)  # type: ignore[arg-type]
+        timing[f"calibrate_abstention_{statistic}_seconds"] = time.perf_counter() - t1
+        val_refs = [select_references(retriever, t, 5, mmr_lambda=MMR_LAMBDA, abstention=thr) for t in q_texts]
+        far = [select_references(retriever, t, 5, abstention=thr) for t in UNRELATED]
+        far_vec = [select_references(retriever, "", 5, abstention=thr, query_vector=v) for v in rand]
+        abstention[statistic] = {
+            "threshold": thr.to_dict(),
+            "val_abstained": int(sum(r.abstained for r in val_refs)),
+            "val_queries": len(val_refs),
+            "val_top_min": float(min(r.top_score or 0.0 for r in val_refs)),
+            "val_top_median": float(np.median([r.top_score or 0.0 for r in val_refs])),
+            "unrelated_abstained": int(sum(r.abstained for r in far)),
+            "unrelated_top_max": float(max(r.top_score or 0.0 for r in far)),
+            "random_vectors_abstained": int(sum(r.abstained for r in far_vec)),
+            "random_top_max": float(max(r.top_score or 0.0 for r in far_vec)),
+            "unrelated_texts": list(UNRELATED),
+        }
     record = {
         "command": "PYTHONPATH=src python scripts/retrieval_methods_eval.py --out docs/results",
         "data": {"index_rows": len(index), "queries": len(queries), "removed_from_index": data.removed_from_index},
@@ -198,17 +243,72 @@ def main() -> None:
             "abstain_quantile": ABSTAIN_QUANTILE,
             "regions": list(EVAL_REGIONS),
             "region_labels": {r: [CT_RATE_LABELS[i] for i in region_label_columns(r)] for r in EVAL_REGIONS},
-        },  # fmt: skip
+        },
         "rows": rows,
         "abstention": abstention,
         "timings": {"fit_seconds": t_fit, "total_seconds": time.perf_counter() - t0, **timing},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "retrieval_methods.json", json.dumps(record, indent=1) + "\n")
-    print(json.dumps({r["method"]: {k: r[k] for k in ("label_jaccard@1", "label_jaccard@5", "rouge_l@1")}
-                      for r in rows}, indent=1))  # fmt: skip
-    print(json.dumps({r["method"]: r["regions"] for r in rows}, indent=None))
-    print(json.dumps(abstention, indent=1)[:3000])
+    md = args.out / "retrieval_methods.md"
+    notes = md.read_text(encoding="utf-8").partition(MARKER)[2] if md.is_file() else ""
+    atomic_write_text(md, render(record) + notes.lstrip("\n"))
+
+
+def render(record: dict[str, Any]) -> str:
+    """The Markdown table of ``record`` (hand-written notes below the marker survive regeneration)."""
+    st = record["settings"]
+    regions = st["regions"]
+    head = "| method | J@1 | J@5 | ROUGE-L@1 | " + " | ".join(f"{r} J@1 | {r} RL@1" for r in regions) + " |"
+    lines = [
+        "# Retrieval methods (issue 14) on the shipped CT-RATE reports",
+        "",
+        f"Command: `{record['command']}`",
+        "",
+        f"Index: {record['data']['index_rows']} train reports (MiniLM + default hybrid scorer fitted on them); "
+        f"queries: {record['data']['queries']} val reports. J@k: mean label-Jaccard over the top k; ROUGE-L@1: "
+        "query vs top-1 report. Per region (labels of that region only: "
+        + "; ".join(f"{r}: {', '.join(st['region_labels'][r])}" for r in regions)
+        + "): region J@1 = label-Jaccard over the region's labels, region RL@1 = ROUGE-L of the query's and the "
+        "top-1's sentences of that region (queries with such sentences). Fixed settings, none tuned on val: "
+        f"stage one {st['stage1']}, region weight {st['region_weight']}, mix {st['mix']}, "
+        f"MMR lambda {st['mmr_lambda']}, abstention quantile {st['abstain_quantile']}.",
+        "",
+        head,
+        "|" + "---|" * (4 + 2 * len(regions)),
+    ]
+    for r in record["rows"]:
+        cells = [r["method"], f"{r['label_jaccard@1']:.3f}", f"{r['label_jaccard@5']:.3f}", f"{r['rouge_l@1']:.3f}"]
+        for reg in regions:
+            m = r["regions"][reg]
+            bold = r.get("region") == reg
+            j, rl = f"{m['label_jaccard@1']:.3f}", f"{m['rouge_l@1']:.3f}"
+            cells += [f"**{j}**", f"**{rl}**"] if bold else [j, rl]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Bold: the region a two-stage row reranks by.", "", "## Reference sets", ""]
+    lines.append("| method | J@5 | mean pairwise cosine top 5 | distinct patients top 5 |")
+    lines.append("|---|---|---|---|")
+    for r in record["rows"]:
+        if "mean_pairwise_cosine_top5" in r:
+            lines.append(
+                f"| {r['method']} | {r['label_jaccard@5']:.3f} | {r['mean_pairwise_cosine_top5']:.3f} | "
+                f"{r['mean_distinct_patients_top5']:.2f} |"
+            )
+    lines += ["", "## Abstention (threshold: quantile of train leave-one-patient-out top scores)", ""]
+    lines.append(
+        "| statistic | threshold | val abstained | val top min / median | unrelated texts abstained "
+        "(max top) | random vectors abstained (max top) |"
+    )
+    lines.append("|---|---|---|---|---|---|")
+    for name, a in record["abstention"].items():
+        lines.append(
+            f"| {name} | {a['threshold']['threshold']:.3f} | {a['val_abstained']}/{a['val_queries']} | "
+            f"{a['val_top_min']:.3f} / {a['val_top_median']:.3f} | {a['unrelated_abstained']}/3 "
+            f"({a['unrelated_top_max']:.3f}) | {a['random_vectors_abstained']}/3 ({a['random_top_max']:.3f}) |"
+        )
+    t = record["timings"]
+    lines += ["", "Timings (s, 2 shared CPU cores): " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()), "", MARKER, ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ctrag.errors import InvalidInputError
-from ctrag.retrieval.compose import MixWeights, compose_scores
+from ctrag.retrieval.compose import MixWeights, Normalise, compose_scores
 from ctrag.retrieval.filters import candidate_mask
 from ctrag.retrieval.regional import RegionIndex, RegionMethod, check_region, two_stage_rerank
 from ctrag.retrieval.strategies import apply_strategy
@@ -93,7 +93,7 @@ def composed_search(
         assert volume_vector is not None
         v = index.check_queries(np.asarray(volume_vector, dtype=np.float32).reshape(1, -1))
         terms["volume"] = index.exact_scores(v, rows, precise=True)[0]
-    normalise = "minmax" if len(mix.active) > 1 else "none"
+    normalise: Normalise = "minmax" if len(mix.active) > 1 else "none"
     scores = compose_scores(terms, mix, normalise=normalise)
     result = ComposedResult([], mix.as_dict(), info={"normalise": normalise, "candidates": int(rows.size)})
 
