@@ -151,3 +151,67 @@ def test_search_with_the_stored_onnx_encoder_never_imports_torch(real_index_dir:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+# ------------------------------------------------- issue 14: --region, --diverse, --abstain, --volume/--text/--mix
+RECIPE = "Preheat the oven to 180 degrees. Whisk two eggs with sugar, fold in the flour and bake for 25 minutes."
+
+
+def test_search_region_rerank_stays_inside_stage_one(
+    index_dir: Path, patched: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain = search_json(capsys, EFFUSION, "--index", str(index_dir), "--k", "6")
+    lung = search_json(capsys, EFFUSION, "--index", str(index_dir), "--k", "3", "--region", "pleura",
+                       "--stage1", "6", "--region-weight", "1")  # fmt: skip
+    assert lung["method"]["region"] == "pleura" and lung["method"]["stage1"] == 6
+    assert {h["case_id"] for h in lung["hits"]} <= {h["case_id"] for h in plain["hits"]}
+    assert all("effusion" in h["report_text"].lower() for h in lung["hits"][:1])
+    capsys.readouterr()
+    assert main(["search", EFFUSION, "--index", str(index_dir), "--region", "liver lobe"]) != 0
+    assert "unknown region" in capsys.readouterr().err
+
+
+def test_search_diverse_and_abstain(index_dir: Path, patched: None, capsys: pytest.CaptureFixture[str]) -> None:
+    div = search_json(capsys, EFFUSION, "--index", str(index_dir), "--k", "8", "--diverse")
+    patients = [h["patient_id"] for h in div["hits"]]
+    assert len(set(patients)) == len(patients) == 8 and div["method"]["one_per_patient"] is True
+    far = search_json(capsys, RECIPE, "--index", str(index_dir), "--abstain")
+    assert far["abstained"] is True and far["hits"] == []
+    assert far["abstention"]["top_score"] < far["abstention"]["threshold"] and far["abstention"]["quantile"] == 0.05
+    near = search_json(capsys, support.read_ct_rate("val", 1)[0].report_text, "--index", str(index_dir), "--abstain")
+    assert near["abstained"] is False and len(near["hits"]) == 5
+    assert near["abstention"]["top_score"] >= near["abstention"]["threshold"]
+
+
+def test_search_composed_volume_and_text(
+    index_dir: Path, capsys: pytest.CaptureFixture[str], test_encoder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ctrag.cli import _shared
+    from ctrag.encoders.clip import SharedSpaceEncoder
+    from tests.encoders.conftest import PRE, make_tower
+
+    shared = SharedSpaceEncoder(test_encoder, make_tower(), PRE)
+    monkeypatch.setattr(_shared, "load_encoder", lambda name, w, d: shared if name == "tower-dir" else test_encoder)
+    ct = str(SAMPLE_CT / "lowres" / "lung_pet_ct_dx_A0002_ct_128.nii.gz")
+    base = ["--index", str(index_dir), "--volume", ct, "--volume-encoder", "tower-dir", "--k", "4"]
+    only_ct = search_json(capsys, *base)
+    assert only_ct["weights"] == {"text": 0.0, "volume": 1.0} and only_ct["query"] is None
+    vols = [h["terms"]["volume"] for h in only_ct["hits"]]
+    assert vols == sorted(vols, reverse=True) and "text" not in only_ct["hits"][0]["terms"]
+    both = search_json(capsys, *base, "--text", EFFUSION, "--mix", "text=3,volume=1")
+    assert both["weights"] == {"text": 0.75, "volume": 0.25}  # normalised, not refused
+    assert all(set(h["terms"]) == {"text", "volume"} for h in both["hits"])
+    text_only = search_json(capsys, *base, "--text", EFFUSION, "--mix", "text=1,volume=0")
+    plain = search_json(capsys, EFFUSION, "--index", str(index_dir), "--k", "4")
+    assert [h["case_id"] for h in text_only["hits"]] == [h["case_id"] for h in plain["hits"]]  # weight 0 removes CT
+    for args, message in (
+        (["--mix", "text=-1,volume=1", "--text", EFFUSION], ">= 0"),
+        (["--mix", "text=0,volume=0", "--text", EFFUSION], "at least one weight"),
+        (["--mix", "colour=1"], "unknown term"),
+    ):
+        capsys.readouterr()
+        assert main(["search", *base, *args]) != 0
+        assert message in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["search", "--index", str(index_dir), "--volume", ct]) != 0
+    assert "--volume needs --volume-encoder" in " ".join(capsys.readouterr().err.split())

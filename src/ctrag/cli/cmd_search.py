@@ -148,8 +148,59 @@ def search_command(
         bool,
         typer.Option("--onnx/--no-onnx", help="Embed the query with the index's stored ONNX encoder when it has one."),
     ] = True,
+    text_option: Annotated[
+        str | None, typer.Option("--text", help="Report text of a composed query (same as QUERY).")
+    ] = None,
+    volume: Annotated[
+        Path | None, typer.Option("--volume", help="CT (NIfTI) of a composed query; needs --volume-encoder.")
+    ] = None,
+    volume_encoder: Annotated[
+        str | None,
+        typer.Option(help="Shared-space encoder folder trained against the index's text encoder (for --volume)."),
+    ] = None,
+    mix: Annotated[
+        str | None,
+        typer.Option(help="Weights of the composed score, e.g. text=0.7,volume=0.3 (>= 0; normalised to sum 1)."),
+    ] = None,
+    region: Annotated[
+        str | None, typer.Option(help="Two-stage search: rerank the global top --stage1 by this region (e.g. lung).")
+    ] = None,
+    stage1: Annotated[int, typer.Option(help="Stage-one candidates for --region.")] = 20,
+    region_score: Annotated[str, typer.Option(help="Region score for --region: lexical, label or dense.")] = "lexical",
+    region_weight: Annotated[float, typer.Option(help="Share of the region score in stage two (0..1).")] = 0.5,
+    diverse: Annotated[
+        bool, typer.Option("--diverse", help="Reference set: MMR (relevance + diversity), one case per patient.")
+    ] = False,
+    mmr_lambda: Annotated[float, typer.Option(help="MMR relevance weight for --diverse (1 = nearest).")] = 0.7,
+    abstain: Annotated[
+        bool,
+        typer.Option(
+            "--abstain", help="Return nothing when the top score is below a threshold calibrated on the index."
+        ),
+    ] = False,
+    abstain_quantile: Annotated[
+        float,
+        typer.Option(help="Quantile of the index's leave-one-patient-out top scores used as --abstain threshold."),
+    ] = 0.05,
+    abstain_on: Annotated[
+        str, typer.Option(help="Score --abstain compares: dense (best report-vector cosine) or score (the scorer's).")
+    ] = "dense",
 ) -> None:
     """Find the cases whose reports are most similar to a report (or use another strategy)."""
+    methods = volume is not None or region is not None or diverse or abstain or mix is not None
+    if text_option is not None:
+        if query is not None:
+            raise InvalidInputError("give the report text once: QUERY or --text")
+        query = text_option
+    if methods:
+        _search_methods(
+            index, query, report_file=report_file, query_case=query_case, corpus=corpus, k=k, split=split,
+            scorer=scorer, encoder=encoder, weights=weights, device=device, as_json=as_json, onnx=onnx,
+            volume=volume, volume_encoder=volume_encoder, mix=mix, region=region, stage1=stage1,
+            region_score=region_score, region_weight=region_weight, diverse=diverse, mmr_lambda=mmr_lambda,
+            abstain=abstain, abstain_quantile=abstain_quantile, abstain_on=abstain_on, strategy=strategy,
+        )  # fmt: skip
+        return
     from ctrag.retrieval.retriever import Retriever
     from ctrag.retrieval.strategies import get_strategy
     from ctrag.retrieval.types import CaseFilter
@@ -244,4 +295,118 @@ def search_command(
         if query_source is not None:
             row.append(_label_jaccard(query_source, h.case))
         table.add_row(*row)
+    console.print(table)
+
+
+def _volume_vector(path: Path, encoder_ref: str | None, index: Any, device: str) -> Any:
+    """The shared-space vector of the CT at ``path`` (refused when the encoder does not share the index's space)."""
+    from ctrag.encoders.preprocess import load_prepared
+
+    if encoder_ref is None:
+        raise InvalidInputError(
+            f"--volume needs --volume-encoder: index {index.encoder_name!r} holds report-text vectors only; give a "
+            "shared-space encoder folder (`ctrag train encoder`) trained against that text encoder"
+        )
+    if not path.is_file():
+        raise InvalidInputError(f"--volume {path} does not exist")
+    enc = _shared.load_encoder(encoder_ref, None, device)
+    if not getattr(enc, "supports_volume", False):
+        raise InvalidInputError(f"--volume-encoder {encoder_ref}: encoder {enc.name!r} cannot embed CT volumes")
+    text_fp = getattr(enc, "text_fingerprint", enc.fingerprint)
+    if text_fp != index.encoder_fingerprint:
+        raise InvalidInputError(
+            f"--volume-encoder {encoder_ref}: its text side ({text_fp}) is not the index's text encoder "
+            f"({index.encoder_fingerprint}); CT vectors would not be comparable with the indexed reports"
+        )
+    prepared = load_prepared(path, enc.preprocess)  # type: ignore[attr-defined]
+    return enc.encode_volume(prepared.tensor[None])[0]
+
+
+def _search_methods(index_dir: Path, query: str | None, **o: Any) -> None:
+    """``ctrag search`` with --volume/--mix/--region/--diverse/--abstain (see ctrag.retrieval.composed)."""
+    from ctrag.retrieval.compose import MixWeights
+    from ctrag.retrieval.composed import TERMS, composed_search
+    from ctrag.retrieval.evidence import STATISTICS, calibrate_abstention
+    from ctrag.retrieval.regional import REGION_METHODS
+    from ctrag.retrieval.retriever import Retriever
+    from ctrag.retrieval.types import CaseFilter
+
+    if o["strategy"] != "nearest":
+        raise InvalidInputError("--strategy cannot be combined with --volume/--mix/--region/--diverse/--abstain")
+    if o["region_score"] not in REGION_METHODS:
+        raise InvalidInputError(f"--region-score must be one of {list(REGION_METHODS)}, got {o['region_score']!r}")
+    if not 0.0 <= o["mmr_lambda"] <= 1.0:
+        raise InvalidInputError(f"--mmr-lambda must be in [0, 1], got {o['mmr_lambda']}")
+    if o["scorer"] not in SCORERS:
+        raise InvalidInputError(f"--scorer must be one of {list(SCORERS)}, got {o['scorer']!r}")
+    text: str | None = None
+    if o["query_case"] is not None:
+        if query is not None or o["report_file"] is not None:
+            raise InvalidInputError("give one query: QUERY, --report-file or --query-case")
+        text = _query_case(o["query_case"], o["corpus"]).report_text
+    elif query is not None or o["report_file"] is not None:
+        text = _read_query(query, o["report_file"])
+    if text is None and o["volume"] is None:
+        raise InvalidInputError("empty query: give report text (QUERY, --text or --report-file) and/or --volume")
+    mix = (
+        MixWeights.parse(o["mix"], known=TERMS)
+        if o["mix"] is not None
+        else MixWeights.of({"text": 1.0 if text else 0.0, "volume": 1.0 if o["volume"] is not None else 0.0})
+    )
+    device = o["device"]
+    enc = _shared.load_encoder(o["encoder"], o["weights"], device) if o["encoder"] else None
+    retriever = Retriever.from_dir(
+        index_dir,
+        enc,
+        scorer=o["scorer"],
+        encoder_factory=lambda spec: _shared.load_encoder(str(spec.get("name_or_path")), spec.get("weights"), device),
+        device=device,
+        onnx=o["onnx"],
+    )
+    if o["query_case"] is not None:
+        from ctrag.retrieval.guard import assert_no_leakage
+
+        assert_no_leakage(retriever.index, [_query_case(o["query_case"], o["corpus"])])
+    filters = CaseFilter(splits=tuple(split_list(o["split"], ["train"])))
+    vec = _volume_vector(o["volume"], o["volume_encoder"], retriever.index, device) if o["volume"] else None
+    if o["abstain_on"] not in STATISTICS:
+        raise InvalidInputError(f"--abstain-on must be one of {list(STATISTICS)}, got {o['abstain_on']!r}")
+    threshold = (
+        calibrate_abstention(retriever, o["abstain_quantile"], filters, o["abstain_on"]) if o["abstain"] else None
+    )
+    result = composed_search(
+        retriever, text, volume_vector=vec, mix=mix, k=o["k"], filters=filters, region=o["region"],
+        region_method=o["region_score"], stage1=o["stage1"], region_weight=o["region_weight"],
+        diverse=o["diverse"], mmr_lambda=o["mmr_lambda"], abstention=threshold,
+    )  # fmt: skip
+    root = _corpus_root(retriever.index)
+    if o["as_json"]:
+        payload: dict[str, Any] = {
+            "query": text,
+            "volume": None if o["volume"] is None else str(o["volume"]),
+            "index": str(index_dir),
+            "k": o["k"],
+            "scorer": retriever.scorer_name,
+            "weights": result.weights,
+            "method": result.info,
+            "abstained": result.abstained,
+            "abstention": None if threshold is None else {**threshold.to_dict(), "top_score": result.top_text_score},
+            "hits": [{**_hit_record(h, root), "terms": h.details.get("terms", {})} for h in result.hits],
+        }
+        sys.stdout.write(json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+        return
+    if result.abstained:
+        assert threshold is not None
+        console.print(
+            f"abstained: top score {result.top_text_score:.4f} is below the threshold {threshold.threshold:.4f} "
+            f"(quantile {threshold.quantile:g} of {threshold.n_queries} leave-one-patient-out top scores)",
+            highlight=False,
+        )
+        return
+    title = f"composed {result.weights}" + (f" · region {o['region']} ({o['region_score']})" if o["region"] else "")
+    table = Table(title=title + (" · MMR, one per patient" if o["diverse"] else ""))
+    for col in ("rank", "case id", "score", "patient", "report excerpt"):
+        table.add_column(col)
+    for h in result.hits:
+        table.add_row(str(h.rank + 1), h.case_id, f"{h.score:.4f}", h.case.patient_id, _excerpt(h.case.report_text))
     console.print(table)
