@@ -285,7 +285,9 @@ class CaseIndex:
         Scores are FAISS's: exact cosine for flat and HNSW, PQ approximations for IVF-PQ. ``rerank=True``
         takes FAISS's top ``max(k, shortlist)`` (``shortlist`` defaults to k), replaces their scores with exact
         cosines from the stored vectors and keeps the best k: with IVF-PQ this is what turns a poor top-1 into
-        a near-exact one. Rows a structure could not fill (possible with IVF when ``nprobe`` lists hold fewer
+        a near-exact one. For an on-disk index the pages of the memory-mapped vectors read for re-scoring are
+        unmapped afterwards (bounded memory, ~0.5 ms more per query); otherwise they stay mapped (faster).
+        Rows a structure could not fill (possible with IVF when ``nprobe`` lists hold fewer
         than k cases) are -1 with score -inf.
         """
         q = self.check_queries(queries)
@@ -293,8 +295,10 @@ class CaseIndex:
             raise InvalidInputError(f"k must be >= 1, got {k}")
         if shortlist is not None and shortlist < 1:
             raise InvalidInputError(f"shortlist must be >= 1, got {shortlist}")
-        if rerank:
-            return faiss_backend.search_rescored(self._searcher(), self._vectors, q, k, shortlist or k)
+        if rerank:  # an on-disk index is the memory-bounded setting: do not let the vectors pile up in RSS
+            return faiss_backend.search_rescored(
+                self._searcher(), self._vectors, q, k, shortlist or k, release_pages=self.on_disk
+            )
         scores, rows = self._searcher().search(q, min(int(k), len(self)))
         return np.where(rows >= 0, scores, -np.inf).astype(np.float32), rows
 
