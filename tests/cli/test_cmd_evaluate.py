@@ -78,6 +78,10 @@ def test_evaluate_reports_writes_metrics(tmp_path: Path, ct_rate_dir: Path, caps
     record = json.loads((out / "report_metrics.json").read_text())
     assert 0.3 < record["bleu_4"] < 1.0 and record["meteor"] is None
     assert record["label_extractor_quality"]["n_reports"] == 100
+    # The default extractor is ctrag.labels' (val macro-F1 ~0.95 at its own thresholds), named in the table.
+    assert record["label_extractor"]["name"] == "LabelExtractor" and record["label_extractor"]["fingerprint"]
+    assert record["label_extractor_quality"]["macro_f1"] > 0.85
+    assert "Labels read by ctrag.labels.extractor.LabelExtractor" in (out / "report_metrics.md").read_text()
     assert 0.0 < record["clinical_efficacy"]["f1_micro"] < 1.0
     assert "METEOR" in (out / "report_metrics.md").read_text()
     hyps.write_text("id,text\n0,only one\n")

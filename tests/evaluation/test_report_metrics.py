@@ -115,14 +115,14 @@ def test_label_extractor_feeds_clinical_efficacy() -> None:
 
 @pytest.fixture(scope="module")
 def label_model(ct_rate_dir: Path):
-    """The project's report label model (helper D's LabelModel) fitted on the 800 shipped CT-RATE reports."""
+    """The project's label extractor (ctrag.labels.LabelExtractor) fitted on the shipped CT-RATE train reports."""
     return fit_label_extractor(ct_rate_dir / "train.csv")
 
 
 def test_label_extractor_quality_on_held_out_ct_rate_reports(label_model, ct_rate_dir: Path) -> None:
     q = label_extractor_quality(label_model, ct_rate_dir / "val.csv")
     assert q["n_reports"] == 100
-    assert q["macro_auc"] > 0.9 and q["macro_f1"] > 0.6 and q["micro_f1"] > 0.7
+    assert q["macro_auc"] > 0.95 and q["macro_f1"] > 0.85 and q["micro_f1"] > 0.85
 
 
 def test_clinical_efficacy_with_the_real_label_model(label_model, ct_rate_pairs) -> None:

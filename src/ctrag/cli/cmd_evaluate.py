@@ -162,12 +162,19 @@ def evaluate_generation_command(
 
 
 def load_label_extractor(path: Path) -> Any:
-    """A saved 18-label report model (``ctrag.retrieval.label_model.LabelModel``)."""
-    from ctrag.retrieval.label_model import LabelModel
-
+    """A saved 18-label report model: a :class:`ctrag.labels.LabelExtractor` folder (``ctrag labels
+    --save-model``) or an older TF-IDF ``ctrag.retrieval.label_model.LabelModel`` folder."""
     if not path.is_dir():
-        raise InvalidInputError(f"--label-model {path}: not a folder holding label_model.json/.npz")
-    return LabelModel.load(path)
+        raise InvalidInputError(f"--label-model {path}: not a folder holding a saved label model")
+    if (path / "label_extractor.json").is_file():
+        from ctrag.labels.extractor import LabelExtractor
+
+        return LabelExtractor.load(path)
+    if (path / "label_model.json").is_file():
+        from ctrag.retrieval.label_model import LabelModel
+
+        return LabelModel.load(path)
+    raise InvalidInputError(f"--label-model {path}: no label_extractor.json or label_model.json in it")
 
 
 @evaluate_app.command("reports")
@@ -188,11 +195,21 @@ def evaluate_reports_command(
         Path | None, typer.Option("--label-val", help="Labelled CSV on which to report the label model's quality.")
     ] = None,
     meteor: Annotated[bool, typer.Option("--meteor/--no-meteor", help="Compute METEOR (starts Java).")] = True,
-    threshold: Annotated[float, typer.Option("--threshold", help="Label probability threshold.")] = 0.5,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold", help="One threshold for all labels (default: the extractor's own per-label thresholds)."
+        ),
+    ] = None,
 ) -> None:
     """BLEU-1..4, METEOR, ROUGE-1/2/L, CIDEr and clinical efficacy of generated reports against references."""
     from ctrag.evaluation.ablation import jsonable
-    from ctrag.evaluation.report_metrics import evaluate_reports, fit_label_extractor, label_extractor_quality
+    from ctrag.evaluation.report_metrics import (
+        describe_extractor,
+        evaluate_reports,
+        fit_label_extractor,
+        label_extractor_quality,
+    )
 
     refs = read_text_table(references, id_column, text_column)
     hyps = read_text_table(hypotheses, id_column, text_column)
@@ -212,7 +229,9 @@ def evaluate_reports_command(
     scores = evaluate_reports(
         [refs[i] for i in ids], [hyps[i] for i in ids], label_extractor=extractor, threshold=threshold, meteor=meteor
     )
-    record = jsonable({**scores.as_dict(), "label_extractor_quality": quality})
+    record = jsonable(
+        {**scores.as_dict(), "label_extractor": describe_extractor(extractor), "label_extractor_quality": quality}
+    )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "report_metrics.json", json.dumps(record, indent=2) + "\n")
     names = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_1", "rouge_2", "rouge_l", "cider")
@@ -222,6 +241,8 @@ def evaluate_reports_command(
     if record.get("clinical_efficacy"):
         ce = record["clinical_efficacy"]
         lines += ["Clinical efficacy: " + ", ".join(f"{k} {v:.4f}" for k, v in ce.items() if v is not None), ""]
+        who = record["label_extractor"]
+        lines += [f"Labels read by {who['module']}.{who['name']} (fingerprint {who['fingerprint']}).", ""]
     if quality is not None:
         lines += [
             f"Label extractor on {label_val} ({int(quality['n_reports'])} reports): "

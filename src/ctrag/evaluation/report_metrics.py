@@ -162,14 +162,37 @@ def clinical_efficacy(ref_labels: np.ndarray, hyp_labels: np.ndarray) -> dict[st
     return out
 
 
-def labels_from_text(extractor: LabelExtractor, texts: Sequence[str], threshold: float = 0.5) -> np.ndarray:
-    """0/1 ``(N, 18)`` labels read from reports by ``extractor``."""
+def label_thresholds(extractor: LabelExtractor, threshold: float | None) -> np.ndarray:
+    """Per-label thresholds: the given one for all labels, else the extractor's own (tuned on its training
+    folds, as :class:`ctrag.labels.LabelExtractor` stores them), else 0.5."""
+    if threshold is not None:
+        return np.full(len(CT_RATE_LABELS), float(threshold))
+    own = getattr(extractor, "thresholds", None)
+    if own is not None and np.shape(own) == (len(CT_RATE_LABELS),):
+        return np.asarray(own, dtype=np.float64)
+    return np.full(len(CT_RATE_LABELS), 0.5)
+
+
+def describe_extractor(extractor: LabelExtractor | None) -> dict[str, Any] | None:
+    """What read the labels, for the results table: class, fingerprint where it has one."""
+    if extractor is None:
+        return None
+    fingerprint = getattr(extractor, "fingerprint", None)
+    return {
+        "name": type(extractor).__name__,
+        "module": type(extractor).__module__,
+        "fingerprint": fingerprint() if callable(fingerprint) else fingerprint,
+    }
+
+
+def labels_from_text(extractor: LabelExtractor, texts: Sequence[str], threshold: float | None = None) -> np.ndarray:
+    """0/1 ``(N, 18)`` labels read from reports by ``extractor`` (thresholds: :func:`label_thresholds`)."""
     prob = np.asarray(extractor.predict_proba(list(texts)), dtype=np.float64)
     if prob.shape != (len(texts), len(CT_RATE_LABELS)):
         raise InvalidInputError(
             f"label extractor returned {prob.shape}, expected ({len(texts)}, {len(CT_RATE_LABELS)})"
         )
-    return (prob >= threshold).astype(int)
+    return (prob >= label_thresholds(extractor, threshold)[None, :]).astype(int)
 
 
 def evaluate_reports(
@@ -177,7 +200,7 @@ def evaluate_reports(
     hypotheses: Sequence[str],
     *,
     label_extractor: LabelExtractor | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     meteor: bool = True,
 ) -> ReportScores:
     """All report metrics for paired reference/generated reports."""
@@ -238,16 +261,26 @@ def read_labelled_reports(path: str | os.PathLike[str]) -> tuple[list[str], np.n
 
 
 def fit_label_extractor(train_csv: str | os.PathLike[str], seed: int = 0) -> Any:
-    """The project's report label model (``ctrag.retrieval.label_model.LabelModel``) fitted on a labelled CSV,
-    e.g. the 800 shipped CT-RATE reports in ``sample_data/ct_rate_nc_sa/ct_clip_text_classifier/train.csv``."""
-    from ctrag.retrieval.label_model import LabelModel
+    """The project's label extractor (:class:`ctrag.labels.LabelExtractor`, the strongest one it has: val
+    macro-F1 0.95) fitted on a labelled CSV, e.g. the 800 shipped CT-RATE reports in
+    ``sample_data/ct_rate_nc_sa/ct_clip_text_classifier/train.csv``.
 
-    texts, labels = read_labelled_reports(train_csv)
-    return LabelModel.fit(texts, labels, seed=seed)
+    A ``train.csv`` in a CT-CLIP classifier folder is read with its patient ids (cross-validation folds, and
+    patients shared with ``val.csv`` left out, as ``ctrag labels`` does); any other CSV with the 18 label
+    columns is fitted with each report as its own group.
+    """
+    from ctrag.labels.ct_rate import fit_on_train
+    from ctrag.labels.extractor import LabelExtractor
+
+    path = Path(train_csv)
+    if path.name == "train.csv" and (path.parent / "map_train_classifier.csv").is_file():
+        return fit_on_train(path.parent, seed=seed)
+    texts, labels = read_labelled_reports(path)
+    return LabelExtractor.fit(texts, labels, seed=seed)
 
 
 def label_extractor_quality(
-    extractor: LabelExtractor, val_csv: str | os.PathLike[str], threshold: float = 0.5
+    extractor: LabelExtractor, val_csv: str | os.PathLike[str], threshold: float | None = None
 ) -> dict[str, float]:
     """How well the label extractor reads labels from held-out reports: macro-F1 and macro-AUC (labels with both
     classes), micro-F1; the figure that bounds how much a clinical-efficacy score can mean."""
@@ -255,7 +288,7 @@ def label_extractor_quality(
 
     texts, y = read_labelled_reports(val_csv)
     prob = np.asarray(extractor.predict_proba(texts), dtype=np.float64)
-    pred = (prob >= threshold).astype(int)
+    pred = (prob >= label_thresholds(extractor, threshold)[None, :]).astype(int)
     cols = [j for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]
     present = [j for j in range(y.shape[1]) if y[:, j].any() or pred[:, j].any()]
     return {
