@@ -320,8 +320,44 @@ class TrainDiffusionConfig(TrainConfig):
 
 
 @dataclass
+class TrainDataConfig:
+    """Where a latent-flow training reads its crops from.
+
+    ``memory`` (today's path) loads every training CT and encodes a bank of ``bank_crops`` crops in RAM, which is
+    fine for the shipped corpus and impossible at CT-RATE scale (~3.4 TiB for 27,514 volumes). ``cache``
+    preprocesses the corpus once into a sharded on-disk latent cache (``training/latent_cache.py``) and streams
+    crops from it with DataLoader workers, so memory does not grow with the corpus."""
+
+    source: Literal["memory", "cache"] = "memory"
+    cache_dir: str | None = None
+    """Cache folder; None = ``<run>/latent_cache``. A cache built with another VAE, text encoder or
+    preprocessing is refused, never reused."""
+    shard_cases: int = 8
+    """Cases per shard: the unit of resumption and of checksumming."""
+    num_workers: int = 0
+    """DataLoader worker processes reading shards (0 = in the training process)."""
+    sampling: Literal["bank", "fresh"] = "bank"
+    """``bank``: ``bank_crops`` crop positions drawn once with the memory path's random draws, each step picks
+    from them (reproduces the memory path's loss curve when crops equal the volume); ``fresh``: new random
+    crops every step (what a large corpus needs: a fixed bank would never see most volumes)."""
+
+    def __post_init__(self) -> None:
+        if self.shard_cases < 1 or self.num_workers < 0:
+            raise ConfigError("train data: shard_cases must be >= 1 and num_workers >= 0")
+
+
+@dataclass
 class TrainControlNetConfig(TrainDiffusionConfig):
-    pass
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.data.source == "cache" and self.flip_prob > 0:
+            # a flipped latent is not the latent of the flipped CT, and mirrored latents are not cached
+            raise ConfigError(
+                "train_controlnet: data.source 'cache' does not flip in x (cached latents are not mirrored); "
+                "set flip_prob 0 or use data.source 'memory'"
+            )
 
 
 @dataclass

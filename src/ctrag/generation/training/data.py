@@ -100,17 +100,7 @@ def load_training_cases(
 ) -> list[TrainingCase]:
     """Load the training split's CTs into image space, with label maps and text embeddings when asked."""
     cases = select_training_cases(corpus, splits, held_out=held_out)
-    out: list[TrainingCase] = []
-    for case in cases:
-        assert case.volume_path is not None
-        ct = load_volume(case.volume_path)
-        image, affine = ct_to_space(ct, space, min_shape)
-        item = TrainingCase(case_id=case.case_id, image=image, affine=affine)
-        if label_set is not None:
-            item.labels, item.mask_origin = _case_labels(
-                case, ct, image.shape, affine, label_set, mask_from, segment_config
-            )
-        out.append(item)
+    out = [load_training_case(c, space, min_shape, label_set, mask_from, segment_config) for c in cases]
     if encoder is not None:
         texts = [(i, c.report_text) for i, c in enumerate(cases) if c.has_report and c.report_source != "none"]
         if texts:
@@ -123,6 +113,28 @@ def load_training_cases(
         ", ".join(f"{c.case_id} {c.image.shape} text={c.text_source} mask={c.mask_origin or '-'}" for c in out),
     )
     return out
+
+
+def load_training_case(
+    case: Case,
+    space: PreprocessConfig,
+    min_shape: tuple[int, int, int],
+    label_set: str | None,
+    mask_from: MaskFrom,
+    segment_config: Any | None,
+) -> TrainingCase:
+    """One case's CT in image space with its label map (no text): the unit both the in-memory path and the
+    latent cache build (``latent_cache.py``, one case at a time) load."""
+    if case.volume_path is None:
+        raise DataValidationError(f"case {case.case_id} has no CT volume")
+    ct = load_volume(case.volume_path)
+    image, affine = ct_to_space(ct, space, min_shape)
+    item = TrainingCase(case_id=case.case_id, image=image, affine=affine)
+    if label_set is not None:
+        item.labels, item.mask_origin = _case_labels(
+            case, ct, image.shape, affine, label_set, mask_from, segment_config
+        )
+    return item
 
 
 def _case_labels(

@@ -139,10 +139,15 @@ def flow_prepare_batch(
             "target": sampler.velocity_target(x0, noise).to(dev, memory_format=memory_format),
             "unet_extra": extra_unet_inputs(config.diffusion, b, config.preprocess.spacing, dev),
         }
-        if contexts is not None:
-            ci = batch["case_index"]
-            drop = (torch.rand(b, generator=gen) < cfg.text_dropout) | ~has_text[ci]
-            out["context"] = contexts[ci].to(dev)
+        if "context" in batch:  # streamed batches carry their own embeddings (no per-corpus table)
+            ctx, text = batch["context"], batch["has_text"]
+        elif contexts is not None:
+            ctx, text = contexts[batch["case_index"]], has_text[batch["case_index"]]
+        else:
+            ctx = None
+        if ctx is not None:
+            drop = (torch.rand(b, generator=gen) < cfg.text_dropout) | ~text
+            out["context"] = ctx.to(dev)
             out["drop"] = drop.to(dev)
         if with_mask:
             mask_input = encode_mask(

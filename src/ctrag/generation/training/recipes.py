@@ -59,10 +59,22 @@ from ctrag.generation.training.engine import (
     setup_distributed,
     write_log,
 )
+from ctrag.generation.training.latent_cache import (
+    BuildReport,
+    LatentCache,
+    build_latent_cache,
+    cache_config,
+    case_sources,
+    corpus_sources,
+    make_cache_key,
+)
 from ctrag.generation.training.objectives import FlowObjective, VAEObjective, flow_prepare_batch, vae_prepare_batch
+from ctrag.generation.training.streaming import CropDrawer, LatentCropDataset, StreamingBatches
 from ctrag.utils.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
+
+CACHE_DIR = "latent_cache"
 
 
 def train_vae(
@@ -189,11 +201,23 @@ def train_controlnet(
         p.requires_grad_(False)
     unet.eval()
     _check_same_encoder(run, encoder)
-    cases = _flow_cases(corpus, cases, config, cfg, encoder, mask_from, segment_config, "the ControlNet")
-    if any(c.labels is None for c in cases):
-        raise InvalidInputError("ControlNet training needs a label map for every training case")
     report = progress if dist.is_main else None
-    bank, _, contexts, has_text = _flow_data(run, vae, cases, config, cfg, mask_from, device, report)
+    stream: StreamingBatches | None = None
+    if cfg.data.source == "cache":
+        stream, cache, build = _controlnet_stream(
+            run, vae, corpus, cases, config, encoder, mask_from, segment_config, device, report
+        )
+        case_ids, data_key = [e.case_id for e in cache.entries], cache.content_key
+        mask_origins = cache.mask_origins
+        flow = _FlowData(None, None, torch.zeros(0, dtype=torch.bool), scale_factor, True, batches=stream)
+    else:
+        cases = _flow_cases(corpus, cases, config, cfg, encoder, mask_from, segment_config, "the ControlNet")
+        if any(c.labels is None for c in cases):
+            raise InvalidInputError("ControlNet training needs a label map for every training case")
+        bank, _, contexts, has_text = _flow_data(run, vae, cases, config, cfg, mask_from, device, report)
+        case_ids, data_key = [c.case_id for c in cases], None
+        mask_origins = {c.case_id: c.mask_origin for c in cases}
+        flow = _FlowData(bank, contexts, has_text, scale_factor, with_mask=True)
     del vae
     label_set = config.controlnet.label_set
     with seeded_init(cfg.seed):
@@ -206,13 +230,30 @@ def train_controlnet(
         "controlnet": config_to_dict(config.controlnet),
         "unet": component_hash(run / UNET_DIR),
         "vae": component_hash(run / VAE_DIR),
-        "cases": [c.case_id for c in cases],
+        "cases": case_ids,
         "mask_from": mask_from,
     }
+    if data_key is not None:
+        run_key["latent_cache"] = data_key
     out = run / CONTROLNET_DIR
-    flow = _FlowData(bank, contexts, has_text, scale_factor, with_mask=True)
-    loop, result, _ = _run_flow(objective, config, cfg, flow, out, run_key, progress, prepare_batch, resume, stop_after)
-    result.info["mask_origins"] = {c.case_id: c.mask_origin for c in cases}
+    try:
+        loop, result, _ = _run_flow(
+            objective, config, cfg, flow, out, run_key, progress, prepare_batch, resume, stop_after
+        )
+    finally:
+        if stream is not None:
+            stream.close()
+    result.info["mask_origins"] = mask_origins
+    if stream is not None:
+        result.info["latent_cache"] = {
+            "dir": str(cache.root),
+            "cases": len(cache),
+            "shards_built": build.built,
+            "shards_reused": build.reused,
+            "skipped": build.skipped,
+            "sampling": cfg.data.sampling,
+            "num_workers": cfg.data.num_workers,
+        }
     result.info["flip"] = flip_record(cfg, label_set, config.diffusion.with_conditioning)
     if dist.is_main and result.steps == cfg.total_steps:
         meta = {
@@ -256,13 +297,14 @@ def _run(
 
 @dataclass
 class _FlowData:
-    """What a latent-flow training draws its batches from."""
+    """What a latent-flow training draws its batches from: the in-memory bank, or ``batches`` (streamed)."""
 
-    bank: LatentBank
+    bank: LatentBank | None
     contexts: torch.Tensor | None
     has_text: torch.Tensor
     scale_factor: float
     with_mask: bool
+    batches: MakeBatch | None = None
 
 
 def _run_flow(
@@ -279,7 +321,11 @@ def _run_flow(
 ) -> tuple[TrainLoop, TrainResult, RectifiedFlowSampler]:
     """The loop of a latent-flow training: bank batches, flow-loss preparation with the preset's schedule."""
     sampler = RectifiedFlowSampler.from_config(config.sampler.scheduler)
-    make_batch = bank_batches(flow.bank, cfg.batch_size, flow.with_mask)
+    if flow.batches is not None:
+        make_batch = flow.batches
+    else:
+        assert flow.bank is not None
+        make_batch = bank_batches(flow.bank, cfg.batch_size, flow.with_mask)
     prepare = prepare_batch or flow_prepare_batch(
         config, cfg, flow.contexts, flow.has_text, sampler, flow.scale_factor, flow.with_mask, _memory_format(cfg)
     )
@@ -333,6 +379,54 @@ def _flow_data(
     dim = config.diffusion.cross_attention_dim if config.diffusion.with_conditioning else None
     has_text = torch.tensor([c.context is not None for c in cases])
     return bank, dim, text_contexts(cases, dim), has_text
+
+
+def _controlnet_stream(
+    run: Path,
+    vae: nn.Module,
+    corpus: Corpus | Sequence[Case] | None,
+    cases: list[TrainingCase] | None,
+    config: GeneratorConfig,
+    encoder: Any | None,
+    mask_from: str,
+    segment_config: Any | None,
+    device: torch.device,
+    progress: ProgressFn | None,
+) -> tuple[StreamingBatches, LatentCache, BuildReport]:
+    """Build (or finish) the latent cache of the training split, then stream ControlNet batches from it."""
+    cfg = config.train_controlnet
+    label_set = config.controlnet.label_set
+    text = config.diffusion.with_conditioning
+    settings = cache_config(config.preprocess, cfg.crop_shape, label_set, mask_from, config.vae.downsample,
+                            segment_config)  # fmt: skip
+    key = make_cache_key(component_hash(run / VAE_DIR), encoder if text else None, settings)
+    if cases is not None:
+        sources = case_sources(cases)
+    elif corpus is not None:
+        sources = corpus_sources(
+            corpus, config.preprocess, splits=cfg.splits, min_shape=cfg.crop_shape, label_set=label_set,
+            mask_from=mask_from, segment_config=segment_config, held_out=config.held_out, with_text=text,  # type: ignore[arg-type]
+        )  # fmt: skip
+    else:
+        raise InvalidInputError("training needs a corpus or preloaded cases")
+    config.held_out.check_case_ids([s.case_id for s in sources], "the ControlNet")
+    root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run / CACHE_DIR
+    dim = config.diffusion.cross_attention_dim if text else None
+    build = BuildReport()
+    dist, _ = setup_distributed(cfg.device)
+    if dist.is_main:
+        build = build_latent_cache(root, sources, vae, key, settings, shard_cases=cfg.data.shard_cases,
+                                   encoder=encoder if text else None, text_dim=dim, device=device,
+                                   progress=progress)  # fmt: skip
+    if dist.world_size > 1:
+        torch.distributed.barrier()
+    cache = LatentCache(root, key)
+    drawer = CropDrawer(cache, cfg.crop_shape, cfg.batch_size, sampling=cfg.data.sampling,
+                        bank_crops=cfg.bank_crops, seed=cfg.seed)  # fmt: skip
+    dataset = LatentCropDataset(cache, drawer.latent_crop, with_text=text)
+    stream = StreamingBatches(dataset, drawer, seed=cfg.seed, total_steps=cfg.total_steps, rank=dist.rank,
+                              num_workers=cfg.data.num_workers)  # fmt: skip
+    return stream, cache, build
 
 
 def _check_same_encoder(run: Path, encoder: Any | None) -> None:
