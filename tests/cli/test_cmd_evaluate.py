@@ -100,3 +100,26 @@ def test_evaluate_generation_config_errors(tmp_path: Path, ct_corpus_dir: Path, 
     assert code == 2 and "telepathy" in capsys.readouterr().err
     code = main(["evaluate", "generation", "--out", str(tmp_path), "--corpus", str(ct_corpus_dir), "--no-progress"])
     assert code == 2 and "evaluation.pipeline" in capsys.readouterr().err
+
+
+def test_evaluate_reports_protocols(tmp_path: Path, ct_rate_dir: Path, capsys) -> None:
+    with open(ct_rate_dir / "val.csv", encoding="utf-8") as fh:
+        texts = [row["report_text"] for row in csv.DictReader(fh)][:3]
+    refs, hyps, out = tmp_path / "refs.jsonl", tmp_path / "hyps.jsonl", tmp_path / "res"
+    refs.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)))
+    hyps.write_text("".join(json.dumps({"id": str(i), "text": texts[0]}) + "\n" for i in range(3)))
+    base = ["evaluate", "reports", "--refs", str(refs), "--hyps", str(hyps), "--out", str(out)]
+    assert main([*base, "--protocol", "reg2rg", "--no-meteor"]) == 0
+    record = json.loads((out / "report_metrics.json").read_text())
+    table = (out / "report_metrics.md").read_text()
+    assert record["protocol"] == "reg2rg" and "protocol reg2rg" in table and "NLTK METEOR" in table
+    assert 0.0 < record["bleu_4"] < 1.0 and "per-report mean ± sd" in table
+    assert record["per_report"]["bleu_4"]["sd"] > 0  # one exact pair, two mismatched ones
+    capsys.readouterr()
+    assert main([*base, "--protocol", "wer"]) == 2
+    err = capsys.readouterr().err
+    assert "--protocol 'wer'" in err and "coco, reg2rg" in err and "Traceback" not in err
+    (tmp_path / "empty").mkdir()
+    assert main([*base, "--protocol", "reg2rg", "--nltk-data", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "corpora/wordnet" in err and "Traceback" not in err

@@ -22,6 +22,12 @@ from ctrag.errors import InvalidInputError
 from ctrag.utils.atomic import atomic_write_text
 
 DEFAULT_CTCLIP_DIR = Path("sample_data/ct_rate_nc_sa/ct_clip_text_classifier")
+PROTOCOL_NAMES = {
+    "coco": "coco (pycocoevalcap BLEU/ROUGE-L/CIDEr on lower-cased alphanumeric tokens, Java METEOR 1.5, "
+    "rouge-score ROUGE-1/2)",
+    "reg2rg": "reg2rg (Reg2RG's HF evaluate: 13a-token corpus BLEU smooth=True, NLTK METEOR, rouge_score "
+    "ROUGE-1/2/L on raw text, pycocoevalcap CIDEr on raw text; corpus METEOR/ROUGE/CIDEr = per-report means)",
+}
 
 
 @evaluate_app.command("retrieval")
@@ -194,7 +200,24 @@ def evaluate_reports_command(
     label_val: Annotated[
         Path | None, typer.Option("--label-val", help="Labelled CSV on which to report the label model's quality.")
     ] = None,
-    meteor: Annotated[bool, typer.Option("--meteor/--no-meteor", help="Compute METEOR (starts Java).")] = True,
+    meteor: Annotated[
+        bool, typer.Option("--meteor/--no-meteor", help="Compute METEOR (coco: starts Java; reg2rg: NLTK data).")
+    ] = True,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            "--protocol",
+            help="Metric implementations: coco (pycocoevalcap + METEOR 1.5, default) or reg2rg (Reg2RG's HF-evaluate "
+            "BLEU, NLTK METEOR, rouge_score; corpus and per-report mean ± sd). See docs/report_metrics.md.",
+        ),
+    ] = "coco",
+    nltk_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--nltk-data",
+            help="nltk_data folder with corpora/wordnet and tokenizers/punkt_tab (reg2rg METEOR; default $NLTK_DATA).",
+        ),
+    ] = None,
     threshold: Annotated[
         float | None,
         typer.Option(
@@ -204,6 +227,7 @@ def evaluate_reports_command(
 ) -> None:
     """BLEU-1..4, METEOR, ROUGE-1/2/L, CIDEr and clinical efficacy of generated reports against references."""
     from ctrag.evaluation.ablation import jsonable
+    from ctrag.evaluation.metric_protocols import PROTOCOLS, load_nltk_data
     from ctrag.evaluation.report_metrics import (
         describe_extractor,
         evaluate_reports,
@@ -211,6 +235,10 @@ def evaluate_reports_command(
         label_extractor_quality,
     )
 
+    if protocol not in PROTOCOLS:
+        raise InvalidInputError(f"--protocol {protocol!r}: unknown; choose one of {', '.join(PROTOCOLS)}")
+    if protocol == "reg2rg" and meteor:
+        load_nltk_data(nltk_data)  # fail on missing WordNet/Punkt before any scoring
     refs = read_text_table(references, id_column, text_column)
     hyps = read_text_table(hypotheses, id_column, text_column)
     missing = sorted(set(refs) - set(hyps))
@@ -227,7 +255,13 @@ def evaluate_reports_command(
         extractor = fit_label_extractor(fit_labels)
     quality = label_extractor_quality(extractor, label_val, threshold) if extractor and label_val else None
     scores = evaluate_reports(
-        [refs[i] for i in ids], [hyps[i] for i in ids], label_extractor=extractor, threshold=threshold, meteor=meteor
+        [refs[i] for i in ids],
+        [hyps[i] for i in ids],
+        label_extractor=extractor,
+        threshold=threshold,
+        meteor=meteor,
+        protocol=protocol,
+        nltk_data=nltk_data,
     )
     record = jsonable(
         {**scores.as_dict(), "label_extractor": describe_extractor(extractor), "label_extractor_quality": quality}
@@ -235,9 +269,19 @@ def evaluate_reports_command(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "report_metrics.json", json.dumps(record, indent=2) + "\n")
     names = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_1", "rouge_2", "rouge_l", "cider")
-    header = "| " + " | ".join(n.upper().replace("_", "-") for n in names) + " |"
+    header = "| | " + " | ".join(n.upper().replace("_", "-") for n in names) + " |"
     values = "| " + " | ".join("n/a" if record[n] is None else f"{record[n]:.4f}" for n in names) + " |"
-    lines = [f"# Report metrics ({len(ids)} reports)", "", header, "|" + "---|" * len(names), values, ""]
+    lines = [
+        f"# Report metrics ({len(ids)} reports, protocol {protocol})",
+        "",
+        f"Protocol: {PROTOCOL_NAMES[protocol]}",
+        "",
+    ]
+    lines += [header, "|---|" + "---|" * len(names), "| corpus " + values, ""]
+    if record.get("per_report"):
+        per = record["per_report"]
+        cells = ["n/a" if n not in per else f"{per[n]['mean']:.4f} ± {per[n]['sd']:.4f}" for n in names]
+        lines[-2:-1] = [lines[-2], "| per-report mean ± sd | " + " | ".join(cells) + " |"]
     if record.get("clinical_efficacy"):
         ce = record["clinical_efficacy"]
         lines += ["Clinical efficacy: " + ", ".join(f"{k} {v:.4f}" for k, v in ce.items() if v is not None), ""]

@@ -61,6 +61,8 @@ class ReportScores:
     n_reports: int
     clinical_efficacy: dict[str, float] | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    protocol: str = "coco"
+    per_report: dict[str, dict[str, float]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -202,22 +204,38 @@ def evaluate_reports(
     label_extractor: LabelExtractor | None = None,
     threshold: float | None = None,
     meteor: bool = True,
+    protocol: str = "coco",
+    nltk_data: str | os.PathLike[str] | None = None,
 ) -> ReportScores:
-    """All report metrics for paired reference/generated reports."""
+    """All report metrics for paired reference/generated reports, with the language metrics of ``protocol``:
+    ``coco`` (this module's) or ``reg2rg`` (:func:`ctrag.evaluation.metric_protocols.reg2rg_scores`; its
+    METEOR reads WordNet and Punkt from ``nltk_data``, else ``$NLTK_DATA`` / NLTK's default folders)."""
+    from ctrag.evaluation.metric_protocols import PROTOCOLS, load_nltk_data, reg2rg_scores
+
+    if protocol not in PROTOCOLS:
+        raise InvalidInputError(f"unknown metric protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     _check_pairs(references, hypotheses)
     notes: dict[str, str] = {}
-    coco = coco_scores(references, hypotheses)
-    rouge = rouge_n_scores(references, hypotheses)
+    per_report = None
     met: float | None = None
-    if meteor:
-        ok, why = meteor_available()
-        if ok:
-            met = meteor_score(references, hypotheses)[0]
-        else:
-            notes["meteor"] = f"not computed: {why}"
-            logger.warning("METEOR not computed: %s", why)
+    if protocol == "reg2rg":
+        data = load_nltk_data(nltk_data) if meteor else None
+        coco_like, per_report, notes = reg2rg_scores(references, hypotheses, nltk_data=data)
+        coco = {k: float(v) for k, v in coco_like.items() if v is not None and k != "meteor"}
+        rouge = {"rouge_1": coco["rouge_1"], "rouge_2": coco["rouge_2"]}
+        met = coco_like.get("meteor")
     else:
-        notes["meteor"] = "not computed: disabled by the caller"
+        coco = coco_scores(references, hypotheses)
+        rouge = rouge_n_scores(references, hypotheses)
+        if not meteor:
+            notes["meteor"] = "not computed: disabled by the caller"
+        else:
+            ok, why = meteor_available()
+            if ok:
+                met = meteor_score(references, hypotheses)[0]
+            else:
+                notes["meteor"] = f"not computed: {why}"
+                logger.warning("METEOR not computed: %s", why)
     ce = None
     if label_extractor is not None:
         ce = clinical_efficacy(
@@ -239,6 +257,8 @@ def evaluate_reports(
         n_reports=len(references),
         clinical_efficacy=ce,
         notes=notes,
+        protocol=protocol,
+        per_report=per_report,
     )
 
 
