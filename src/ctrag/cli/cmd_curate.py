@@ -22,7 +22,9 @@ def curate_command(
         Path, typer.Argument(help="CT-CLIP classifier folder; its train.csv reports (with 18 labels) are curated.")
     ] = DEFAULT_DATA_DIR,
     fraction: Annotated[float, typer.Option("--fraction", "-f", help="Share of the train reports to keep.")] = 0.25,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the subset (case ids + figures) as JSON.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the subset (case ids + figures) as JSON.")
+    ] = None,
     diversity: Annotated[
         float, typer.Option(help="Weight of k-center report diversity vs label rarity when filling (0..1).")
     ] = 0.5,

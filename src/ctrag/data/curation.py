@@ -88,7 +88,7 @@ def curate(
     ``embeddings`` (n, d), e.g. report vectors, drive the diversity term; without them only rarity counts.
     """
     y, emb = _check(labels, embeddings, fraction, diversity)
-    n, n_labels = y.shape
+    n = len(y)
     budget = max(1, math.ceil(fraction * n))
     rng = np.random.default_rng(seed)
     jitter = rng.random(n) * 1e-9  # seeded tie-break, far below any real score difference

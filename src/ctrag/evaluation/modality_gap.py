@@ -20,12 +20,18 @@ own centroid (and re-normalise), which removes the gap vector by construction.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ctrag.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from ctrag.data.case import Case
+    from ctrag.encoders.base import Encoder
 
 #: Uniformity uses every distinct pair up to this many rows; larger sets are subsampled (seeded) to bound cost.
 MAX_UNIFORMITY_ROWS = 2000
@@ -141,4 +147,43 @@ def paired_recall(a: Any, b: Any, ks: tuple[int, ...] = (1, 5)) -> dict[str, flo
     return out
 
 
-__all__ = ["ModalityGap", "centre_modalities", "modality_gap", "paired_recall", "uniformity"]
+def encoder_modality_gap(encoder: Encoder, cases: Sequence[Case]) -> dict[str, Any]:
+    """The diagnostic of a shared-space encoder on the cases that have both a CT and a report.
+
+    What the pairs are is part of the answer (``pair_sources``): in the shipped data every CT's text is an
+    annotation-derived caption, not its radiologist report, and figures on such pairs must say so.
+    """
+    from ctrag.encoders.preprocess import load_prepared
+
+    if not encoder.supports_volume:
+        raise InvalidInputError(
+            f"encoder {encoder.name!r} has no volume side; the modality gap needs a shared-space encoder "
+            "(a folder written by `ctrag train encoder`)"
+        )
+    pairs = [c for c in cases if c.has_volume and c.has_report]
+    if len(pairs) < 2:
+        raise InvalidInputError(f"modality gap: need at least 2 cases with a CT and a report, found {len(pairs)}")
+    preprocess = getattr(encoder, "preprocess", None)
+    if preprocess is None:
+        raise InvalidInputError(f"encoder {encoder.name!r} does not say how to preprocess a CT")
+    vols = []
+    for case in pairs:
+        assert case.volume_path is not None
+        rescale = case.extra.get("rescale") if case.extra.get("rescale_applied") else None
+        prepared = load_prepared(case.volume_path, preprocess, rescale=rescale)
+        vols.append(encoder.encode_volume(prepared.tensor[None])[0])
+    ct = np.stack(vols)
+    text = encoder.encode_text([c.report_text for c in pairs])
+    gap = modality_gap(ct, text)
+    ks = tuple(k for k in (1, 5) if k <= len(pairs))
+    return {
+        "pairs": len(pairs),
+        "pair_sources": dict(Counter(c.report_source for c in pairs)),
+        "case_ids": [c.case_id for c in pairs],
+        "modality_gap": gap.to_dict(),
+        "ct_to_text": paired_recall(ct, text, ks=ks),
+        "encoder": {"name": encoder.name, "fingerprint": encoder.fingerprint},
+    }
+
+
+__all__ = ["ModalityGap", "centre_modalities", "encoder_modality_gap", "modality_gap", "paired_recall", "uniformity"]
