@@ -123,3 +123,40 @@ def test_evaluate_reports_protocols(tmp_path: Path, ct_rate_dir: Path, capsys) -
     assert main([*base, "--protocol", "reg2rg", "--nltk-data", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert "corpora/wordnet" in err and "Traceback" not in err
+
+
+def test_cli_evaluate_retrieval_reports_the_modality_gap_of_a_shared_space_encoder(
+    ct_rate_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ct_cases, capsys
+) -> None:
+    from dataclasses import replace
+
+    from ctrag.cli import _shared
+    from ctrag.data.case import Corpus
+    from ctrag.encoders.clip import SharedSpaceEncoder
+    from tests.encoders.conftest import PRE, SMALL, make_tower
+
+    data = tmp_path / "data"
+    _write_subset(ct_rate_dir, data, 60, 8)
+    with open(data / "train.csv", encoding="utf-8", newline="") as fh:
+        texts = [row["report_text"] for row in csv.DictReader(fh)]
+    lsa = LsaEncoder(texts, dim=32)
+    shared = SharedSpaceEncoder(lsa, make_tower(cfg=replace(SMALL, embed_dim=32)), PRE)
+    monkeypatch.setattr(_shared, "load_encoder", lambda name, w, d: shared if name == "tower-dir" else lsa)
+    corpus = tmp_path / "corpus"
+    Corpus(ct_cases).save(corpus)
+    args = ["evaluate", "retrieval", str(data), "--bootstrap", "50", "--no-ablations", "--no-progress",
+            "--set", "cv_folds=2", "--gap-corpus", str(corpus)]  # fmt: skip
+    out = tmp_path / "out"
+    assert main([*args, "--out", str(out), "--encoder", "tower-dir"]) == 0
+    record = json.loads((out / "modality_gap.json").read_text())
+    assert record["pairs"] == len(ct_cases) and record["pair_sources"] == {"annotation-derived": len(ct_cases)}
+    gap = record["modality_gap"]
+    # an untrained tower is nowhere near the report vectors: a large gap, matched pairs far apart
+    assert gap["gap_norm"] > 0.2 and gap["alignment"] > 0.5
+    assert "--gap-corpus" in record["command"]
+    assert "not all CTs with their own radiologist report" in capsys.readouterr().out
+
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "o2")]) == 2  # text-only encoder: refused before any work
+    assert "volume side" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()

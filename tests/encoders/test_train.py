@@ -120,3 +120,25 @@ def test_augment_crops_and_flips_only_allowed_axes():
     assert bool((out[0, 0, 1:, 0] < out[0, 0, :-1, 0]).all())  # axis 1 mirrored
     same = augment(vol, cfg, torch.Generator().manual_seed(0))
     assert torch.equal(out, same)
+
+
+def test_gap_penalty_shrinks_the_modality_gap_at_equal_epochs(ct_cases, tiny_tower_json, minilm, tmp_path):
+    from ctrag.encoders.train import centroid_gap_penalty
+
+    gaps = {}
+    for weight in (0.0, 1.0):
+        out = tmp_path / f"w{weight}"
+        train_encoder(ct_cases, out, _cfg(tiny_tower_json, gap_weight=weight),
+                      load_preprocess_config("tiny-cpu"), text_encoder=minilm)  # fmt: skip
+        summary = json.loads((out / "train_summary.json").read_text())
+        assert summary["gap_weight"] == weight
+        gaps[weight] = (
+            summary["train_modality_gap_before"]["gap_norm"],
+            summary["train_modality_gap_after"]["gap_norm"],
+        )
+    assert gaps[0.0][0] == pytest.approx(gaps[1.0][0])  # same seed, same untrained tower
+    assert gaps[1.0][1] < 0.5 * gaps[0.0][1]
+    x = torch.nn.functional.normalize(torch.randn(6, 5), dim=-1)
+    assert float(centroid_gap_penalty(x, x)) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="gap_weight"):
+        EncoderTrainConfig(gap_weight=-1.0)

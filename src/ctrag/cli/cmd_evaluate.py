@@ -59,6 +59,14 @@ def evaluate_retrieval_command(
     ablations: Annotated[bool, typer.Option("--ablations/--no-ablations", help="Also fit ablations.")] = True,
     device: Annotated[str, typer.Option(help="Device for the encoder (cpu, cuda, ...).")] = "cpu",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    gap_corpus: Annotated[
+        Path | None,
+        typer.Option(
+            "--gap-corpus",
+            help="Corpus (`ctrag ingest`) whose CT + report cases measure the modality gap of a shared-space "
+            "--encoder; writes OUT/modality_gap.json.",
+        ),
+    ] = None,
 ) -> None:
     """Label and text agreement of retrieved reports: default retriever vs random, TF-IDF, BM25, MiniLM, oracle."""
     from ctrag.encoders.cache import memo_encoder
@@ -75,6 +83,10 @@ def evaluate_retrieval_command(
     retrieval_cfg = load_config(RetrievalConfig, config, section="retrieval")
     dataset = load_ctclip_eval_data(data)
     enc = _shared.load_encoder(encoder, weights, device)
+    if gap_corpus is not None and not enc.supports_volume:
+        raise InvalidInputError(
+            f"--gap-corpus needs an encoder with a volume side (a `ctrag train encoder` folder); {encoder!r} has none"
+        )
 
     with progress_bar(progress) as bar:
         report = stage_callback(bar)
@@ -122,7 +134,31 @@ def evaluate_retrieval_command(
         console.print(f"label model on queries: macro-F1 {lm['macro_f1']:.3f}, macro AUC {lm['macro_auc']:.3f}")
     for note in result.setup.get("notes", []):
         console.print(f"[dim]note: {note}[/]")
+    if gap_corpus is not None:
+        written.append(_modality_gap(enc, gap_corpus, out, command + f" --gap-corpus {shlex.quote(str(gap_corpus))}"))
+    elif enc.supports_volume:
+        console.print("[dim]note: the encoder has a volume side; add --gap-corpus CORPUS for its modality gap[/]")
     console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+def _modality_gap(enc: Any, corpus: Path, out: Path, command: str) -> Path:
+    from ctrag.data.case import Corpus
+    from ctrag.evaluation.modality_gap import encoder_modality_gap
+
+    record = encoder_modality_gap(enc, Corpus.load(corpus))
+    gap, recall = record["modality_gap"], record["ct_to_text"]
+    kinds = ", ".join(f"{k}: {v}" for k, v in sorted(record["pair_sources"].items()))
+    console.print(
+        f"modality gap on {record['pairs']} CT-text pairs ({kinds}): gap norm {gap['gap_norm']:.3f}, centroid "
+        f"cosine distance {gap['centroid_cosine_distance']:.3f}, alignment {gap['alignment']:.3f}, uniformity "
+        f"CT {gap['uniformity_a']:.3f} / text {gap['uniformity_b']:.3f}, CT->text recall@1 {recall['recall@1']:.2f}"
+    )
+    if set(record["pair_sources"]) - {"radiologist"}:
+        console.print("[yellow]note:[/] pairs are not all CTs with their own radiologist report (see pair_sources)")
+    path = out / "modality_gap.json"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({**record, "command": command}, indent=2) + "\n")
+    return path
 
 
 @evaluate_app.command("generation")

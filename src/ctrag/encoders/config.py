@@ -35,6 +35,10 @@ class EncoderTrainConfig:
     grad_clip: float = 1.0
     checkpoint_every: int = 1
     device: str = "cpu"
+    #: Weight of a modality-gap penalty added to InfoNCE: the squared distance between the batch's CT centroid
+    #: and its report centroid (``ctrag.evaluation.modality_gap``). 0 turns it off. InfoNCE alone only asks
+    #: pairs to be closer than non-pairs, so the CT cloud can stay offset from the (frozen) report cloud.
+    gap_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 2:
@@ -46,6 +50,8 @@ class EncoderTrainConfig:
             raise ValueError("EncoderTrainConfig: crop_fraction must be in (0, 1] and flip_prob in [0, 1]")
         if any(a not in (0, 1, 2) for a in self.flip_axes):
             raise ValueError(f"EncoderTrainConfig: flip_axes must be among 0, 1, 2, got {self.flip_axes}")
+        if self.gap_weight < 0:
+            raise ValueError(f"EncoderTrainConfig: gap_weight must be >= 0, got {self.gap_weight}")
         if self.views_per_case < 1 or self.checkpoint_every < 1:
             raise ValueError("EncoderTrainConfig: views_per_case and checkpoint_every must be >= 1")
 

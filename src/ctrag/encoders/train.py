@@ -154,6 +154,27 @@ def train_retrieval(
     }
 
 
+def centroid_gap_penalty(volume_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+    """Squared norm of (CT centroid - report centroid) of one batch, both sides L2-normalised first."""
+    txt = F.normalize(text_emb.to(volume_emb.dtype), dim=-1)
+    return (F.normalize(volume_emb, dim=-1).mean(dim=0) - txt.mean(dim=0)).pow(2).sum()
+
+
+@torch.no_grad()
+def train_modality_gap(
+    model: VolumeTextCLIP, volumes: Sequence[torch.Tensor], text_emb: torch.Tensor, device: str
+) -> dict[str, Any]:
+    """The modality-gap diagnostic of the training pairs (CT vectors vs their caption vectors)."""
+    from ctrag.evaluation.modality_gap import modality_gap
+
+    was_training = model.training
+    model.eval()
+    vol = torch.cat([F.normalize(model.tower(v[None].to(device)), dim=-1).cpu() for v in volumes])
+    if was_training:
+        model.train()
+    return modality_gap(vol.numpy(), F.normalize(text_emb, dim=-1).numpy()).to_dict()
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
@@ -236,7 +257,7 @@ def train_encoder(
     }
 
     # 5. resume
-    start_epoch, step, epoch_losses, before = 0, 0, [], None
+    start_epoch, step, epoch_losses, before, gap_before = 0, 0, [], None, None
     ckpt_path = out / CHECKPOINT
     if resume and ckpt_path.is_file():
         state = load_checkpoint_file(ckpt_path)
@@ -247,9 +268,11 @@ def train_encoder(
         start_epoch, step = int(state["epoch"]), int(state["step"])
         epoch_losses = [float(x) for x in state["epoch_losses"]]
         before = state.get("retrieval_before")
+        gap_before = state.get("modality_gap_before")
         logger.info("resuming %s from epoch %d", ckpt_path, start_epoch)
     else:
         before = train_retrieval(model, volumes, text_emb, device)
+        gap_before = train_modality_gap(model, volumes, text_emb, device)
 
     # 6. train
     total_epochs = tcfg.epochs
@@ -262,7 +285,10 @@ def train_encoder(
         for batch_idx in _batches(len(items), tcfg.batch_size, generator):
             idx = [items[j] for j in batch_idx]
             vols = torch.stack([augment(volumes[i], tcfg, generator) for i in idx]).to(device)
-            loss, _, _ = model(vols, text_emb[idx].to(device), caption_ids[idx].to(device))
+            batch_text = text_emb[idx].to(device)
+            loss, _, vol_emb = model(vols, batch_text, caption_ids[idx].to(device))
+            if tcfg.gap_weight > 0:
+                loss = loss + tcfg.gap_weight * centroid_gap_penalty(vol_emb, batch_text)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tcfg.grad_clip > 0:
@@ -287,18 +313,23 @@ def train_encoder(
                     "step": step,
                     "epoch_losses": epoch_losses,
                     "retrieval_before": before,
+                    "modality_gap_before": gap_before,
                 },
             )
     model.eval()
 
     # 7. export + summary
     after = train_retrieval(model, volumes, text_emb, device)
+    gap_after = train_modality_gap(model, volumes, text_emb, device)
     summary = {
         "epochs": len(epoch_losses),
         "steps": step,
         "epoch_losses": epoch_losses,
         "train_retrieval_before": before,
         "train_retrieval_after": after,
+        "train_modality_gap_before": gap_before,
+        "train_modality_gap_after": gap_after,
+        "gap_weight": tcfg.gap_weight,
         "n_pairs": len(pairs),
         "report_sources": sources,
         "logit_scale": float(model.logit_scale.detach()),
@@ -381,9 +412,11 @@ __all__ = [
     "TrainResult",
     "TrainingPair",
     "augment",
+    "centroid_gap_penalty",
     "load_preprocess_section",
     "load_training_pairs",
     "select_training_cases",
     "train_encoder",
+    "train_modality_gap",
     "train_retrieval",
 ]
