@@ -23,8 +23,10 @@ from ctrag.utils.atomic import atomic_open
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-ReportSource = Literal["radiologist", "annotation-derived", "none"]
-REPORT_SOURCES: tuple[str, ...] = ("radiologist", "annotation-derived", "none")
+ReportSource = Literal["radiologist", "annotation-derived", "pseudo-paired", "none"]
+# "pseudo-paired": a radiologist's report of *another* study, attached to this CT by retrieval
+# (:mod:`ctrag.data.pseudo_pairs`); ``Case.pairing`` then says how, so it is never mistaken for the CT's own report.
+REPORT_SOURCES: tuple[str, ...] = ("radiologist", "annotation-derived", "pseudo-paired", "none")
 MANIFEST_NAME = "manifest.jsonl"
 
 
@@ -46,6 +48,7 @@ class Case:
     shape: tuple[int, int, int] | None = None
     dataset: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    pairing: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.case_id:
@@ -56,6 +59,13 @@ class Case:
             raise InvalidInputError(
                 f"Case {self.case_id}: report_source must be one of {REPORT_SOURCES}, got {self.report_source!r}"
             )
+        if (self.pairing is not None) != (self.report_source == "pseudo-paired"):
+            raise InvalidInputError(
+                f"Case {self.case_id}: a pseudo-paired report needs its pairing record and a pairing record needs "
+                f"report_source='pseudo-paired' (got report_source={self.report_source!r}, pairing={self.pairing!r})"
+            )
+        if self.pairing is not None and self.pairing.get("kind") != "pseudo":
+            raise InvalidInputError(f"Case {self.case_id}: pairing.kind must be 'pseudo', got {self.pairing!r}")
         if self.labels is not None and len(self.labels) != len(CT_RATE_LABELS):
             raise InvalidInputError(
                 f"Case {self.case_id}: expected {len(CT_RATE_LABELS)} labels, got {len(self.labels)}"
@@ -70,6 +80,10 @@ class Case:
     @property
     def has_report(self) -> bool:
         return bool(self.report_text)
+
+    @property
+    def is_pseudo_pair(self) -> bool:
+        return self.pairing is not None
 
     @property
     def has_volume(self) -> bool:
