@@ -42,13 +42,27 @@ def proxy(folder: Path) -> dict:
                 b = np.array([ty[ti[p.report_case_id]] for p in pairs]).reshape(-1, 18)
                 j = label_jaccard(a, b) if len(pairs) else np.zeros(0)
                 # the random baseline restricted to the same queries, so coverage does not bias the comparison
-                rsub = float(np.mean([label_jaccard(np.repeat(vy[vi[p.ct_case_id]][None], len(ty), 0), ty).mean()
-                                      for p in pairs])) if pairs else float("nan")
-                out["rows"].append({
-                    "query": half, "method": method, "threshold": thr, "pairs": len(pairs),
-                    "jaccard": float(j.mean()) if len(j) else float("nan"), "random_same_queries": rsub,
-                    "random_all": rand, "distinct_reports": len({p.report_case_id for p in pairs}),
-                })
+                rsub = (
+                    float(
+                        np.mean(
+                            [label_jaccard(np.repeat(vy[vi[p.ct_case_id]][None], len(ty), 0), ty).mean() for p in pairs]
+                        )
+                    )
+                    if pairs
+                    else float("nan")
+                )
+                out["rows"].append(
+                    {
+                        "query": half,
+                        "method": method,
+                        "threshold": thr,
+                        "pairs": len(pairs),
+                        "jaccard": float(j.mean()) if len(j) else float("nan"),
+                        "random_same_queries": rsub,
+                        "random_all": rand,
+                        "distinct_reports": len({p.report_case_id for p in pairs}),
+                    }
+                )
     return out
 
 

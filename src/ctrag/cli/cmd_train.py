@@ -133,6 +133,11 @@ def train_encoder_command(
     )
     table.add_row("fingerprint", result.fingerprint)
     console.print(table)
+    if result.report_sources.get("pseudo-paired"):
+        err_console.print(
+            f"[yellow]note:[/] {result.report_sources['pseudo-paired']} training pair(s) are retrieval pseudo pairs "
+            "(`ctrag pair`): the report belongs to another study."
+        )
     if result.report_sources.get("annotation-derived"):
         err_console.print(
             "[yellow]note:[/] training texts include annotation-derived captions (not radiologist reports); "

@@ -240,9 +240,7 @@ def paired_case(ct: Case, report: Case, pair: PseudoPair, space: str) -> Case:
     )
 
 
-def paired_corpus_cases(
-    ct_cases: Sequence[Case], report_cases: Sequence[Case], result: PseudoPairResult
-) -> list[Case]:
+def paired_corpus_cases(ct_cases: Sequence[Case], report_cases: Sequence[Case], result: PseudoPairResult) -> list[Case]:
     """CT cases (paired ones replaced by their pseudo-paired version) for a manifest; reports are not copied."""
     by_ct = {p.ct_case_id: p for p in result.pairs}
     reports = {c.case_id: c for c in report_cases}

@@ -146,6 +146,8 @@ def retrieve_proxy(
         "proxy": origin,
         "report_source": case.report_source,
     }
+    if case.pairing is not None:  # the retrieved case's text was borrowed from another study: say so in provenance
+        record["pairing"] = dict(case.pairing)
     return RetrievedProxy(mask=mask, vocabulary=vocabulary, record=record, body=body)
 
 
