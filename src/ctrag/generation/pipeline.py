@@ -11,6 +11,10 @@ run them, ``__call__``. Its body is a sequence of numbered steps, each handing o
 5. ``denoise``         mask features encoded once, then the rectified-flow loop (batched CFG), reporting progress;
 6. ``decode``          VAE decode (sliding window for large volumes), [0, 1] -> HU.
 
+``generate_batch`` runs the same steps for many reports: 1-3 and the noise per report (each from its own seed), 5
+once over the stacked latents (one UNet/ControlNet pass per step for the whole batch, both CFG halves included), 6
+one volume at a time.
+
 It returns a ``GenerationResult`` holding the volume, its affine, the proxy mask and everything needed to
 reproduce it. Run folders are read and written by ``ctrag.generation.run_folder``; training lives in
 ``ctrag.generation.training`` and is never imported here.
