@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -14,11 +14,21 @@ from ctrag.cli._progress import stage_progress
 from ctrag.cli._shared import ConfigOpt, DeviceOpt, ProgressOpt, SetOpt, ThreadsOpt, check_report, read_report_file
 from ctrag.errors import InvalidInputError
 
+if TYPE_CHECKING:
+    from ctrag.generation.batch import ReportRequest
+    from ctrag.generation.pipeline import GenerationPipeline
+
 
 @app.command("generate")
 def generate_command(
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output CT (.nii.gz); provenance JSON and PNG go beside it.")
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output CT (.nii.gz); provenance JSON and PNG go beside it. With --reports-csv: a folder that "
+            "receives OUT/<id>/ct.nii.gz per report.",
+        ),
     ],
     weights: Annotated[Path, typer.Option("--weights", help="Run folder from `ctrag train` (holds pipeline.json).")],
     report: Annotated[str | None, typer.Option("--report", help="Report text.")] = None,
@@ -55,14 +65,45 @@ def generate_command(
             "same grid, for comparison (and its Dice against the same proxy with --dice).",
         ),
     ] = False,
+    reports_csv: Annotated[
+        Path | None,
+        typer.Option(
+            "--reports-csv",
+            help="CSV of many reports (columns --id-column, --text-column, optional 'seed'); finished outputs "
+            "under --out are skipped, so an interrupted run resumes.",
+        ),
+    ] = None,
+    id_column: Annotated[str, typer.Option("--id-column", help="--reports-csv: the id column.")] = "id",
+    text_column: Annotated[
+        str, typer.Option("--text-column", help="--reports-csv: the report text column.")
+    ] = "report_text",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="--reports-csv: reports sampled together in one batch.")
+    ] = 4,
+    shard: Annotated[
+        str | None, typer.Option("--shard", help="--reports-csv: i/n takes every n-th report from the i-th (0-based).")
+    ] = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Generate a CT from a report: retrieve a proxy anatomy, sample with ControlNet guidance, write NIfTI."""
-    import torch
 
     from ctrag.generation.output import output_paths, save_result
-    from ctrag.generation.pipeline import GenerationPipeline
 
+    if reports_csv is not None:
+        if report is not None or report_file is not None or mask is not None or baseline or dice:
+            raise InvalidInputError("--reports-csv takes no --report/--report-file/--mask/--baseline/--dice")
+        from ctrag.generation.batch import parse_shard, read_report_table
+
+        requests = read_report_table(reports_csv, base_seed=seed, id_column=id_column, text_column=text_column)
+        shard_ix = parse_shard(shard)
+        if batch_size < 1:
+            raise InvalidInputError(f"--batch-size must be >= 1, got {batch_size}")
+        if out.exists() and not out.is_dir():
+            raise InvalidInputError(f"--out {out} exists and is not a folder (--reports-csv writes one per report)")
+        _set_threads(threads)
+        pipe = _load_pipeline(weights, config, set_, device, index)
+        _generate_many(pipe, requests, out, batch_size, strategy, steps, cfg, control_scale, png, shard_ix, progress)
+        return
     if (report is None) == (report_file is None):
         raise InvalidInputError("give exactly one of --report TEXT or --report-file FILE")
     if report_file is not None:
@@ -70,18 +111,9 @@ def generate_command(
     assert report is not None
     report = check_report(report, what="--report")
     output_paths(out)  # validate the name before loading models
-    if threads is not None:
-        if threads < 1:
-            raise InvalidInputError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-    overrides = list(set_ or [])
-    if device is not None:
-        overrides.append(f"sampler.device={device}")
+    _set_threads(threads)
     started = time.perf_counter()
-    if config is not None:
-        pipe = GenerationPipeline.from_config(config, weights, overrides=overrides, index_dir=index, device=device)
-    else:
-        pipe = GenerationPipeline.from_pretrained(weights, overrides=overrides, index_dir=index, device=device)
+    pipe = _load_pipeline(weights, config, set_, device, index)
     load_s = time.perf_counter() - started
     with stage_progress(progress, "generate") as update:
         result = pipe(
@@ -125,6 +157,59 @@ def generate_command(
     for key, values in extra.items():
         shown = {k: round(v, 3) for k, v in values.items()}
         console.print(f"{key}: {json.dumps(shown)}", highlight=False, soft_wrap=True)
+
+
+def _set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise InvalidInputError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def _load_pipeline(
+    weights: Path, config: str | None, set_: list[str] | None, device: str | None, index: Path | None
+) -> GenerationPipeline:
+    from ctrag.generation.pipeline import GenerationPipeline
+
+    overrides = list(set_ or [])
+    if device is not None:
+        overrides.append(f"sampler.device={device}")
+    if config is not None:
+        return GenerationPipeline.from_config(config, weights, overrides=overrides, index_dir=index, device=device)
+    return GenerationPipeline.from_pretrained(weights, overrides=overrides, index_dir=index, device=device)
+
+
+def _generate_many(
+    pipe: GenerationPipeline,
+    requests: list[ReportRequest],
+    out: Path,
+    batch_size: int,
+    strategy: str,
+    steps: int | None,
+    cfg: float | None,
+    control_scale: float | None,
+    png: bool,
+    shard: tuple[int, int],
+    progress: bool,
+) -> None:
+    from ctrag.generation.batch import generate_reports
+
+    started = time.perf_counter()
+    with stage_progress(progress, "generate") as update:
+        summary = generate_reports(
+            pipe, requests, out, batch_size=batch_size, strategy=strategy, steps=steps, cfg=cfg,
+            control_scale=control_scale, png=png, shard=shard, progress=update,
+        )  # fmt: skip
+    console.print(
+        f"[bold]generated[/] {len(summary.written)} CT(s) under {out}, skipped {len(summary.skipped)} already "
+        f"done, {len(summary.failed)} failed; {time.perf_counter() - started:.1f} s"
+    )
+    for rid, why in summary.failed.items():
+        console.print(f"[red]failed[/] {rid}: {why}", highlight=False, soft_wrap=True)
+    if summary.failed:
+        raise typer.Exit(1)
 
 
 @app.command("import-weights")

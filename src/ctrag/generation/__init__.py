@@ -5,6 +5,8 @@ Main entry points (imported lazily, so ``import ctrag.generation`` does not load
 - ``GenerationPipeline`` (``pipeline.py``): ``GenerationPipeline.from_pretrained(run_dir,
   index_dir=...)`` or ``.from_config("tiny-cpu", weights=run_dir, index_dir=...)``, then
   ``pipe(report, strategy="nearest", seed=0, steps=30, cfg=5.0, control_scale=1.0)``.
+  ``pipe.generate_batch(reports, seeds)`` samples many reports in one batch (per-report seeds and proxies).
+- ``generate_reports`` / ``read_report_table`` (``batch.py``): a CSV of reports -> resumable ``OUT/<id>/`` folders.
 - ``GenerationResult`` / ``save_result`` (``output.py``): the result; NIfTI + provenance + PNG written as one unit.
 - ``train_vae`` / ``train_diffusion`` / ``train_controlnet`` (``training/``): resumable training into a run folder.
 - ``load_generator_config`` / ``GeneratorConfig`` (``config.py``): the ``vae``/``diffusion``/``controlnet``/
@@ -22,6 +24,8 @@ _EXPORTS = {
     "GenerationPipeline": "ctrag.generation.pipeline",
     "GenerationResult": "ctrag.generation.output",
     "save_result": "ctrag.generation.output",
+    "generate_reports": "ctrag.generation.batch",
+    "read_report_table": "ctrag.generation.batch",
     "train_vae": "ctrag.generation.training",
     "train_diffusion": "ctrag.generation.training",
     "train_controlnet": "ctrag.generation.training",

@@ -11,6 +11,10 @@ run them, ``__call__``. Its body is a sequence of numbered steps, each handing o
 5. ``denoise``         mask features encoded once, then the rectified-flow loop (batched CFG), reporting progress;
 6. ``decode``          VAE decode (sliding window for large volumes), [0, 1] -> HU.
 
+``generate_batch`` runs the same steps for many reports: 1-3 and the noise per report (each from its own seed), 5
+once over the stacked latents (one UNet/ControlNet pass per step for the whole batch, both CFG halves included), 6
+one volume at a time.
+
 It returns a ``GenerationResult`` holding the volume, its affine, the proxy mask and everything needed to
 reproduce it. Run folders are read and written by ``ctrag.generation.run_folder``; training lives in
 ``ctrag.generation.training`` and is never imported here.
@@ -35,7 +39,7 @@ from ctrag.data.labels import num_labels
 from ctrag.data.nifti import Volume
 from ctrag.data.report_text import check_report_text
 from ctrag.encoders.cache import MemoTextEncoder, memo_encoder
-from ctrag.errors import CheckpointMismatchError, ConfigError, InvalidInputError, WeightsNotFoundError
+from ctrag.errors import CheckpointMismatchError, ConfigError, CtragError, InvalidInputError, WeightsNotFoundError
 from ctrag.generation.config import GeneratorConfig, load_generator_config
 from ctrag.generation.controlnet import ControlInputs, controlnet_residuals, encode_control, encode_mask
 from ctrag.generation.decode import decode_latents
@@ -322,6 +326,96 @@ class GenerationPipeline:
             device=str(self.device),
         )
 
+    @torch.inference_mode()
+    def generate_batch(
+        self,
+        reports: Sequence[str],
+        seeds: Sequence[int],
+        *,
+        strategy: str = "nearest",
+        steps: int | None = None,
+        cfg: float | None = None,
+        control_scale: float | None = None,
+        output_shape: tuple[int, int, int] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> list[GenerationResult | CtragError]:
+        """Generate one CT per report, the reports' latents sampled together as one batch.
+
+        Each report keeps its own seed (its noise and random retrieval are drawn from it alone), its own
+        retrieved proxy and its own provenance, so a report's CT does not depend on which reports share its
+        batch (up to float rounding of batched kernels). Reports are validated, encoded and given their proxy
+        one by one; one that fails there comes back as its ``CtragError`` in its place and the rest of the
+        batch goes on. Latents are decoded one volume at a time, so decoder memory does not grow with the batch.
+        """
+        if len(reports) != len(seeds):
+            raise InvalidInputError(f"{len(reports)} reports but {len(seeds)} seeds; give one seed per report")
+        if not reports:
+            return []
+        smp = self.config.sampler
+        steps = smp.steps if steps is None else int(steps)
+        cfg = smp.cfg if cfg is None else float(cfg)
+        control_scale = smp.control_scale if control_scale is None else float(control_scale)
+        shape = tuple(output_shape or self.config.output_shape)
+        t_all = time.perf_counter()
+        out: list[GenerationResult | CtragError | None] = [None] * len(reports)
+        ready: list[tuple[int, torch.Tensor | None, ProxyMask | None, list[dict[str, Any]], dict[str, float]]] = []
+        noises: list[torch.Tensor] = []
+        for i, (report, seed) in enumerate(zip(reports, seeds, strict=True)):
+            timings: dict[str, float] = {}
+            try:
+                self.check_inputs(report, strategy, None, "auto", seed, steps, cfg, control_scale, shape)
+                t0 = time.perf_counter()
+                context = self.encode_prompt(report)
+                timings["encode"] = time.perf_counter() - t0
+                proxy, hits = self.prepare_proxy(report, strategy, None, "auto", seed, shape, timings)
+            except CtragError as exc:
+                out[i] = exc
+                continue
+            generator = torch.Generator(device="cpu").manual_seed(int(seed))
+            noises.append(self.prepare_latents(shape, generator))
+            ready.append((i, context, proxy, hits, timings))
+        if ready:
+            t0 = time.perf_counter()
+            use_control = self.controlnet is not None and ready[0][2] is not None
+            control = None
+            if use_control:
+                parts = [self.prepare_control(proxy) for _, _, proxy, _, _ in ready if proxy is not None]
+                labels = [p.class_labels for p in parts]
+                control = ControlInputs(
+                    torch.cat([p.features for p in parts], dim=0),
+                    None if labels[0] is None else torch.cat([lab for lab in labels if lab is not None], dim=0),
+                )
+            contexts = [c for _, c, _, _, _ in ready]
+            context = None if contexts[0] is None else torch.cat([c for c in contexts if c is not None], dim=0)
+            z = self.denoise(torch.cat(noises, dim=0), context, control, steps, cfg, control_scale, progress)
+            denoise_s = time.perf_counter() - t0
+            for row, (i, _, proxy, hits, timings) in enumerate(ready):
+                timings["denoise_batch"] = denoise_s
+                t0 = time.perf_counter()
+                volume = self.decode(z[row : row + 1])
+                timings["decode"] = time.perf_counter() - t0
+                timings["total_batch"] = time.perf_counter() - t_all
+                out[i] = GenerationResult(
+                    volume=volume,
+                    affine=self.output_grid(proxy, None, shape),
+                    mask=None if proxy is None else proxy.labels,
+                    mask_source="none" if proxy is None else proxy.source,
+                    mask_origin="" if proxy is None else proxy.origin,
+                    label_set=self.config.controlnet.label_set,
+                    report_sha256=sha256_text(reports[i]),
+                    strategy=strategy,
+                    retrieved=hits,
+                    seed=int(seeds[i]),
+                    steps=steps,
+                    cfg=cfg,
+                    control_scale=control_scale if control is not None else 0.0,
+                    config=self.config.to_dict(),
+                    weights=dict(self.weights),
+                    timings=timings,
+                    device=str(self.device),
+                )
+        return [r for r in out if r is not None]
+
     # ------------------------------------------------------------------ steps
     def check_inputs(
         self,
@@ -466,7 +560,9 @@ class GenerationPipeline:
         inputs = GuidanceInputs(
             context=context,
             null_context=None if context is None else self.null_embedding.expand_as(context),
-            unet_extra=extra_unet_inputs(self.config.diffusion, 1, self.config.preprocess.spacing, self.device),
+            unet_extra=extra_unet_inputs(
+                self.config.diffusion, noise.shape[0], self.config.preprocess.spacing, self.device
+            ),
             control=control,
         )
         if progress is not None:
