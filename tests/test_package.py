@@ -72,3 +72,10 @@ def test_data_package_names_load_lazily_and_all_resolve() -> None:
     code = "import sys\nfrom ctrag.data import Case, Corpus\nassert 'nibabel' not in sys.modules\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
+
+
+def test_python_dash_m_ctrag_runs_the_command_line() -> None:
+    done = subprocess.run([sys.executable, "-m", "ctrag", "labels", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "Usage" in done.stdout and "labels" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "ctrag", "no-such-command"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
