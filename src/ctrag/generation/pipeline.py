@@ -306,6 +306,32 @@ class GenerationPipeline:
         volume = self.decode(z)
         timings["decode"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_all
+        return self._result(
+            volume,
+            affine,
+            proxy,
+            report,
+            "user-mask" if mask_volume is not None else strategy,
+            hits,
+            seed,
+            (steps, cfg, control_scale if control is not None else 0.0),
+            timings,
+        )
+
+    def _result(
+        self,
+        volume: np.ndarray,
+        affine: np.ndarray,
+        proxy: Any,
+        report: str,
+        strategy: str,
+        hits: Any,
+        seed: int,
+        sampling: tuple[int, float, float],
+        timings: dict[str, float],
+    ) -> GenerationResult:
+        """One generated CT with what made it (shared by single and batched generation)."""
+        steps, cfg, control_scale = sampling
         return GenerationResult(
             volume=volume,
             affine=affine,
@@ -314,12 +340,12 @@ class GenerationPipeline:
             mask_origin="" if proxy is None else proxy.origin,
             label_set=self.config.controlnet.label_set,
             report_sha256=sha256_text(report),
-            strategy="user-mask" if mask_volume is not None else strategy,
+            strategy=strategy,
             retrieved=hits,
             seed=int(seed),
             steps=steps,
             cfg=cfg,
-            control_scale=control_scale if control is not None else 0.0,
+            control_scale=control_scale,
             config=self.config.to_dict(),
             weights=dict(self.weights),
             timings=timings,
@@ -395,24 +421,16 @@ class GenerationPipeline:
                 volume = self.decode(z[row : row + 1])
                 timings["decode"] = time.perf_counter() - t0
                 timings["total_batch"] = time.perf_counter() - t_all
-                out[i] = GenerationResult(
-                    volume=volume,
-                    affine=self.output_grid(proxy, None, shape),
-                    mask=None if proxy is None else proxy.labels,
-                    mask_source="none" if proxy is None else proxy.source,
-                    mask_origin="" if proxy is None else proxy.origin,
-                    label_set=self.config.controlnet.label_set,
-                    report_sha256=sha256_text(reports[i]),
-                    strategy=strategy,
-                    retrieved=hits,
-                    seed=int(seeds[i]),
-                    steps=steps,
-                    cfg=cfg,
-                    control_scale=control_scale if control is not None else 0.0,
-                    config=self.config.to_dict(),
-                    weights=dict(self.weights),
-                    timings=timings,
-                    device=str(self.device),
+                out[i] = self._result(
+                    volume,
+                    self.output_grid(proxy, None, shape),
+                    proxy,
+                    reports[i],
+                    strategy,
+                    hits,
+                    seeds[i],
+                    (steps, cfg, control_scale if control is not None else 0.0),
+                    timings,
                 )
         return [r for r in out if r is not None]
 
