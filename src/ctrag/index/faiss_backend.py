@@ -292,11 +292,10 @@ def set_search_params(index: Any, kind: str, ef_search: int | None = None, nprob
     if kind == "hnsw" and ef_search is not None:
         index.hnsw.efSearch = int(ef_search)
     if kind == "ivfpq" and nprobe is not None:
-        nlist = int(index.nlist)
-        if type(index).__name__.startswith("Gpu"):
-            _faiss().GpuParameterSpace().set_index_parameter(index, "nprobe", int(min(nprobe, nlist)))
-        else:
-            index.nprobe = int(min(nprobe, nlist))
+        if hasattr(index, "nprobe") and not type(index).__name__.startswith("Gpu"):
+            index.nprobe = int(min(nprobe, int(index.nlist)))
+        else:  # a GPU index, or its replicas over several GPUs (no nprobe attribute of their own)
+            _faiss().GpuParameterSpace().set_index_parameter(index, "nprobe", int(nprobe))
 
 
 def search_params(index: Any, kind: str) -> dict[str, int]:
