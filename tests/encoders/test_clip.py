@@ -102,3 +102,57 @@ def test_contrastive_loss_refuses_mismatched_batches():
     a = torch.nn.functional.normalize(torch.ones(3, 4), dim=-1)
     with pytest.raises(InvalidInputError, match=r"shapes \(3, 4\) vs \(2, 4\)"):
         contrastive_loss(a, a[:2], torch.tensor(1.0))
+
+
+def test_soft_contrastive_targets_rows_sum_to_one_and_respect_unknown_labels():
+    from ctrag.encoders.clip import soft_contrastive_targets
+
+    labels = torch.zeros(5, 18, dtype=torch.int64)
+    labels[0, [1, 2]] = 1
+    labels[1, [1, 2]] = 1  # same set as row 0
+    labels[2, [1, 5]] = 1  # Jaccard 1/3 with rows 0 and 1
+    labels[3, 7] = 1  # nothing in common with 0-2
+    known = torch.tensor([True, True, True, True, False])  # row 4 has no labels (its zeros are not "normal")
+    t = soft_contrastive_targets(labels, known)
+    torch.testing.assert_close(t.sum(dim=1), torch.ones(5))
+    assert float(t[0, 1]) == float(t[0, 0]) == float(t[1, 0])  # identical sets weigh as much as the case itself
+    assert float(t[0, 2]) == pytest.approx(float(t[0, 0]) / 3)
+    assert float(t[0, 3]) == 0.0 and float(t[3, 3]) == 1.0
+    assert torch.equal(t[4], torch.eye(5)[4]) and float(t[:4, 4].sum()) == 0.0  # unlabelled: one-hot both ways
+    sharp = soft_contrastive_targets(labels, known, temperature=0.25)
+    assert float(sharp[0, 2]) < float(t[0, 2]) and float(sharp[0, 1]) == float(sharp[0, 0])
+    with pytest.raises(InvalidInputError, match="temperature"):
+        soft_contrastive_targets(labels, known, temperature=0.0)
+
+
+def test_contrastive_loss_soft_and_masked_variants():
+    from ctrag.encoders.clip import metadata_allowed
+
+    g = torch.Generator().manual_seed(0)
+    vol = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    scale = torch.tensor(math.log(10.0))
+    plain, _ = contrastive_loss(vol, txt, scale)
+    soft = torch.full((4, 4), 0.25)
+    zero, _ = contrastive_loss(vol, txt, scale, soft_targets=soft, soft_weight=0.0)
+    assert float(zero) == float(plain)  # weight 0 takes the unchanged code path
+    eye, _ = contrastive_loss(vol, txt, scale, soft_targets=torch.eye(4), soft_weight=1.0)
+    torch.testing.assert_close(eye, plain)
+    mixed, _ = contrastive_loss(vol, txt, scale, soft_targets=soft, soft_weight=0.5)
+    assert abs(float(mixed) - float(plain)) > 1e-3
+    open_all, _ = contrastive_loss(vol, txt, scale, allowed=torch.ones(4, 4, dtype=torch.bool))
+    torch.testing.assert_close(open_all, plain)
+    # scanner metadata of the shipped Lung-PET-CT-Dx CTs (TCIA metadata csv): Philips vs SIEMENS; 2 and 3 unknown
+    allowed = metadata_allowed([{"scanner": "Philips"}, {"scanner": "SIEMENS"}, {}, {"scanner": None}], ["scanner"])
+    assert (
+        not bool(allowed[0, 1]) and not bool(allowed[1, 0]) and bool(allowed[0, 2]) and bool(allowed.diagonal().all())
+    )
+    masked, logits = contrastive_loss(vol, txt, scale, allowed=allowed)
+    lp = logits[0, [0, 2, 3]].log_softmax(0)[0]  # row 0 contrasted against columns 0, 2, 3 only
+    lp_t = logits[:, 0][[0, 2, 3]].log_softmax(0)[0]
+    full_rows = [-logits[i].log_softmax(0)[i] for i in (2, 3)]
+    full_cols = [-logits[:, i].log_softmax(0)[i] for i in (2, 3)]
+    row1 = -logits[1, [1, 2, 3]].log_softmax(0)[0]
+    col1 = -logits[:, 1][[1, 2, 3]].log_softmax(0)[0]
+    expect = 0.5 * ((-lp + row1 + sum(full_rows)) / 4 + (-lp_t + col1 + sum(full_cols)) / 4)
+    torch.testing.assert_close(masked, expect)

@@ -52,6 +52,10 @@ def contrastive_loss(
     text_emb: torch.Tensor,
     logit_scale: torch.Tensor,
     text_ids: torch.Tensor | None = None,
+    *,
+    soft_targets: torch.Tensor | None = None,
+    soft_weight: float = 0.0,
+    allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE between L2-normalised volume and text embeddings; returns (loss, logits).
 
@@ -59,21 +63,103 @@ def contrastive_loss(
     target probability split evenly. For byte-identical captions (two augmented views of one CT) this gives the
     same value as the plain diagonal target, because their columns are identical; it matters when different
     texts must not act as negatives of each other (e.g. two phrasings of one study's report).
+
+    ``soft_targets`` (an ``(n, n)`` symmetric affinity, e.g. :func:`soft_contrastive_targets`) is mixed into the
+    one-hot target with ``soft_weight`` (PRIMA-style soft labels: a case whose findings match another's is not
+    pushed away as hard as an unrelated one). ``allowed`` (bool ``(n, n)``) drops the False logits from both
+    softmaxes, so those cases are neither positives nor negatives. With neither given (or ``soft_weight == 0``
+    and no mask) the computation is exactly the plain one.
     """
     if volume_emb.shape != text_emb.shape or volume_emb.ndim != 2:
         raise InvalidInputError(f"contrastive_loss: shapes {tuple(volume_emb.shape)} vs {tuple(text_emb.shape)}")
     n = volume_emb.shape[0]
     if n < 2:
         raise InvalidInputError("contrastive_loss needs at least 2 pairs in a batch (1 pair has no negatives)")
+    if not 0.0 <= soft_weight <= 1.0:
+        raise InvalidInputError(f"contrastive_loss: soft_weight must be in [0, 1], got {soft_weight}")
     logits = logit_scale.exp() * volume_emb @ text_emb.t()
     if text_ids is None:
         target = torch.eye(n, device=logits.device, dtype=logits.dtype)
     else:
         same = (text_ids[:, None] == text_ids[None, :]).to(logits.dtype)
         target = same / same.sum(dim=1, keepdim=True)
-    loss_v2t = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-    loss_t2v = -(target.t() * F.log_softmax(logits.t(), dim=1)).sum(dim=1).mean()
-    return 0.5 * (loss_v2t + loss_t2v), logits
+    if (soft_targets is None or soft_weight == 0.0) and allowed is None:
+        loss_v2t = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+        loss_t2v = -(target.t() * F.log_softmax(logits.t(), dim=1)).sum(dim=1).mean()
+        return 0.5 * (loss_v2t + loss_t2v), logits
+    affinity = target
+    if soft_targets is not None and soft_weight > 0.0:
+        if soft_targets.shape != (n, n):
+            raise InvalidInputError(
+                f"contrastive_loss: soft_targets must be ({n}, {n}), got {tuple(soft_targets.shape)}"
+            )
+        soft = soft_targets.to(device=logits.device, dtype=logits.dtype)
+        affinity = (1.0 - soft_weight) * target + soft_weight * _row_normalise(soft)
+    keep = torch.eye(n, dtype=torch.bool, device=logits.device)
+    if allowed is not None:
+        if allowed.shape != (n, n):
+            raise InvalidInputError(f"contrastive_loss: allowed must be ({n}, {n}), got {tuple(allowed.shape)}")
+        keep = keep | allowed.to(device=logits.device, dtype=torch.bool) | (target > 0)
+    else:
+        keep = torch.ones_like(keep)
+    return 0.5 * (_masked_ce(logits, affinity, keep) + _masked_ce(logits.t(), affinity.t(), keep.t())), logits
+
+
+def _row_normalise(weights: torch.Tensor) -> torch.Tensor:
+    return weights / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+
+
+def _masked_ce(logits: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each row over its kept columns only (the target is renormalised onto them)."""
+    log_prob = F.log_softmax(logits.masked_fill(~keep, float("-inf")), dim=1)
+    tgt = _row_normalise(target * keep)
+    return -(tgt * log_prob.masked_fill(~keep, 0.0)).sum(dim=1).mean()
+
+
+def soft_contrastive_targets(labels: torch.Tensor, known: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Soft InfoNCE targets from the label Jaccard of a batch; rows sum to 1.
+
+    ``labels`` is ``(n, L)`` binary (the 18 CT-RATE labels), ``known`` ``(n,)`` says which rows have labels at all.
+    Weight of j in row i is ``jaccard(i, j) ** (1 / temperature)`` (two all-negative label sets agree fully, as in
+    :func:`ctrag.data.pseudo_pairs.label_jaccard`), so a lower temperature keeps only near-identical findings; a
+    case with an identical label set always weighs as much as the case itself. Rows or columns without labels get
+    only the diagonal (one-hot), so an unlabelled case is never treated as similar to anything.
+    """
+    if labels.ndim != 2 or known.shape != (labels.shape[0],):
+        raise InvalidInputError(f"soft_contrastive_targets: labels (n, L) and known (n,) required, got "
+                                f"{tuple(labels.shape)} and {tuple(known.shape)}")  # fmt: skip
+    if temperature <= 0:
+        raise InvalidInputError(f"soft_contrastive_targets: temperature must be > 0, got {temperature}")
+    pos = (labels > 0).to(torch.float64)
+    inter = pos @ pos.t()
+    union = pos.sum(dim=1, keepdim=True) + pos.sum(dim=1)[None, :] - inter
+    jaccard = torch.where(union == 0, torch.ones_like(inter), inter / union.clamp_min(1.0))
+    weights = jaccard.pow(1.0 / temperature)
+    both = known.bool()[:, None] & known.bool()[None, :]
+    eye = torch.eye(labels.shape[0], dtype=torch.bool, device=labels.device)
+    weights = torch.where(both | eye, weights, torch.zeros_like(weights))
+    weights = torch.where(eye, torch.ones_like(weights), weights)
+    return _row_normalise(weights).to(torch.float32)
+
+
+def metadata_allowed(values: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> torch.Tensor:
+    """Bool ``(n, n)``: True where i and j may be contrasted, i.e. they agree on every key both of them carry.
+
+    A case missing a key (or holding None) is not restricted by it: unknown metadata is no evidence of a
+    difference. The diagonal is always True.
+    """
+    n = len(values)
+    allowed = torch.ones((n, n), dtype=torch.bool)
+    for key in keys:
+        for i in range(n):
+            vi = values[i].get(key)
+            if vi is None:
+                continue
+            for j in range(n):
+                vj = values[j].get(key)
+                if vj is not None and vj != vi:
+                    allowed[i, j] = False
+    return allowed
 
 
 class VolumeTextCLIP(nn.Module):
@@ -85,13 +171,22 @@ class VolumeTextCLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
 
     def forward(
-        self, volumes: torch.Tensor, text_emb: torch.Tensor, text_ids: torch.Tensor | None = None
+        self,
+        volumes: torch.Tensor,
+        text_emb: torch.Tensor,
+        text_ids: torch.Tensor | None = None,
+        *,
+        soft_targets: torch.Tensor | None = None,
+        soft_weight: float = 0.0,
+        allowed: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return (loss, logits, normalised volume embeddings)."""
+        """Return (loss, logits, normalised volume embeddings); the keywords go to :func:`contrastive_loss`."""
         vol = F.normalize(self.tower(volumes), dim=-1)
         txt = F.normalize(text_emb.to(vol.dtype), dim=-1)
         scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE)
-        loss, logits = contrastive_loss(vol, txt, scale, text_ids)
+        loss, logits = contrastive_loss(
+            vol, txt, scale, text_ids, soft_targets=soft_targets, soft_weight=soft_weight, allowed=allowed
+        )
         return loss, logits, vol
 
 

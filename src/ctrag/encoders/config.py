@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+SOFT_TARGETS = ("none", "label_jaccard")
+
 
 @dataclass
 class EncoderTrainConfig:
@@ -39,6 +41,17 @@ class EncoderTrainConfig:
     #: and its report centroid (``ctrag.evaluation.modality_gap``). 0 turns it off. InfoNCE alone only asks
     #: pairs to be closer than non-pairs, so the CT cloud can stay offset from the (frozen) report cloud.
     gap_weight: float = 0.0
+    #: Soft contrastive targets (after PRIMA's soft labels): ``none`` keeps one-hot InfoNCE; ``label_jaccard``
+    #: mixes in targets from the 18-label Jaccard between the batch's cases (``clip.soft_contrastive_targets``),
+    #: so two CTs with the same findings are not pushed apart as hard as unrelated ones. Needs case labels.
+    soft_targets: str = "none"
+    #: Share of the soft target in the mix (0 = exactly the one-hot loss, 1 = soft targets only).
+    soft_target_weight: float = 0.5
+    #: Sharpens the Jaccard weights (``jaccard ** (1 / T)``); lower keeps only near-identical label sets.
+    soft_target_temperature: float = 1.0
+    #: ``Case.extra`` keys (e.g. scanner, sex): in-batch negatives are kept only among cases that agree on them
+    #: (a key missing on either case does not restrict), so the tower cannot separate pairs by those shortcuts.
+    same_metadata_negatives_only: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 2:
@@ -52,6 +65,15 @@ class EncoderTrainConfig:
             raise ValueError(f"EncoderTrainConfig: flip_axes must be among 0, 1, 2, got {self.flip_axes}")
         if self.gap_weight < 0:
             raise ValueError(f"EncoderTrainConfig: gap_weight must be >= 0, got {self.gap_weight}")
+        if self.soft_targets not in SOFT_TARGETS:
+            raise ValueError(
+                f"EncoderTrainConfig: soft_targets must be one of {SOFT_TARGETS}, got {self.soft_targets!r}"
+            )
+        if not 0.0 <= self.soft_target_weight <= 1.0 or self.soft_target_temperature <= 0:
+            raise ValueError(
+                "EncoderTrainConfig: soft_target_weight must be in [0, 1] and soft_target_temperature > 0 "
+                f"(got {self.soft_target_weight}, {self.soft_target_temperature})"
+            )
         if self.views_per_case < 1 or self.checkpoint_every < 1:
             raise ValueError("EncoderTrainConfig: views_per_case and checkpoint_every must be >= 1")
 

@@ -32,7 +32,7 @@ from ctrag.config import config_to_dict
 from ctrag.data.case import Case
 from ctrag.encoders.base import Encoder
 from ctrag.encoders.cache import EmbeddingCache, encode_text_cached
-from ctrag.encoders.clip import SharedSpaceEncoder, VolumeTextCLIP
+from ctrag.encoders.clip import SharedSpaceEncoder, VolumeTextCLIP, metadata_allowed, soft_contrastive_targets
 from ctrag.encoders.config import EncoderConfig, EncoderTrainConfig
 from ctrag.encoders.factory import create_encoder, get_model_config
 from ctrag.encoders.preprocess import (
@@ -235,6 +235,9 @@ def train_encoder(
     text_emb = torch.from_numpy(text_np)
     caption_ids = torch.tensor(_caption_ids([c.report_text for c in cases]))
 
+    labels, known = _case_labels(cases) if tcfg.soft_targets == "label_jaccard" else (None, None)
+    metadata = [c.extra for c in cases]
+
     # 3. volumes, preprocessed once
     pairs = load_training_pairs(cases, preprocess, progress=progress)
     volumes = [p.volume for p in pairs]
@@ -286,7 +289,20 @@ def train_encoder(
             idx = [items[j] for j in batch_idx]
             vols = torch.stack([augment(volumes[i], tcfg, generator) for i in idx]).to(device)
             batch_text = text_emb[idx].to(device)
-            loss, _, vol_emb = model(vols, batch_text, caption_ids[idx].to(device))
+            soft = None
+            if labels is not None and known is not None:
+                soft = soft_contrastive_targets(labels[idx], known[idx], tcfg.soft_target_temperature).to(device)
+            allowed = None
+            if tcfg.same_metadata_negatives_only:
+                allowed = metadata_allowed([metadata[i] for i in idx], tcfg.same_metadata_negatives_only).to(device)
+            loss, _, vol_emb = model(
+                vols,
+                batch_text,
+                caption_ids[idx].to(device),
+                soft_targets=soft,
+                soft_weight=tcfg.soft_target_weight if soft is not None else 0.0,
+                allowed=allowed,
+            )
             if tcfg.gap_weight > 0:
                 loss = loss + tcfg.gap_weight * centroid_gap_penalty(vol_emb, batch_text)
             optimizer.zero_grad(set_to_none=True)
@@ -330,6 +346,10 @@ def train_encoder(
         "train_modality_gap_before": gap_before,
         "train_modality_gap_after": gap_after,
         "gap_weight": tcfg.gap_weight,
+        "soft_targets": tcfg.soft_targets,
+        "soft_target_weight": tcfg.soft_target_weight if tcfg.soft_targets != "none" else 0.0,
+        "n_labelled_pairs": int(known.sum()) if known is not None else None,
+        "same_metadata_negatives_only": list(tcfg.same_metadata_negatives_only),
         "n_pairs": len(pairs),
         "report_sources": sources,
         "logit_scale": float(model.logit_scale.detach()),
@@ -360,6 +380,23 @@ def train_encoder(
         resumed_from_epoch=start_epoch,
         report_sources=sources,
     )
+
+
+def _case_labels(cases: Sequence[Case]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 18) labels (zeros where unknown) and the (n,) mask of cases that have them; none labelled is an error."""
+    known = torch.tensor([c.labels is not None for c in cases])
+    if not bool(known.any()):
+        raise InvalidInputError(
+            "train.soft_targets=label_jaccard needs case labels, but none of the "
+            f"{len(cases)} training cases has any (ingest CT-RATE labels, pseudo-pair with labelled reports, or "
+            "set train.soft_targets=none)"
+        )
+    width = next(len(c.labels) for c in cases if c.labels is not None)
+    labels = torch.tensor([list(c.labels) if c.labels is not None else [0] * width for c in cases])
+    n_unknown = int((~known).sum())
+    if n_unknown:
+        logger.warning("%d of %d training cases have no labels; their targets stay one-hot", n_unknown, len(cases))
+    return labels, known
 
 
 def _caption_ids(texts: Sequence[str]) -> list[int]:
