@@ -142,3 +142,48 @@ def test_gap_penalty_shrinks_the_modality_gap_at_equal_epochs(ct_cases, tiny_tow
     assert float(centroid_gap_penalty(x, x)) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="gap_weight"):
         EncoderTrainConfig(gap_weight=-1.0)
+
+
+def _labelled_cases(ct_cases):
+    """The shipped CTs with real CT-RATE label rows borrowed (pseudo-pair style; the CTs have no labels of their
+    own) and the scanner vendor of the two Lung-PET-CT-Dx CTs from the shipped TCIA metadata csv; ts_example_ct
+    stays unlabelled so the one-hot fallback is exercised."""
+    import csv
+
+    from ctrag.data.labels import CT_RATE_LABELS
+
+    root = Path(__file__).resolve().parents[2] / "sample_data"
+    with open(root / "ct_rate_nc_sa" / "ct_clip_text_classifier" / "train.csv", encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))[:4]
+    with open(root / "ct" / "lung_pet_ct_dx_tcia_metadata.csv", encoding="utf-8", newline="") as fh:
+        vendor = {r["Subject ID"].split("-")[-1]: r["Manufacturer"] for r in csv.DictReader(fh)}
+    out = []
+    for case, row in zip(ct_cases, rows + [None] * len(ct_cases), strict=False):
+        labels = tuple(int(float(row[n])) for n in CT_RATE_LABELS) if row and case.case_id != "ts_example_ct" else None
+        scanner = vendor.get(case.case_id.rsplit("_", 1)[-1])
+        out.append(case.evolve(labels=labels, extra={**case.extra, **({"scanner": scanner} if scanner else {})}))
+    return out
+
+
+def test_soft_targets_weight_zero_is_todays_loss_and_soft_steps_run(ct_cases, tiny_tower_json, minilm, tmp_path):
+    cases = _labelled_cases(ct_cases)
+    assert {c.extra.get("scanner") for c in cases} == {"Philips", "SIEMENS", None}
+    pre = load_preprocess_config("tiny-cpu")
+
+    def run(name, **train):
+        return train_encoder(cases, tmp_path / name, _cfg(tiny_tower_json, epochs=2, **train), pre, text_encoder=minilm)
+
+    plain = run("plain")
+    zero = run("zero", soft_targets="label_jaccard", soft_target_weight=0.0)
+    assert zero.epoch_losses == plain.epoch_losses  # bit-identical, same seed
+    soft = run("soft", soft_targets="label_jaccard", soft_target_weight=1.0,
+               same_metadata_negatives_only=("scanner",))  # fmt: skip
+    assert all(math.isfinite(x) for x in soft.epoch_losses) and soft.epoch_losses != plain.epoch_losses
+    summary = json.loads((tmp_path / "soft" / "train_summary.json").read_text())
+    assert summary["soft_targets"] == "label_jaccard" and summary["n_labelled_pairs"] == 3
+    assert summary["same_metadata_negatives_only"] == ["scanner"]
+    with pytest.raises(InvalidInputError, match="needs case labels"):
+        train_encoder(ct_cases, tmp_path / "nolabels", _cfg(tiny_tower_json, epochs=1, soft_targets="label_jaccard"),
+                      pre, text_encoder=minilm)  # fmt: skip
+    with pytest.raises(ValueError, match="soft_targets must be one of"):
+        EncoderTrainConfig(soft_targets="jaccard")
