@@ -43,6 +43,28 @@ def _bad_files(tmp: Path, report: str) -> dict[str, tuple[Path, str]]:
     }
 
 
+def test_read_report_file_refuses_a_huge_file_before_reading_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "volume.nii.gz"
+    with open(path, "wb") as fh:  # a sparse 2 GB file: reading it whole would take 2 GB of memory
+        fh.truncate(2 * 1024**3)
+    from ctrag.data import readers
+
+    def no_read(*_: object) -> str:
+        raise AssertionError("the file was read before its size was checked")
+
+    monkeypatch.setattr(readers, "read_text_utf8", no_read)
+    with pytest.raises(InvalidInputError, match="over the limit"):
+        _shared.read_report_file(path)
+
+
+def test_read_report_file_accepts_a_report_at_the_limit_with_a_bom(tmp_path: Path) -> None:
+    path = tmp_path / "limit.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + b"a" * MAX_REPORT_BYTES)
+    assert len(_shared.read_report_file(path)) == MAX_REPORT_BYTES
+
+
 @pytest.mark.parametrize("kind", ["not-utf8", "240kB", "empty", "nul", "folder", "missing"])
 def test_read_report_file_refuses_bad_files(tmp_path: Path, real_report: str, kind: str) -> None:
     path, words = _bad_files(tmp_path, real_report)[kind]

@@ -84,11 +84,19 @@ def read_report_file(path: Path, *, option: str = "--report-file") -> str:
     the file, so the CLI prints one line and exits non-zero instead of a traceback.
     """
     from ctrag.data.readers import read_text_utf8
+    from ctrag.data.report_text import MAX_REPORT_BYTES
 
     if path.is_dir():
         raise InvalidInputError(f"{option} {path} is a folder; give the text file that holds the report")
     if not path.is_file():
         raise InvalidInputError(f"{option} {path} does not exist")
+    # Refuse a huge file (a CT passed by mistake, a log) before reading it whole into memory; 3 bytes for a BOM.
+    size = path.stat().st_size
+    if size > MAX_REPORT_BYTES + 3:
+        raise InvalidInputError(
+            f"{option} {path} is {size} bytes, over the limit of {MAX_REPORT_BYTES} bytes for a report "
+            "(findings + impression, UTF-8); is it the right file?"
+        )
     try:
         text = read_text_utf8(path)
     except InvalidInputError as exc:
