@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -79,6 +80,8 @@ def serve_command(
     if not lazy:
         with console.status("loading the index, text encoder and generator ..."):
             service.load()
+        # Case masks are converted to the viewer's labels in the background while the server already answers.
+        threading.Thread(target=service.warm_mask_cache, name="ctrag-warm-masks", daemon=True).start()
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}/"
     console.print(f"[bold]ctrag serve[/] on {url}  (API docs: {url}docs)", highlight=False)

@@ -119,6 +119,7 @@ class CtragService:
         self._corpus: Corpus | None = None
         self._corpus_loaded = False
         self._jobs_meta: dict[str, dict[str, Any]] = {}
+        self._mask_locks: dict[str, threading.Lock] = {}
 
     # ------------------------------------------------------------------ loading
     def load(self) -> None:
@@ -340,12 +341,35 @@ class CtragService:
             raise NotFound(f"case {case_id!r} has no mask on disk")
         label_set = self.label_set
         cached = self.config.out_dir / "cache" / "cases" / f"{case.case_id}.{label_set}.mask.nii.gz"
-        if not cached.is_file():
-            volume = load_volume(case.mask_path)
-            values = [int(v) for v in np.unique(volume.array)]
-            labels = convert_labels(volume.array, source_space(case.mask_source, values), label_set, name=case_id)
-            save_volume(cached, labels, volume.affine, description=f"ctrag {label_set} labels of {case.case_id}")
+        with self.lock:
+            case_lock = self._mask_locks.setdefault(case.case_id, threading.Lock())
+        # One conversion per case: a viewer request arriving while the warm-up converts the same mask waits for it.
+        with case_lock:
+            if not cached.is_file():
+                volume = load_volume(case.mask_path)
+                values = [int(v) for v in np.unique(volume.array)]
+                labels = convert_labels(volume.array, source_space(case.mask_source, values), label_set, name=case_id)
+                save_volume(cached, labels, volume.affine, description=f"ctrag {label_set} labels of {case.case_id}")
         return cached
+
+    def warm_mask_cache(self, progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
+        """Convert every case mask to the viewer's label set ahead of the first request.
+
+        A full-resolution CT-RATE mask takes seconds to convert; ``ctrag serve`` runs this in a background thread
+        after loading, so the first "show the retrieved case" in the viewer does not wait for it. A mask that
+        cannot be converted is logged and left for the request to report; returns ``{case_id: error}`` for those.
+        """
+        with_masks = [c for c in self._cases() if c.mask_path and Path(c.mask_path).is_file()]
+        failed: dict[str, str] = {}
+        for i, case in enumerate(with_masks):
+            try:
+                self.case_mask_file(case.case_id)
+            except Exception as exc:  # a bad mask must not stop the warm-up of the others
+                failed[case.case_id] = str(exc)
+                logger.warning("mask of case %s not cached: %s", case.case_id, exc)
+            if progress is not None:
+                progress(i + 1, len(with_masks))
+        return failed
 
     # ------------------------------------------------------------------ uploads
     def save_upload(self, chunks: Iterable[bytes], *, filename_gz: bool) -> dict[str, Any]:
