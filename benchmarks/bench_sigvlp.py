@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import machine_info
+
 from ctrag.data.folder import read_folder
 from ctrag.data.transforms import load_preprocess_config
 from ctrag.encoders import create_encoder
@@ -40,8 +40,8 @@ MODELS = {
 
 
 def timing(slices: list[int], repeats: int) -> list[dict[str, float]]:
-    from ctrag.encoders.sigvlp import SigVLPTower, sigvlp_config_from_dict
     from ctrag.encoders.factory import get_model_config
+    from ctrag.encoders.sigvlp import SigVLPTower, sigvlp_config_from_dict
 
     tower = SigVLPTower(sigvlp_config_from_dict(get_model_config("sigvlp")["tower"])).eval()
     rows = []
@@ -67,19 +67,22 @@ def retrieval(epochs: int, seeds: list[int]) -> dict[str, object]:
     text_emb = minilm.encode_text(texts)
     out: dict[str, object] = {}
     for label, (model, weight) in MODELS.items():
-        ranks, seconds = [], []
+        ranks, seconds, chunk_ranking = [], [], []
         for seed in seeds:
             for held in range(len(cases)):
                 train = [replace(c, split="train" if i != held else "test") for i, c in enumerate(cases)]
-                cfg = EncoderConfig(
-                    volume_model=model,
-                    train=EncoderTrainConfig(epochs=epochs, batch_size=8, lr=3e-3, chunk_align_weight=weight, seed=seed),
+                train_cfg = EncoderTrainConfig(
+                    epochs=epochs, batch_size=8, lr=3e-3, chunk_align_weight=weight, seed=seed
                 )
+                cfg = EncoderConfig(volume_model=model, train=train_cfg)
                 with tempfile.TemporaryDirectory() as tmp:
                     t0 = time.perf_counter()
                     train_encoder(train, tmp, cfg, preprocess, text_encoder=minilm, resume=False)
                     seconds.append(time.perf_counter() - t0)
                     enc = create_encoder(tmp, text_encoder=minilm)
+                    align = json.loads((Path(tmp) / "train_summary.json").read_text("utf-8"))["chunk_alignment"]
+                    if align is not None:
+                        chunk_ranking.append((align["ranking_before"], align["ranking_after"]))
                 assert isinstance(enc, SharedSpaceEncoder)
                 vols = np.concatenate(
                     [enc.encode_volume(load_prepared(c.volume_path, enc.preprocess).tensor[None]) for c in cases]
@@ -91,6 +94,12 @@ def retrieval(epochs: int, seeds: list[int]) -> dict[str, object]:
             "mean_rank": float(np.mean(ranks)),
             "top1": float(np.mean([r == 1 for r in ranks])),
             "train_seconds_mean": float(np.mean(seconds)),
+            # training-set chunk -> region-sentence ranking accuracy (chance 0.5), before -> after training
+            "train_chunk_ranking_before_after": (
+                [float(np.mean([b for b, _ in chunk_ranking])), float(np.mean([a for _, a in chunk_ranking]))]
+                if chunk_ranking
+                else None
+            ),
         }
     out["chance_mean_rank"] = (len(cases) + 1) / 2
     out["n_cts"] = len(cases)

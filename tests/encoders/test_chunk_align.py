@@ -89,27 +89,31 @@ def test_chunk_coverage_and_targets():
     assert good < bad
 
 
-def _cfg(tmp_path: Path, weight: float, volume_model: str | None = None) -> EncoderConfig:
+def _cfg(tmp_path: Path, weight: float, volume_model: str | None = None, epochs: int = 30) -> EncoderConfig:
     arch = tmp_path / "sigvlp-test.json"
     arch.write_text(json.dumps(ARCH), encoding="utf-8")
-    train = EncoderTrainConfig(epochs=5, batch_size=8, lr=3e-3, chunk_align_weight=weight, seed=0)
+    train = EncoderTrainConfig(epochs=epochs, batch_size=8, lr=3e-3, chunk_align_weight=weight, seed=0)
     return EncoderConfig(volume_model=volume_model or str(arch), train=train)
 
 
 def test_alignment_loss_decreases_on_real_cts_and_is_switchable(tmp_path, sample_cases, minilm):
     preprocess = load_preprocess_config("tiny-cpu")  # the fixed-grid preset: SigVLP drops only its depth crop
     on = train_encoder(sample_cases, tmp_path / "on", _cfg(tmp_path, 1.0), preprocess, text_encoder=minilm)
-    assert len(on.epoch_chunk_losses) == 5
-    assert on.epoch_chunk_losses[-1] < on.epoch_chunk_losses[0] - 1.0
+    assert len(on.epoch_chunk_losses) == 30
+    assert on.epoch_chunk_losses[-1] < 0.5 * on.epoch_chunk_losses[0]
     summary = json.loads((tmp_path / "on" / "train_summary.json").read_text(encoding="utf-8"))
     sources = summary["chunk_alignment"]["mask_sources"]
     assert sources["ts_example_ct"] == "stored mask (totalseg)"
     assert sources["lung_pet_ct_dx_A0001"] == "classical segmenter (coarse)"
     assert min(summary["chunk_alignment"]["sentences_per_case"]) >= 3
+    # not just the sigmoid's scale and bias: chunks now rank the sentences of the regions they cover above the
+    # others (chance 0.5; measured 0.51 -> 0.82 here, and no better than chance after only 5 epochs)
+    ranking = summary["chunk_alignment"]
+    assert ranking["ranking_before"] < 0.6 and ranking["ranking_after"] > 0.7
     record = json.loads((tmp_path / "on" / "encoder_config.json").read_text(encoding="utf-8"))
     assert record["tower_type"] == "sigvlp" and record["preprocess"]["resize_mode"] == "pad_crop_xy"
 
-    off = train_encoder(sample_cases, tmp_path / "off", _cfg(tmp_path, 0.0), preprocess, text_encoder=minilm)
+    off = train_encoder(sample_cases, tmp_path / "off", _cfg(tmp_path, 0.0, epochs=2), preprocess, text_encoder=minilm)
     assert off.epoch_chunk_losses == [] and off.fingerprint != on.fingerprint
     with pytest.raises(ConfigError, match="needs a SigVLP volume model"):
         train_encoder(sample_cases, tmp_path / "cnn", _cfg(tmp_path, 1.0, "ctrag-volume-tiny"), preprocess)
