@@ -125,6 +125,9 @@ def train_encoder_command(
     table.add_row("epochs (resumed from)", f"{result.epochs_done} ({result.resumed_from_epoch})")
     if result.epoch_losses:
         table.add_row("loss first -> last epoch", f"{result.epoch_losses[0]:.4f} -> {result.epoch_losses[-1]:.4f}")
+    if result.epoch_chunk_losses:
+        first, last = result.epoch_chunk_losses[0], result.epoch_chunk_losses[-1]
+        table.add_row("chunk-alignment loss first -> last", f"{first:.4f} -> {last:.4f}")
     before = result.retrieval_before or {}
     table.add_row(
         "train top-1 before -> after (chance)",

@@ -44,7 +44,7 @@ from ctrag.data.case import Case
 from ctrag.data.nifti import Volume
 from ctrag.errors import ConfigError, InvalidInputError
 
-ResizeMode = Literal["pad_crop", "resize", "none"]
+ResizeMode = Literal["pad_crop", "pad_crop_xy", "resize", "none"]
 _AXCODES_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 _INTERP = {"nearest", "bilinear"}
 
@@ -54,7 +54,9 @@ class PreprocessConfig:
     """Preprocessing of CTs and masks; saved with every model so training and sampling cannot drift apart.
 
     ``size`` is applied after resampling: ``pad_crop`` centres and pads (with 0, i.e. -1000 HU / background)
-    or crops, keeping the spacing exact; ``resize`` interpolates to ``size`` (the spacing then changes, the
+    or crops, keeping the spacing exact; ``pad_crop_xy`` does the same in-plane (i, j) only and keeps every
+    slice (``size[2]`` is then unused: encoders that read any number of slices, e.g. SigVLP, must not lose the
+    ends of a long scan to a depth crop); ``resize`` interpolates to ``size`` (the spacing then changes, the
     affine says how); ``none`` keeps whatever the spacing step produced.
     """
 
@@ -249,6 +251,8 @@ def build_preprocess(
         steps.append(ScaleIntensityRanged(image_keys, a_min=lo, a_max=hi, b_min=a, b_max=b, clip=True))
     if cfg.resize_mode == "pad_crop":
         steps.append(ResizeWithPadOrCropd(keys, spatial_size=cfg.size, mode="constant"))
+    elif cfg.resize_mode == "pad_crop_xy":  # a non-positive size keeps that axis as it is (MONAI convention)
+        steps.append(ResizeWithPadOrCropd(keys, spatial_size=(cfg.size[0], cfg.size[1], -1), mode="constant"))
     elif cfg.resize_mode == "resize":
         resize_modes = ["trilinear" if cfg.image_interp == "bilinear" else "nearest"] * len(image_keys)
         steps.append(Resized(keys, spatial_size=cfg.size, mode=resize_modes + ["nearest"] * len(mask_keys)))

@@ -37,6 +37,8 @@ from ctrag.encoders.preprocess import (
     preprocess_from_dict,
     preprocess_to_dict,
 )
+from ctrag.encoders.sigvlp import TOWER_TYPE as SIGVLP_TOWER
+from ctrag.encoders.sigvlp import SigVLPConfig, SigVLPOutput, SigVLPTower
 from ctrag.encoders.volume import VolumeTower, VolumeTowerConfig, check_volume_batch
 from ctrag.errors import CheckpointMismatchError, InvalidInputError, WeightsNotFoundError
 from ctrag.utils.atomic import atomic_path, atomic_write_text
@@ -45,6 +47,36 @@ from ctrag.utils.checkpoints import load_checkpoint_file, load_strict
 TOWER_WEIGHTS = "volume_tower.pt"
 ENCODER_CONFIG = "encoder_config.json"
 MAX_LOGIT_SCALE = math.log(100.0)
+CNN_TOWER = "cnn"
+#: Tower kinds a trained encoder folder may hold (``tower_type`` in ``encoder_config.json``; absent = cnn).
+TOWER_TYPES = (CNN_TOWER, SIGVLP_TOWER)
+
+AnyTower = VolumeTower | SigVLPTower
+AnyTowerConfig = VolumeTowerConfig | SigVLPConfig
+
+
+def build_tower(cfg: AnyTowerConfig) -> AnyTower:
+    """The tower class that reads ``cfg`` (the config type decides)."""
+    return SigVLPTower(cfg) if isinstance(cfg, SigVLPConfig) else VolumeTower(cfg)
+
+
+def tower_type(cfg: AnyTowerConfig) -> str:
+    return SIGVLP_TOWER if isinstance(cfg, SigVLPConfig) else CNN_TOWER
+
+
+def tower_config_from_record(record: Mapping[str, Any], kind: str) -> AnyTowerConfig:
+    if kind not in TOWER_TYPES:
+        raise CheckpointMismatchError(f"unknown tower_type {kind!r}; known: {list(TOWER_TYPES)}")
+    if kind == SIGVLP_TOWER:
+        return from_dict(SigVLPConfig, dict(record))
+    return from_dict(VolumeTowerConfig, dict(record))
+
+
+def _check_batch(tower: AnyTower, volumes: torch.Tensor, value_range: tuple[float, float]) -> None:
+    if isinstance(tower, SigVLPTower):
+        tower.check_input(volumes, value_range)
+    else:
+        check_volume_batch(volumes, tower.cfg.in_channels, value_range)
 
 
 def contrastive_loss(
@@ -163,12 +195,42 @@ def metadata_allowed(values: Sequence[Mapping[str, Any]], keys: Sequence[str]) -
 
 
 class VolumeTextCLIP(nn.Module):
-    """Trainable half of the pair: the volume tower plus the temperature (text embeddings come in precomputed)."""
+    """Trainable half of the pair: the volume tower plus the temperature (text embeddings come in precomputed).
 
-    def __init__(self, tower_cfg: VolumeTowerConfig, init_temperature: float = 0.07) -> None:
+    A SigVLP tower also gets the scale and bias of the chunk <-> sentence sigmoid loss (SigLIP's initial values,
+    t = 10 and b = -10: with many more negative than positive pairs the bias starts every pair near "no").
+    """
+
+    def __init__(self, tower_cfg: AnyTowerConfig, init_temperature: float = 0.07) -> None:
         super().__init__()
-        self.tower = VolumeTower(tower_cfg)
+        self.tower: AnyTower = build_tower(tower_cfg)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        if isinstance(self.tower, SigVLPTower):
+            self.chunk_logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+            self.chunk_logit_bias = nn.Parameter(torch.tensor(-10.0))
+
+    def forward_chunks(
+        self,
+        volumes: torch.Tensor,
+        text_emb: torch.Tensor,
+        text_ids: torch.Tensor | None = None,
+        *,
+        slice_mask: torch.Tensor | None = None,
+        soft_targets: torch.Tensor | None = None,
+        soft_weight: float = 0.0,
+        allowed: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, SigVLPOutput]:
+        """SigVLP: like ``forward`` but also returns the tower output (chunk embeddings and masks)."""
+        if not isinstance(self.tower, SigVLPTower):
+            raise InvalidInputError("forward_chunks needs a SigVLP tower")
+        out = self.tower.encode(volumes, slice_mask)
+        vol = F.normalize(out.embedding, dim=-1)
+        txt = F.normalize(text_emb.to(vol.dtype), dim=-1)
+        scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE)
+        loss, logits = contrastive_loss(
+            vol, txt, scale, text_ids, soft_targets=soft_targets, soft_weight=soft_weight, allowed=allowed
+        )
+        return loss, logits, vol, out
 
     def forward(
         self,
@@ -205,7 +267,7 @@ class TowerInfo:
     """What ``encoder_config.json`` records next to the tower weights."""
 
     name: str
-    tower: VolumeTowerConfig
+    tower: AnyTowerConfig
     preprocess: PreprocessConfig
     text_encoder: dict[str, Any]
     extra: dict[str, Any]
@@ -217,7 +279,7 @@ class SharedSpaceEncoder(Encoder):
     def __init__(
         self,
         text_encoder: Encoder,
-        tower: VolumeTower,
+        tower: AnyTower,
         preprocess: PreprocessConfig,
         *,
         name: str = "shared-space",
@@ -232,7 +294,7 @@ class SharedSpaceEncoder(Encoder):
         self.name = name
         self.text_encoder = text_encoder
         self.tower = tower.to(device).eval()
-        self.preprocess = check_encoder_preprocess(preprocess)
+        self.preprocess = check_encoder_preprocess(preprocess, variable_depth=isinstance(tower, SigVLPTower))
         self.device = device
         self.extra = dict(extra or {})
         self._fingerprint: str | None = None
@@ -258,11 +320,13 @@ class SharedSpaceEncoder(Encoder):
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            settings = {
+            settings: dict[str, Any] = {
                 "tower": self.tower.cfg.to_dict(),
                 "preprocess": preprocess_to_dict(self.preprocess),
                 "text_encoder": self.text_encoder.fingerprint,
             }
+            if isinstance(self.tower, SigVLPTower):  # cnn fingerprints stay what they were before sigvlp existed
+                settings["tower_type"] = SIGVLP_TOWER
             self._fingerprint = make_fingerprint(
                 self.name, settings, {"tower": state_dict_sha256(self.tower.state_dict())}
             )
@@ -273,7 +337,7 @@ class SharedSpaceEncoder(Encoder):
 
     @torch.inference_mode()
     def encode_volume(self, volumes: torch.Tensor, batch_size: int = 4) -> np.ndarray:
-        check_volume_batch(volumes, self.tower.cfg.in_channels, self.value_range)
+        _check_batch(self.tower, volumes, self.value_range)
         out = []
         for start in range(0, volumes.shape[0], batch_size):
             batch = volumes[start : start + batch_size].to(self.device, torch.float32)
@@ -290,6 +354,7 @@ class SharedSpaceEncoder(Encoder):
         record = {
             "format": "ctrag-shared-space-encoder/1",
             "name": self.name,
+            "tower_type": tower_type(self.tower.cfg),
             "tower": self.tower.cfg.to_dict(),
             "preprocess": preprocess_to_dict(self.preprocess),
             "text_encoder": {
@@ -314,7 +379,7 @@ class SharedSpaceEncoder(Encoder):
                 f"{folder}: tower was trained against text encoder {info.text_encoder.get('fingerprint')}, "
                 f"got {text_encoder.fingerprint}"
             )
-        tower = VolumeTower(info.tower)
+        tower = build_tower(info.tower)
         weights = Path(folder) / TOWER_WEIGHTS
         load_strict(tower, load_checkpoint_file(weights), str(weights), hint=f"Is {ENCODER_CONFIG} from the same run?")
         return cls(text_encoder, tower, info.preprocess, name=info.name, device=device, extra=info.extra)
@@ -332,7 +397,7 @@ def read_tower_info(folder: str | os.PathLike[str]) -> TowerInfo:
     record = json.loads(cfg_file.read_text(encoding="utf-8"))
     return TowerInfo(
         name=record.get("name", "shared-space"),
-        tower=from_dict(VolumeTowerConfig, record["tower"]),
+        tower=tower_config_from_record(record["tower"], str(record.get("tower_type", CNN_TOWER))),
         preprocess=preprocess_from_dict(record["preprocess"]),
         text_encoder=dict(record.get("text_encoder", {})),
         extra=dict(record.get("extra", {})),

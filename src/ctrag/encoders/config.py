@@ -52,6 +52,11 @@ class EncoderTrainConfig:
     #: ``Case.extra`` keys (e.g. scanner, sex): in-batch negatives are kept only among cases that agree on them
     #: (a key missing on either case does not restrict), so the tower cannot separate pairs by those shortcuts.
     same_metadata_negatives_only: tuple[str, ...] = ()
+    #: Weight of the SigVLP chunk <-> region-sentence sigmoid loss (``ctrag.encoders.chunk_align``) added to the
+    #: global loss; 0 turns it off. Only a SigVLP volume model has chunks; other towers refuse a weight > 0.
+    chunk_align_weight: float = 0.0
+    #: Voxels of a region's structures a K-slice needs (on the encoder grid) before a chunk counts as covering it.
+    chunk_min_voxels: int = 8
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 2:
@@ -73,6 +78,11 @@ class EncoderTrainConfig:
             raise ValueError(
                 "EncoderTrainConfig: soft_target_weight must be in [0, 1] and soft_target_temperature > 0 "
                 f"(got {self.soft_target_weight}, {self.soft_target_temperature})"
+            )
+        if self.chunk_align_weight < 0 or self.chunk_min_voxels < 1:
+            raise ValueError(
+                f"EncoderTrainConfig: chunk_align_weight must be >= 0 and chunk_min_voxels >= 1 (got "
+                f"{self.chunk_align_weight}, {self.chunk_min_voxels})"
             )
         if self.views_per_case < 1 or self.checkpoint_every < 1:
             raise ValueError("EncoderTrainConfig: views_per_case and checkpoint_every must be >= 1")

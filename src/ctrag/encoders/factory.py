@@ -29,7 +29,7 @@ from typing import Any
 from ctrag.config import from_dict
 from ctrag.encoders.base import Encoder
 from ctrag.encoders.pretrained import is_pretrained_tag, list_pretrained_tags, resolve_pretrained
-from ctrag.errors import ConfigError, InvalidInputError, WeightsNotFoundError
+from ctrag.errors import CheckpointMismatchError, ConfigError, InvalidInputError, WeightsNotFoundError
 
 _TYPES = ("sentence-transformers", "hf-text", "ct-clip", "shared-space", "static-text")
 
@@ -223,6 +223,11 @@ def _build_shared_space(
     path = Path(weights).expanduser()
     if not path.is_dir():
         raise WeightsNotFoundError(f"trained encoder folder not found: {path}")
+    from ctrag.encoders.clip import read_tower_info, tower_type
+
+    expected, found = cfg.get("tower_type", "cnn"), tower_type(read_tower_info(path).tower)
+    if expected != found:
+        raise CheckpointMismatchError(f"{path} holds a {found!r} volume tower, but encoder {name!r} is {expected!r}")
     return _load_shared_space(path, device, overrides)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ __all__ = [
     "prepare_volume",
     "preprocess_from_dict",
     "preprocess_to_dict",
+    "variable_depth_preprocess",
 ]
 
 
@@ -43,15 +44,31 @@ class PreparedVolume:
     affine: np.ndarray
 
 
-def check_encoder_preprocess(cfg: PreprocessConfig) -> PreprocessConfig:
-    """The volume towers expect a fixed grid in [0, 1]; refuse configs that do not produce that."""
+def check_encoder_preprocess(cfg: PreprocessConfig, *, variable_depth: bool = False) -> PreprocessConfig:
+    """The volume towers expect a fixed spacing and values in [0, 1]; refuse configs that do not produce that.
+
+    Fixed-grid towers (the CNN) need a fixed size in all three axes; ``variable_depth`` towers (SigVLP) need a fixed
+    in-plane size and every slice kept, i.e. ``resize_mode="pad_crop_xy"``.
+    """
     if tuple(cfg.output_range) != (0.0, 1.0):
         raise ConfigError(f"volume encoders expect output_range (0, 1), got {cfg.output_range}")
-    if cfg.resize_mode == "none":
-        raise ConfigError("volume encoders need a fixed grid: resize_mode must be 'pad_crop' or 'resize', not 'none'")
+    if variable_depth and cfg.resize_mode != "pad_crop_xy":
+        raise ConfigError(
+            f"a variable-depth (SigVLP) encoder keeps every slice: resize_mode must be 'pad_crop_xy', got "
+            f"{cfg.resize_mode!r} (see ctrag.encoders.preprocess.variable_depth_preprocess)"
+        )
+    if not variable_depth and cfg.resize_mode in ("none", "pad_crop_xy"):
+        raise ConfigError(
+            f"volume encoders need a fixed grid: resize_mode must be 'pad_crop' or 'resize', not {cfg.resize_mode!r}"
+        )
     if min(cfg.size) < 8:
         raise ConfigError(f"volume encoders need at least 8 voxels per axis, got size {cfg.size}")
     return cfg
+
+
+def variable_depth_preprocess(cfg: PreprocessConfig) -> PreprocessConfig:
+    """The project preprocessing (orientation, spacing, HU window, in-plane size) with the depth crop removed."""
+    return replace(cfg, resize_mode="pad_crop_xy")
 
 
 def preprocess_to_dict(cfg: PreprocessConfig) -> dict[str, Any]:

@@ -32,7 +32,13 @@ from ctrag.config import config_to_dict
 from ctrag.data.case import Case
 from ctrag.encoders.base import Encoder
 from ctrag.encoders.cache import EmbeddingCache, encode_text_cached
-from ctrag.encoders.clip import SharedSpaceEncoder, VolumeTextCLIP, metadata_allowed, soft_contrastive_targets
+from ctrag.encoders.clip import (
+    AnyTowerConfig,
+    SharedSpaceEncoder,
+    VolumeTextCLIP,
+    metadata_allowed,
+    soft_contrastive_targets,
+)
 from ctrag.encoders.config import EncoderConfig, EncoderTrainConfig
 from ctrag.encoders.factory import create_encoder, get_model_config
 from ctrag.encoders.preprocess import (
@@ -40,9 +46,12 @@ from ctrag.encoders.preprocess import (
     check_encoder_preprocess,
     load_prepared,
     preprocess_to_dict,
+    variable_depth_preprocess,
 )
+from ctrag.encoders.sigvlp import TOWER_TYPE as SIGVLP_TOWER
+from ctrag.encoders.sigvlp import sigvlp_config_from_dict
 from ctrag.encoders.volume import VolumeTowerConfig
-from ctrag.errors import CheckpointMismatchError, InvalidInputError
+from ctrag.errors import CheckpointMismatchError, ConfigError, InvalidInputError
 from ctrag.utils.atomic import atomic_path, atomic_write_text
 from ctrag.utils.checkpoints import load_checkpoint_file, load_strict
 from ctrag.utils.progress import ProgressFn
@@ -74,6 +83,8 @@ class TrainResult:
     fingerprint: str
     resumed_from_epoch: int = 0
     report_sources: dict[str, int] = field(default_factory=dict)
+    #: SigVLP with ``chunk_align_weight > 0``: mean chunk <-> region-sentence sigmoid loss per epoch (unweighted).
+    epoch_chunk_losses: list[float] = field(default_factory=list)
 
 
 def select_training_cases(corpus: Sequence[Case], split: str | None) -> list[Case]:
@@ -107,19 +118,57 @@ def load_training_pairs(
     return pairs
 
 
+@dataclass(frozen=True)
+class AugmentPlan:
+    """One random draw of :func:`augment`: a (start, size) window per axis (None = no crop) and the flipped axes."""
+
+    windows: tuple[tuple[int, int], ...] | None
+    flips: tuple[int, ...]
+
+
+def augment_plan(shape: Sequence[int], cfg: EncoderTrainConfig, generator: torch.Generator) -> AugmentPlan:
+    """Draw crop windows and flips for a ``(I, J, K)`` grid (the same draws, in the same order, as ``augment``)."""
+    windows = None
+    if cfg.crop_fraction < 1.0:
+        drawn = []
+        for n in shape:
+            size = min(n, max(8, round(n * cfg.crop_fraction)))
+            start = int(torch.randint(0, n - size + 1, (1,), generator=generator))
+            drawn.append((start, size))
+        windows = tuple(drawn)
+    flips = tuple(a for a in cfg.flip_axes if float(torch.rand((), generator=generator)) < cfg.flip_prob)
+    return AugmentPlan(windows, flips)
+
+
+def apply_plan(tensor: torch.Tensor, plan: AugmentPlan, axes: Sequence[int] = (0, 1, 2)) -> torch.Tensor:
+    """Apply ``plan`` to the trailing spatial axes of ``tensor``; ``axes`` names which of I, J, K it has.
+
+    A per-slice table ``(R, K)`` is cropped and flipped exactly like the K axis of its CT with ``axes=(2,)``.
+    """
+    out = tensor
+    first = tensor.ndim - len(axes)
+    for dim, axis in enumerate(axes, start=first):
+        if plan.windows is not None:
+            start, size = plan.windows[axis]
+            out = out.narrow(dim, start, size)
+        if axis in plan.flips:
+            out = out.flip(dim)
+    return out.contiguous()
+
+
 def augment(volume: torch.Tensor, cfg: EncoderTrainConfig, generator: torch.Generator) -> torch.Tensor:
     """Random crop (``crop_fraction`` of each axis) and random flips of one ``(1, I, J, K)`` volume."""
-    out = volume
-    if cfg.crop_fraction < 1.0:
-        for axis in range(3):
-            n = volume.shape[axis + 1]
-            size = max(8, round(n * cfg.crop_fraction))
-            start = int(torch.randint(0, n - size + 1, (1,), generator=generator))
-            out = out.narrow(axis + 1, start, size)
-    for axis in cfg.flip_axes:
-        if float(torch.rand((), generator=generator)) < cfg.flip_prob:
-            out = out.flip(axis + 1)
-    return out.contiguous()
+    return apply_plan(volume, augment_plan(volume.shape[1:], cfg, generator))
+
+
+def stack_depths(volumes: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch ``(1, I, J, K_i)`` volumes of different slice counts: zero-pad K to the longest, plus a slice mask."""
+    depth = max(v.shape[-1] for v in volumes)
+    batch = torch.stack([F.pad(v, (0, depth - v.shape[-1])) for v in volumes])
+    mask = torch.zeros((len(volumes), depth), dtype=torch.bool)
+    for i, v in enumerate(volumes):
+        mask[i, : v.shape[-1]] = True
+    return batch, mask
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
@@ -188,10 +237,17 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-def _tower_config(volume_model: str, embed_dim: int) -> VolumeTowerConfig:
+def _volume_arch(volume_model: str) -> dict[str, Any]:
     arch = get_model_config(volume_model)
     if arch.get("type") != "shared-space":
         raise InvalidInputError(f"volume_model {volume_model!r} is a {arch.get('type')!r} encoder, not a volume tower")
+    return arch
+
+
+def _tower_config(volume_model: str, embed_dim: int) -> AnyTowerConfig:
+    arch = _volume_arch(volume_model)
+    if arch.get("tower_type") == SIGVLP_TOWER:
+        return sigvlp_config_from_dict(arch["tower"], embed_dim)
     tower = dict(arch["tower"])
     tower["channels"] = tuple(tower["channels"])
     tower["strides"] = tuple(tower["strides"])
@@ -213,7 +269,16 @@ def train_encoder(
     tcfg = cfg.train
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    preprocess = check_encoder_preprocess(preprocess)
+    is_sigvlp = _volume_arch(cfg.volume_model).get("tower_type") == SIGVLP_TOWER
+    if is_sigvlp and preprocess.resize_mode != "pad_crop_xy":
+        logger.info("SigVLP keeps every slice: preprocessing resize_mode %r -> 'pad_crop_xy'", preprocess.resize_mode)
+        preprocess = variable_depth_preprocess(preprocess)
+    if tcfg.chunk_align_weight > 0 and not is_sigvlp:
+        raise ConfigError(
+            f"train.chunk_align_weight={tcfg.chunk_align_weight} needs a SigVLP volume model (chunks); "
+            f"{cfg.volume_model!r} is a fixed-grid tower"
+        )
+    preprocess = check_encoder_preprocess(preprocess, variable_depth=is_sigvlp)
     device = tcfg.device
 
     # 1. data: cases with a CT and a report
@@ -241,6 +306,11 @@ def train_encoder(
     # 3. volumes, preprocessed once
     pairs = load_training_pairs(cases, preprocess, progress=progress)
     volumes = [p.volume for p in pairs]
+    align = (
+        _chunk_alignment_data(cases, volumes, preprocess, text_encoder, out, cfg)
+        if tcfg.chunk_align_weight > 0
+        else None
+    )
 
     # 4. model (initialised from the seed without disturbing the caller's global RNG)
     tower_cfg = _tower_config(cfg.volume_model, text_encoder.dim)
@@ -251,6 +321,7 @@ def train_encoder(
     generator = torch.Generator().manual_seed(tcfg.seed)
     meta = {
         "format": "ctrag-encoder-checkpoint/1",
+        **({"tower_type": SIGVLP_TOWER} if is_sigvlp else {}),
         "tower": tower_cfg.to_dict(),
         "volume_model": cfg.volume_model,
         "preprocess": preprocess_to_dict(preprocess),
@@ -261,6 +332,7 @@ def train_encoder(
 
     # 5. resume
     start_epoch, step, epoch_losses, before, gap_before = 0, 0, [], None, None
+    chunk_losses: list[float] = []
     ckpt_path = out / CHECKPOINT
     if resume and ckpt_path.is_file():
         state = load_checkpoint_file(ckpt_path)
@@ -270,12 +342,14 @@ def train_encoder(
         generator.set_state(state["generator"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
         epoch_losses = [float(x) for x in state["epoch_losses"]]
+        chunk_losses = [float(x) for x in state.get("epoch_chunk_losses", [])]
         before = state.get("retrieval_before")
         gap_before = state.get("modality_gap_before")
         logger.info("resuming %s from epoch %d", ckpt_path, start_epoch)
     else:
         before = train_retrieval(model, volumes, text_emb, device)
         gap_before = train_modality_gap(model, volumes, text_emb, device)
+    ranking_before = align.ranking(model, volumes, device) if align is not None else None
 
     # 6. train
     total_epochs = tcfg.epochs
@@ -284,10 +358,17 @@ def train_encoder(
     model.train()
     for epoch in range(start_epoch, total_epochs):
         items = [i for i in range(len(pairs)) for _ in range(tcfg.views_per_case)]
-        losses = []
+        losses, epoch_chunk = [], []
         for batch_idx in _batches(len(items), tcfg.batch_size, generator):
             idx = [items[j] for j in batch_idx]
-            vols = torch.stack([augment(volumes[i], tcfg, generator) for i in idx]).to(device)
+            plans = [augment_plan(volumes[i].shape[1:], tcfg, generator) for i in idx]
+            views = [apply_plan(volumes[i], plan) for i, plan in zip(idx, plans, strict=True)]
+            slice_mask = None
+            if is_sigvlp:
+                stacked, slice_mask = stack_depths(views)
+                vols, slice_mask = stacked.to(device), slice_mask.to(device)
+            else:
+                vols = torch.stack(views).to(device)
             batch_text = text_emb[idx].to(device)
             soft = None
             if labels is not None and known is not None:
@@ -295,14 +376,30 @@ def train_encoder(
             allowed = None
             if tcfg.same_metadata_negatives_only:
                 allowed = metadata_allowed([metadata[i] for i in idx], tcfg.same_metadata_negatives_only).to(device)
-            loss, _, vol_emb = model(
-                vols,
-                batch_text,
-                caption_ids[idx].to(device),
-                soft_targets=soft,
-                soft_weight=tcfg.soft_target_weight if soft is not None else 0.0,
-                allowed=allowed,
-            )
+            soft_weight = tcfg.soft_target_weight if soft is not None else 0.0
+            if is_sigvlp:
+                loss, _, vol_emb, tower_out = model.forward_chunks(
+                    vols,
+                    batch_text,
+                    caption_ids[idx].to(device),
+                    slice_mask=slice_mask,
+                    soft_targets=soft,
+                    soft_weight=soft_weight,
+                    allowed=allowed,
+                )
+                if align is not None:
+                    chunk_loss = align.loss(model, tower_out, idx, plans, device)
+                    loss = loss + tcfg.chunk_align_weight * chunk_loss
+                    epoch_chunk.append(float(chunk_loss.detach()))
+            else:
+                loss, _, vol_emb = model(
+                    vols,
+                    batch_text,
+                    caption_ids[idx].to(device),
+                    soft_targets=soft,
+                    soft_weight=soft_weight,
+                    allowed=allowed,
+                )
             if tcfg.gap_weight > 0:
                 loss = loss + tcfg.gap_weight * centroid_gap_penalty(vol_emb, batch_text)
             optimizer.zero_grad(set_to_none=True)
@@ -315,6 +412,8 @@ def train_encoder(
             if progress is not None:
                 progress(TRAIN_STAGE, step, total_steps)
         epoch_losses.append(float(np.mean(losses)))
+        if epoch_chunk:
+            chunk_losses.append(float(np.mean(epoch_chunk)))
         if on_epoch is not None:
             on_epoch(epoch + 1, epoch_losses[-1])
         if (epoch + 1) % tcfg.checkpoint_every == 0 or epoch + 1 == total_epochs:
@@ -328,6 +427,7 @@ def train_encoder(
                     "epoch": epoch + 1,
                     "step": step,
                     "epoch_losses": epoch_losses,
+                    "epoch_chunk_losses": chunk_losses,
                     "retrieval_before": before,
                     "modality_gap_before": gap_before,
                 },
@@ -341,6 +441,18 @@ def train_encoder(
         "epochs": len(epoch_losses),
         "steps": step,
         "epoch_losses": epoch_losses,
+        "tower_type": SIGVLP_TOWER if is_sigvlp else "cnn",
+        "chunk_align_weight": tcfg.chunk_align_weight,
+        "epoch_chunk_losses": chunk_losses,
+        "chunk_alignment": (
+            {
+                **align.summary(),
+                "ranking_before": ranking_before,
+                "ranking_after": align.ranking(model, volumes, device),
+            }
+            if align is not None
+            else None
+        ),
         "train_retrieval_before": before,
         "train_retrieval_after": after,
         "train_modality_gap_before": gap_before,
@@ -379,6 +491,129 @@ def train_encoder(
         fingerprint=encoder.fingerprint,
         resumed_from_epoch=start_epoch,
         report_sources=sources,
+        epoch_chunk_losses=chunk_losses,
+    )
+
+
+@dataclass
+class _ChunkAlignment:
+    """Per-case region tables and region sentences (embedded once), and the batch loss built from them."""
+
+    chunk_slices: int
+    region_slices: list[torch.Tensor]  # (R, K_i) bool per case, on the encoder grid
+    sentences: list[Any]  # RegionSentences per case
+    sentence_emb: list[torch.Tensor]  # (S_i, E) per case
+    text_ids: list[list[int]]
+    mask_sources: dict[str, str]
+
+    def loss(
+        self, model: VolumeTextCLIP, out: Any, idx: Sequence[int], plans: Sequence[AugmentPlan], device: str
+    ) -> torch.Tensor:
+        from ctrag.encoders.chunk_align import (
+            batch_sentences,
+            chunk_regions,
+            chunk_sentence_targets,
+            flatten_chunks,
+            sigmoid_alignment_loss,
+        )
+
+        tables = [apply_plan(self.region_slices[i], plan, axes=(2,)) for i, plan in zip(idx, plans, strict=True)]
+        depth = max(t.shape[1] for t in tables)
+        slices = torch.stack([F.pad(t, (0, depth - t.shape[1]), value=False) for t in tables]).to(device)
+        cov = chunk_regions(slices, out.slice_mask, self.chunk_slices)
+        chunk_emb, chunk_cov, chunk_case = flatten_chunks(out.chunk_embeddings, cov, out.chunk_mask)
+        s_emb, s_reg, s_case, s_ids = batch_sentences(
+            [self.sentences[i] for i in idx], [self.sentence_emb[i] for i in idx], [self.text_ids[i] for i in idx]
+        )
+        labels = chunk_sentence_targets(chunk_cov, chunk_case, s_reg.to(device), s_case.to(device), s_ids.to(device))
+        scale = model.chunk_logit_scale.clamp(max=MAX_CHUNK_LOGIT_SCALE)
+        return sigmoid_alignment_loss(chunk_emb, s_emb.to(device), labels, scale, model.chunk_logit_bias)
+
+    @torch.no_grad()
+    def ranking(self, model: VolumeTextCLIP, volumes: Sequence[torch.Tensor], device: str) -> float:
+        """Chunk-level ranking accuracy over the training set, un-augmented (chance 0.5).
+
+        For each chunk, the share of (positive, negative) sentence pairs in which the positive sentence has the
+        higher cosine. Unlike the loss, this cannot improve by moving the sigmoid's scale and bias alone: it says
+        whether chunks moved towards the sentences of the regions they cover. (On a resumed run the "before" value
+        is that of the resumed state.)
+        """
+        from ctrag.encoders.chunk_align import (
+            batch_sentences,
+            chunk_regions,
+            chunk_sentence_targets,
+            flatten_chunks,
+        )
+        from ctrag.encoders.sigvlp import SigVLPTower
+
+        assert isinstance(model.tower, SigVLPTower)
+        was_training = model.training
+        model.eval()
+        stacked, slice_mask = stack_depths(volumes)
+        out = model.tower.encode(stacked.to(device), slice_mask.to(device))
+        if was_training:
+            model.train()
+        depth = stacked.shape[-1]
+        slices = torch.stack([F.pad(t, (0, depth - t.shape[1]), value=False) for t in self.region_slices])
+        cov = chunk_regions(slices.to(device), out.slice_mask, self.chunk_slices)
+        chunk_emb, chunk_cov, chunk_case = flatten_chunks(out.chunk_embeddings, cov, out.chunk_mask)
+        s_emb, s_reg, s_case, s_ids = batch_sentences(self.sentences, self.sentence_emb, self.text_ids)
+        labels = chunk_sentence_targets(chunk_cov, chunk_case, s_reg.to(device), s_case.to(device), s_ids.to(device))
+        cos = F.normalize(chunk_emb, dim=-1) @ F.normalize(s_emb.to(device), dim=-1).t()
+        scores = []
+        for row, lab in zip(cos, labels, strict=True):
+            pos, neg = row[lab > 0], row[lab < 0]
+            if len(pos) and len(neg):
+                scores.append(float((pos[:, None] > neg[None, :]).float().mean()))
+        return float(np.mean(scores)) if scores else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "sentences_per_case": [len(s.texts) for s in self.sentences],
+            "mask_sources": self.mask_sources,
+            "chunk_slices": self.chunk_slices,
+        }
+
+
+MAX_CHUNK_LOGIT_SCALE = float(np.log(100.0))
+
+
+def _chunk_alignment_data(
+    cases: Sequence[Case],
+    volumes: Sequence[torch.Tensor],
+    preprocess: PreprocessConfig,
+    text_encoder: Encoder,
+    out: Path,
+    cfg: EncoderConfig,
+) -> _ChunkAlignment:
+    from ctrag.encoders.chunk_align import case_region_sentences, load_case_region_slices
+
+    sentences = [case_region_sentences(c) for c in cases]
+    if not any(s.texts for s in sentences):
+        raise InvalidInputError(
+            "train.chunk_align_weight > 0 but no training report has a sentence the Reg2RG region tagger places "
+            "(ctrag.reporting.sentences); set train.chunk_align_weight=0"
+        )
+    all_texts = sorted({t for s in sentences for t in s.texts})
+    ids = {t: i for i, t in enumerate(all_texts)}
+    with EmbeddingCache(out / TEXT_CACHE) as cache:
+        emb = torch.from_numpy(encode_text_cached(text_encoder, all_texts, cache, cfg.text_batch_size))
+    tables, sources = [], {}
+    for case, volume in zip(cases, volumes, strict=True):
+        table, source = load_case_region_slices(
+            case, preprocess, min_voxels=cfg.train.chunk_min_voxels, expected_depth=volume.shape[-1]
+        )
+        tables.append(torch.from_numpy(table))
+        sources[case.case_id] = source
+    arch = _tower_config(cfg.volume_model, text_encoder.dim)
+    assert not isinstance(arch, VolumeTowerConfig)
+    return _ChunkAlignment(
+        chunk_slices=arch.chunk_slices,
+        region_slices=tables,
+        sentences=sentences,
+        sentence_emb=[emb[torch.tensor([ids[t] for t in s.texts], dtype=torch.long)] for s in sentences],
+        text_ids=[[ids[t] for t in s.texts] for s in sentences],
+        mask_sources=sources,
     )
 
 
@@ -446,13 +681,17 @@ def load_preprocess_section(source: str | os.PathLike[str] | None) -> Preprocess
 
 
 __all__ = [
+    "AugmentPlan",
     "TrainResult",
     "TrainingPair",
+    "apply_plan",
     "augment",
+    "augment_plan",
     "centroid_gap_penalty",
     "load_preprocess_section",
     "load_training_pairs",
     "select_training_cases",
+    "stack_depths",
     "train_encoder",
     "train_modality_gap",
     "train_retrieval",

@@ -110,16 +110,22 @@ class VolumeTower(nn.Module):
         return self.head(self.features(x))
 
 
-def check_volume_batch(x: torch.Tensor, channels: int = 1, value_range: tuple[float, float] = (0.0, 1.0)) -> None:
-    """Fail early, naming the problem, on tensors that are not preprocessed CT batches."""
+def check_volume_batch(
+    x: torch.Tensor, channels: int = 1, value_range: tuple[float, float] = (0.0, 1.0), *, min_depth: int = 8
+) -> None:
+    """Fail early, naming the problem, on tensors that are not preprocessed CT batches.
+
+    ``min_depth`` is the fewest K-slices accepted (towers that pad the depth themselves, like SigVLP, pass 1)."""
     if not isinstance(x, torch.Tensor):
         raise InvalidInputError(f"expected a torch.Tensor of volumes, got {type(x).__name__}")
     if x.ndim != 5 or x.shape[1] != channels:
         raise InvalidInputError(
             f"expected volumes shaped (n, {channels}, D, H, W), got {tuple(x.shape)}; add the batch/channel axes"
         )
-    if min(x.shape[2:]) < 8:
-        raise InvalidInputError(f"volume grid {tuple(x.shape[2:])} is too small for the encoder (min 8 per axis)")
+    if min(x.shape[2:4]) < 8 or x.shape[4] < min_depth:
+        raise InvalidInputError(
+            f"volume grid {tuple(x.shape[2:])} is too small for the encoder (min 8 in-plane, {min_depth} slices)"
+        )
     if not x.is_floating_point():
         raise InvalidInputError(f"volumes must be floating point, got {x.dtype}")
     lo, hi = value_range
