@@ -295,6 +295,22 @@ def evaluate_reports_command(
     label_val: Annotated[
         Path | None, typer.Option("--label-val", help="Labelled CSV on which to report the label model's quality.")
     ] = None,
+    extractor_name: Annotated[
+        str,
+        typer.Option(
+            "--extractor",
+            help="Who reads the 18 labels: ctrag (--label-model or --fit-labels) or radbert (CT-RATE's RadBERT "
+            "classifier from --radbert-encoder and --radbert-head, comparable with published Clin-F1).",
+        ),
+    ] = "ctrag",
+    radbert_encoder: Annotated[
+        Path | None,
+        typer.Option("--radbert-encoder", help="Local RadBERT-RoBERTa folder (config, weights, tokenizer)."),
+    ] = None,
+    radbert_head: Annotated[
+        Path | None,
+        typer.Option("--radbert-head", help="Checkpoint with classifier.weight/bias (optionally the bert.* weights)."),
+    ] = None,
     meteor: Annotated[
         bool, typer.Option("--meteor/--no-meteor", help="Compute METEOR (coco: starts Java; reg2rg: NLTK data).")
     ] = True,
@@ -343,12 +359,28 @@ def evaluate_reports_command(
     ids = sorted(refs)
     if label_model is not None and fit_labels is not None:
         raise InvalidInputError("give --label-model or --fit-labels, not both")
+    if extractor_name not in ("ctrag", "radbert"):
+        raise InvalidInputError(f"--extractor {extractor_name!r}: unknown; choose ctrag or radbert")
+    if extractor_name == "radbert" and (label_model is not None or fit_labels is not None):
+        raise InvalidInputError(
+            "--extractor radbert takes --radbert-encoder/--radbert-head, not --label-model/--fit-labels"
+        )
+    if extractor_name != "radbert" and (radbert_encoder is not None or radbert_head is not None):
+        raise InvalidInputError("--radbert-encoder/--radbert-head need --extractor radbert")
     extractor = None
-    if label_model is not None:
+    if extractor_name == "radbert":
+        if radbert_encoder is None or radbert_head is None:
+            raise InvalidInputError("--extractor radbert needs both --radbert-encoder DIR and --radbert-head FILE")
+        from ctrag.labels.radbert import RadBertClassifier
+
+        extractor = RadBertClassifier.load(radbert_encoder, radbert_head)
+    elif label_model is not None:
         extractor = load_label_extractor(label_model)
     elif fit_labels is not None:
         extractor = fit_label_extractor(fit_labels)
     quality = label_extractor_quality(extractor, label_val, threshold) if extractor and label_val else None
+    if extractor is not None and hasattr(extractor, "truncated_total"):
+        extractor.truncated_total = 0  # count the scored references and hypotheses only
     scores = evaluate_reports(
         [refs[i] for i in ids],
         [hyps[i] for i in ids],
@@ -359,7 +391,12 @@ def evaluate_reports_command(
         nltk_data=nltk_data,
     )
     record = jsonable(
-        {**scores.as_dict(), "label_extractor": describe_extractor(extractor), "label_extractor_quality": quality}
+        {
+            **scores.as_dict(),
+            "label_extractor": describe_extractor(extractor),
+            "label_extractor_quality": quality,
+            "label_extractor_truncated": getattr(extractor, "truncated_total", None),
+        }
     )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "report_metrics.json", json.dumps(record, indent=2) + "\n")
@@ -382,6 +419,13 @@ def evaluate_reports_command(
         lines += ["Clinical efficacy: " + ", ".join(f"{k} {v:.4f}" for k, v in ce.items() if v is not None), ""]
         who = record["label_extractor"]
         lines += [f"Labels read by {who['module']}.{who['name']} (fingerprint {who['fingerprint']}).", ""]
+        if extractor_name == "radbert":
+            cut = record.get("label_extractor_truncated")
+            lines += [
+                "Extractor: CT-RATE RadBERT classifier (RoBERTa encoder, 18-way linear head on the pooled output, "
+                f"sigmoid >= 0.5, 512 tokens); references + generated reports truncated at 512 tokens: {cut}.",
+                "",
+            ]
     if quality is not None:
         lines += [
             f"Label extractor on {label_val} ({int(quality['n_reports'])} reports): "
