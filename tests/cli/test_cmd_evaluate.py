@@ -160,3 +160,42 @@ def test_cli_evaluate_retrieval_reports_the_modality_gap_of_a_shared_space_encod
     assert main([*args, "--out", str(tmp_path / "o2")]) == 2  # text-only encoder: refused before any work
     assert "volume side" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+def test_evaluate_generation_scores_external_outputs_without_a_pipeline(
+    tmp_path: Path, ct_corpus_dir: Path, capsys
+) -> None:
+    """Another method's outputs (here: the corpus' own test CT, copied) scored with no generator at all."""
+    import shutil
+
+    from ctrag.data.case import Corpus
+
+    lidc = Corpus.load(ct_corpus_dir).get("lidc")
+    ext = tmp_path / "GenerateCT"
+    ext.mkdir()
+    shutil.copy(lidc.volume_path, ext / "lidc_s0.nii.gz")
+    (ext / "lidc_s1.nii.gz").write_bytes(b"\x1f\x8b not really")
+    (ext / "outputs.csv").write_text("case_id,seed,path\nlidc,0,lidc_s0.nii.gz\nlidc,1,lidc_s1.nii.gz\n")
+    out = tmp_path / "res"
+    args = ["evaluate", "generation", "--out", str(out), "--corpus", str(ct_corpus_dir), "--no-progress",
+            "--external", f"GenerateCT={ext / 'outputs.csv'}", "--methods", "GenerateCT",
+            "--set", "report_split=null", "--set", "seeds=[0,1,2]", "--set", "figures=false",
+            "--set", "fid.volume_shape=[32,32,16]", "--set", "fid.slice_size=32", "--set", "fid.crops_per_volume=2",
+            "--set", "n_bootstrap=100"]  # fmt: skip
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    record = json.loads((out / "results.json").read_text())
+    assert set(record["methods"]) == {"GenerateCT"} and record["config"]["reference_method"] == "GenerateCT"
+    ext_info = record["methods"]["GenerateCT"]["external"]
+    assert ext_info["scored"] == 1 and ext_info["missing"] == ["lidc/seed2"] and len(ext_info["unreadable"]) == 1
+    flat = "".join(captured.out.split())  # rich wraps long paths
+    assert "warning:GenerateCT:skipped" in flat and "lidc_s1.nii.gz" in flat and "lidc/seed2" in flat
+    md = (out / "results.md").read_text()
+    assert "| GenerateCT † |" in md and "external outputs, scored by ctrag" in md
+    assert "segmenter: classical (HU + morphology)" in md and "not TotalSegmentator" in md
+    assert "--external" not in md or "external.GenerateCT" in md  # the command line is recorded as --set overrides
+    # An unknown row name and a bad spec are refused with a message, not a traceback.
+    assert main([*args[:6], "--external", "GenerateCT", "--methods", "GenerateCT"]) == 2
+    assert main([*args[:6], "--external", f"G={ext / 'outputs.csv'}", "--methods", "MedSyn"]) == 2
+    err = capsys.readouterr().err
+    assert "expected NAME=CSV" in err and "unknown ['MedSyn']" in err and "Traceback" not in err

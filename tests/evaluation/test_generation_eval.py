@@ -34,3 +34,13 @@ def test_make_segmenter_gives_coarse_labels_on_a_real_ct(lowres_chest_ct: Path) 
     assert {0, 1} <= labels and labels <= {0, 1, 2, 3, 4, 5} and ({2, 3} & labels)
     with pytest.raises(ConfigError, match="evaluation compares coarse labels"):
         make_segmenter(SegmentConfig(method="totalsegmentator", labels="total"))
+
+
+def test_make_segmenter_names_its_backend_and_falls_back_without_weights(tmp_path: Path) -> None:
+    from ctrag.segment import SegmentConfig, TotalSegConfig
+
+    assert make_segmenter().description.startswith("classical")
+    cfg = SegmentConfig(method="totalsegmentator", totalseg=TotalSegConfig(weights_dir=tmp_path / "absent"))
+    seg = make_segmenter(cfg)
+    assert seg.config.method == "classical"
+    assert "TotalSegmentator unavailable" in seg.description and "absent" in seg.description

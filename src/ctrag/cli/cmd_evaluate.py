@@ -169,6 +169,26 @@ def evaluate_generation_command(
     pipeline: Annotated[Path | None, typer.Option("--pipeline", help="Generator run folder (overrides).")] = None,
     index: Annotated[Path | None, typer.Option("--index", help="Retrieval index (train split only).")] = None,
     classifier: Annotated[Path | None, typer.Option("--classifier", help="Classifier folder (overrides).")] = None,
+    external: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--external",
+            help="Score another method's CTs as an extra row: NAME=CSV with columns case_id, seed, path[, mask] "
+            "(paths relative to the CSV; mask: empty = text-only, gt = the case's own mask, or a mask file). "
+            "Repeatable.",
+        ),
+    ] = None,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            "--methods",
+            help="Comma-separated rows to evaluate: ctrag methods (none, farthest, random, nearest, gt_mask) and/or "
+            "--external names. Only external names: no --pipeline needed.",
+        ),
+    ] = None,
+    reference: Annotated[
+        str | None, typer.Option("--reference", help="Row the Wilcoxon test compares against (default: config's).")
+    ] = None,
     set_: SetOpt = None,
     threads: ThreadsOpt = None,
     progress: ProgressOpt = True,
@@ -176,8 +196,11 @@ def evaluate_generation_command(
     """Run the generation ablation (methods × seeds × held-out reports) and write the paper-layout table.
 
     Already generated volumes under OUT/generated are reused, so an interrupted run continues where it stopped.
+    Other methods' outputs (--external) are scored under the same protocol, marked in the tables.
     """
-    from ctrag.evaluation.ablation import GenerationEvalConfig
+    from ctrag.data.transforms import PreprocessConfig
+    from ctrag.evaluation.ablation import METHODS, GenerationEvalConfig
+    from ctrag.evaluation.external import parse_external_spec
     from ctrag.evaluation.generation_eval import evaluate_generation
     from ctrag.segment import SegmentConfig
 
@@ -186,8 +209,31 @@ def evaluate_generation_command(
     for key, value in (("corpus", corpus), ("pipeline", pipeline), ("index", index), ("classifier", classifier)):
         if value is not None:
             overrides.append(f"{key}={value}")
+    specs = [parse_external_spec(item) for item in external or []]
+    names = [name for name, _ in specs]
+    if len(set(names)) != len(names):
+        raise InvalidInputError(f"--external: a name given twice in {names}")
+    if methods is not None:
+        chosen = [m.strip() for m in methods.split(",") if m.strip()]
+        unknown = [m for m in chosen if m not in METHODS and m not in names]
+        if unknown or not chosen:
+            raise InvalidInputError(
+                f"--methods {methods!r}: unknown {unknown}; choose among ctrag's {list(METHODS)} and the "
+                f"--external names {names}"
+            )
+        specs = [(n, p) for n, p in specs if n in chosen]
+        overrides.append(f"methods={json.dumps([m for m in chosen if m in METHODS])}")
+    overrides += [f"external.{name}={json.dumps(path)}" for name, path in specs]
+    if reference is not None:
+        overrides.append(f"reference_method={json.dumps(reference)}")
+    elif methods is not None:
+        # The preset's reference (RAG-Nearest) may not be among the chosen rows: then the first chosen row is.
+        preset_ref = load_config(GenerationEvalConfig, config, section="evaluation").reference_method
+        if preset_ref not in chosen:
+            overrides.append(f"reference_method={json.dumps(chosen[0])}")
     cfg = load_config(GenerationEvalConfig, config, overrides, section="evaluation")
     seg_cfg = load_config(SegmentConfig, config, section="segment")
+    space = load_config(PreprocessConfig, config, section="preprocess")
     command = command_line(
         "evaluate",
         "generation",
@@ -198,8 +244,21 @@ def evaluate_generation_command(
         *[x for o in overrides for x in ("--set", o)],
     )
     with stage_progress(progress, "evaluation") as update:
-        paths = evaluate_generation(cfg, out, segment_config=seg_cfg, command=command, progress=update)
+        paths = evaluate_generation(cfg, out, segment_config=seg_cfg, space=space, command=command, progress=update)
     console.print(paths["markdown"].read_text(encoding="utf-8"), markup=False, highlight=False)
+    record = json.loads(paths["json"].read_text(encoding="utf-8"))
+    for key, entry in record.get("methods", {}).items():
+        ext = entry.get("external")
+        if not ext:
+            continue
+        for bad in ext.get("unreadable", []):
+            console.print(f"[yellow]warning:[/] {key}: skipped {bad['error']}", highlight=False)
+        if ext.get("missing"):
+            console.print(
+                f"[yellow]warning:[/] {key}: {len(ext['missing'])} (case, seed) pair(s) without a row: "
+                f"{', '.join(ext['missing'][:8])}",
+                highlight=False,
+            )
     console.print(f"[bold]written[/] {', '.join(str(p) for p in paths.values())}")
 
 
@@ -235,6 +294,22 @@ def evaluate_reports_command(
     ] = None,
     label_val: Annotated[
         Path | None, typer.Option("--label-val", help="Labelled CSV on which to report the label model's quality.")
+    ] = None,
+    extractor_name: Annotated[
+        str,
+        typer.Option(
+            "--extractor",
+            help="Who reads the 18 labels: ctrag (--label-model or --fit-labels) or radbert (CT-RATE's RadBERT "
+            "classifier from --radbert-encoder and --radbert-head, comparable with published Clin-F1).",
+        ),
+    ] = "ctrag",
+    radbert_encoder: Annotated[
+        Path | None,
+        typer.Option("--radbert-encoder", help="Local RadBERT-RoBERTa folder (config, weights, tokenizer)."),
+    ] = None,
+    radbert_head: Annotated[
+        Path | None,
+        typer.Option("--radbert-head", help="Checkpoint with classifier.weight/bias (optionally the bert.* weights)."),
     ] = None,
     meteor: Annotated[
         bool, typer.Option("--meteor/--no-meteor", help="Compute METEOR (coco: starts Java; reg2rg: NLTK data).")
@@ -284,12 +359,28 @@ def evaluate_reports_command(
     ids = sorted(refs)
     if label_model is not None and fit_labels is not None:
         raise InvalidInputError("give --label-model or --fit-labels, not both")
+    if extractor_name not in ("ctrag", "radbert"):
+        raise InvalidInputError(f"--extractor {extractor_name!r}: unknown; choose ctrag or radbert")
+    if extractor_name == "radbert" and (label_model is not None or fit_labels is not None):
+        raise InvalidInputError(
+            "--extractor radbert takes --radbert-encoder/--radbert-head, not --label-model/--fit-labels"
+        )
+    if extractor_name != "radbert" and (radbert_encoder is not None or radbert_head is not None):
+        raise InvalidInputError("--radbert-encoder/--radbert-head need --extractor radbert")
     extractor = None
-    if label_model is not None:
+    if extractor_name == "radbert":
+        if radbert_encoder is None or radbert_head is None:
+            raise InvalidInputError("--extractor radbert needs both --radbert-encoder DIR and --radbert-head FILE")
+        from ctrag.labels.radbert import RadBertClassifier
+
+        extractor = RadBertClassifier.load(radbert_encoder, radbert_head)
+    elif label_model is not None:
         extractor = load_label_extractor(label_model)
     elif fit_labels is not None:
         extractor = fit_label_extractor(fit_labels)
     quality = label_extractor_quality(extractor, label_val, threshold) if extractor and label_val else None
+    if extractor is not None and hasattr(extractor, "truncated_total"):
+        extractor.truncated_total = 0  # count the scored references and hypotheses only
     scores = evaluate_reports(
         [refs[i] for i in ids],
         [hyps[i] for i in ids],
@@ -300,7 +391,12 @@ def evaluate_reports_command(
         nltk_data=nltk_data,
     )
     record = jsonable(
-        {**scores.as_dict(), "label_extractor": describe_extractor(extractor), "label_extractor_quality": quality}
+        {
+            **scores.as_dict(),
+            "label_extractor": describe_extractor(extractor),
+            "label_extractor_quality": quality,
+            "label_extractor_truncated": getattr(extractor, "truncated_total", None),
+        }
     )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "report_metrics.json", json.dumps(record, indent=2) + "\n")
@@ -323,6 +419,13 @@ def evaluate_reports_command(
         lines += ["Clinical efficacy: " + ", ".join(f"{k} {v:.4f}" for k, v in ce.items() if v is not None), ""]
         who = record["label_extractor"]
         lines += [f"Labels read by {who['module']}.{who['name']} (fingerprint {who['fingerprint']}).", ""]
+        if extractor_name == "radbert":
+            cut = record.get("label_extractor_truncated")
+            lines += [
+                "Extractor: CT-RATE RadBERT classifier (RoBERTa encoder, 18-way linear head on the pooled output, "
+                f"sigmoid >= 0.5, 512 tokens); references + generated reports truncated at 512 tokens: {cut}.",
+                "",
+            ]
     if quality is not None:
         lines += [
             f"Label extractor on {label_val} ({int(quality['n_reports'])} reports): "

@@ -38,6 +38,14 @@ from ctrag.data.case import SPLITS, Case
 from ctrag.data.labels import COARSE_LABELS
 from ctrag.data.nifti import Volume, load_volume
 from ctrag.errors import ConfigError, InvalidInputError, LeakageError
+from ctrag.evaluation.external import (
+    EXTERNAL_LEGEND,
+    EXTERNAL_MARK,
+    GT,
+    ExternalMethod,
+    load_external_table,
+    load_external_volume,
+)
 from ctrag.evaluation.fid import FIDConfig, FIDEvaluator
 from ctrag.evaluation.generation_cache import GeneratedSample, GenerationCache, sample_key
 from ctrag.evaluation.metrics.classification import classification_scores
@@ -55,14 +63,18 @@ class MethodSpec:
     label: str
     strategy: str
     uses_gt_mask: bool = False
+    external: bool = False
+    """Volumes read from another method's outputs (``ctrag.evaluation.external``), not generated here."""
+    conditioned: bool = False
+    """An external method given an anatomy mask (scored for Dice/HD95 against that mask)."""
 
     @property
     def retrieves(self) -> bool:
-        return self.strategy != "none" and not self.uses_gt_mask
+        return self.strategy != "none" and not self.uses_gt_mask and not self.external
 
     @property
     def structural(self) -> bool:
-        return self.retrieves or self.uses_gt_mask
+        return self.retrieves or self.uses_gt_mask or self.conditioned
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -127,7 +139,12 @@ class GenerationEvalConfig:
     """Only these report-only cases (default: the first ``max_report_cases`` of ``report_split`` in corpus order)."""
     max_report_cases: int | None = None
     methods: tuple[str, ...] = ("none", "farthest", "random", "nearest", "gt_mask")
+    """ctrag's own methods (each needs the generator); may be empty when ``external`` names methods to score."""
+    external: dict[str, str] = field(default_factory=dict)
+    """Other methods' outputs to score as extra rows: name -> CSV (``case_id, seed, path[, mask]``; see
+    :mod:`ctrag.evaluation.external`)."""
     reference_method: str = "nearest"
+    """The row the Wilcoxon test compares against: one of ``methods`` or of ``external``'s names."""
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     steps: int | None = None
     cfg: float | None = None
@@ -149,12 +166,24 @@ class GenerationEvalConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ConfigError(f"evaluation.methods: unknown {unknown}; known: {list(METHODS)}")
-        if len(set(self.methods)) != len(self.methods) or not self.methods:
-            raise ConfigError(f"evaluation.methods must be a non-empty list without repeats, got {list(self.methods)}")
-        if self.reference_method not in self.methods:
+        if len(set(self.methods)) != len(self.methods) or not (self.methods or self.external):
             raise ConfigError(
-                f"evaluation.reference_method {self.reference_method!r} is not among the methods {list(self.methods)}"
+                f"evaluation.methods must be a list without repeats, non-empty unless evaluation.external names "
+                f"methods to score; got {list(self.methods)}"
             )
+        clash = sorted(set(self.external) & set(METHODS))
+        if clash:
+            raise ConfigError(f"evaluation.external: names {clash} are ctrag's own methods; rename the external rows")
+        from ctrag.evaluation.external import check_external_name
+
+        for name in self.external:
+            try:
+                check_external_name(name)
+            except InvalidInputError as exc:
+                raise ConfigError(f"evaluation.external: {exc}") from None
+        rows = [*self.methods, *self.external]
+        if self.reference_method not in rows:
+            raise ConfigError(f"evaluation.reference_method {self.reference_method!r} is not among the methods {rows}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
             raise ConfigError(f"evaluation.seeds must be distinct non-negative integers, got {list(self.seeds)}")
         if self.split not in SPLITS:
@@ -317,7 +346,7 @@ class AblationRunner:
     def __init__(
         self,
         config: GenerationEvalConfig,
-        generate: GenerateFn,
+        generate: GenerateFn | None,
         *,
         segmenter: Segmenter,
         generator_id: str,
@@ -326,17 +355,33 @@ class AblationRunner:
         classifier: Any | None = None,
         fid: FIDEvaluator | None = None,
         progress: ProgressFn | None = None,
+        externals: Sequence[ExternalMethod] | None = None,
+        segmenter_name: str = "",
     ) -> None:
         self.config = config
+        if generate is None and config.methods:
+            raise ConfigError(f"evaluation.methods {list(config.methods)} need a generator (evaluation.pipeline)")
         self.generate = generate
         self.segmenter = segmenter
+        self.segmenter_name = segmenter_name
         self.generator_id = generator_id
         self.cache = GenerationCache(cache_dir)
         self.index = index
         self.classifier = classifier
         self.fid = fid
         self.progress = progress
-        self.methods = [METHODS[m] for m in config.methods]
+        if externals is None:
+            externals = [load_external_table(n, p) for n, p in config.external.items()]
+        self.externals = {e.name: e for e in externals}
+        if set(self.externals) != set(config.external):
+            raise ConfigError(
+                f"external tables {sorted(self.externals)} differ from evaluation.external {sorted(config.external)}"
+            )
+        self.methods = [METHODS[m] for m in config.methods] + [
+            MethodSpec(e.name, f"{e.name} {EXTERNAL_MARK}", "external", external=True, conditioned=e.conditioned)
+            for e in self.externals.values()
+        ]
+        self.external_report: dict[str, dict[str, Any]] = {}
 
     # 1. leakage -------------------------------------------------------------------------------------
     def check_leakage(self, cases: Sequence[Case]) -> None:
@@ -388,6 +433,7 @@ class AblationRunner:
         cfg = self.config
 
         def create() -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
+            assert self.generate is not None
             result = self.generate(
                 case.report_text,
                 strategy=method.strategy,
@@ -414,6 +460,79 @@ class AblationRunner:
         key = self._key(method, seed, case, gt_mask if method.uses_gt_mask else None)
         return self.cache.get_or_create(method.key, seed, case.case_id, key, create)
 
+    def _external_mask(self, path: str, ct: Volume) -> Volume:
+        """A conditioning mask named by an external CSV, in coarse labels (TotalSegmentator ids converted)."""
+        from ctrag.data.labels import source_space
+        from ctrag.data.nifti import same_grid
+
+        mask = load_volume(path)
+        values = [int(v) for v in np.unique(np.asarray(mask.array))]
+        if source_space(None, values) == "totalseg":
+            from ctrag.segment import totalseg_to_coarse
+
+            on_ct = same_grid(mask.shape, mask.affine, ct.shape, ct.affine)
+            return totalseg_to_coarse(mask, ct if on_ct else None)
+        return mask.with_array(np.asarray(mask.array).astype(np.uint8))
+
+    def _load_external(
+        self, method: MethodSpec, seed: int, case: Case, gt: dict[str, tuple[Volume, str]]
+    ) -> GeneratedSample | None:
+        """The external volume for (case, seed), its conditioning mask on its grid; None when missing or unusable."""
+        from ctrag.data.transforms import resample_to_grid
+        from ctrag.errors import DataValidationError
+
+        report = self.external_report[method.key]
+        row = self.externals[method.key].rows.get((case.case_id, seed))
+        if row is None:
+            report["missing"].append(f"{case.case_id}/seed{seed}")
+            return None
+        try:
+            ct = load_external_volume(row.path)
+            ref: Volume | None = None
+            if row.mask == GT:
+                if case.case_id not in gt:
+                    raise DataValidationError(
+                        f"{row.path}: mask 'gt' but case {case.case_id} has no CT and so no reference mask"
+                    )
+                ref = gt[case.case_id][0]
+            elif row.mask is not None:
+                ref = self._external_mask(row.mask, ct)
+            # The mask goes onto the generated grid by world coordinates, as ctrag's own proxies do.
+            proxy = None if ref is None else resample_to_grid(ref, ct.shape, ct.affine, mode="nearest")
+        except (DataValidationError, InvalidInputError) as exc:
+            logger.warning("%s: skipping %s (case %s, seed %d): %s", method.key, row.path, case.case_id, seed, exc)
+            report["unreadable"].append(
+                {"case_id": case.case_id, "seed": seed, "path": str(row.path), "error": str(exc)}
+            )
+            return None
+        report["scored"] += 1
+        record = {"external": method.key, "path": str(row.path), "mask": row.mask, "csv_line": row.line}
+        return GeneratedSample(ct=ct, proxy=proxy, record=record)
+
+    def _external_notes(self, method: MethodSpec, pairs: int) -> list[str]:
+        rep = self.external_report[method.key]
+        notes = [
+            f"{method.label}: {rep['scored']} of {pairs} (case, seed) pair(s) scored from {rep['csv']}"
+            + ("" if method.conditioned else "; text-only (no conditioning mask), so no spatial scores")
+            + "."
+        ]
+        if rep["missing"]:
+            notes.append(
+                f"{method.label}: {len(rep['missing'])} (case, seed) pair(s) have no row in the CSV and are not "
+                f"scored: {', '.join(rep['missing'][:8])}{' ...' if len(rep['missing']) > 8 else ''}."
+            )
+        if rep["unreadable"]:
+            listed = "; ".join(u["error"] for u in rep["unreadable"][:5])  # each message names its file
+            notes.append(
+                f"{method.label}: {len(rep['unreadable'])} file(s) unreadable or invalid, skipped: {listed}"
+                f"{' ...' if len(rep['unreadable']) > 5 else ''}."
+            )
+        if rep["ignored_rows"]:
+            notes.append(
+                f"{method.label}: {rep['ignored_rows']} CSV row(s) for cases or seeds outside this evaluation ignored."
+            )
+        return notes
+
     # 3. the whole run ------------------------------------------------------------------------------
     def run(
         self, cases: Sequence[Case], reference_cases: Sequence[Case] = (), report_cases: Sequence[Case] = ()
@@ -438,13 +557,14 @@ class AblationRunner:
         # Real references: CTs, coarse masks, FID features, classifier scores, segmentation vs own mask.
         real_ct = {c.case_id: load_volume(c.volume_path) for c in cases if c.volume_path}
         gt: dict[str, tuple[Volume, str]] = {}
-        if any(m.uses_gt_mask for m in self.methods):
+        external_gt = any(r.mask == GT for e in self.externals.values() for r in e.rows.values())
+        if any(m.uses_gt_mask for m in self.methods) or external_gt:
             for c in cases:
                 gt[c.case_id] = coarse_reference_mask(c, real_ct[c.case_id], self.segmenter)
             derived = [cid for cid, (_, src) in gt.items() if src == "segmenter-derived"]
             if derived:
                 notes.append(
-                    f"GT-mask method: {len(derived)} of {len(cases)} evaluated case(s) have no mask; their "
+                    f"GT mask: {len(derived)} of {len(cases)} evaluated case(s) have no mask; their "
                     f"'ground truth' is the segmenter's mask of the real CT ({', '.join(derived[:5])})."
                 )
         real_feats = None
@@ -524,13 +644,34 @@ class AblationRunner:
         done = 0
         for method in self.methods:
             method_cases = cases_of(method)
+            if method.external:
+                wanted = {(c.case_id, s) for c in method_cases for s in cfg.seeds}
+                ext = self.externals[method.key]
+                self.external_report[method.key] = {
+                    "csv": str(ext.csv),
+                    "scored": 0,
+                    "missing": [],
+                    "unreadable": [],
+                    "ignored_rows": sum(1 for k in ext.rows if k not in wanted),
+                }
             for seed in cfg.seeds:
                 samples: list[GeneratedSample] = []
+                scored_cases: list[Case] = []
                 for case in method_cases:
-                    gt_mask = gt[case.case_id][0] if method.uses_gt_mask else None
-                    sample = self._generate_one(method, seed, case, gt_mask)
-                    self._check_retrieved(sample, evaluated)
+                    if method.external:
+                        loaded = self._load_external(method, seed, case, gt)
+                        if loaded is None:
+                            done += 1
+                            if self.progress is not None:
+                                self.progress("generate", done, total)
+                            continue
+                        sample = loaded
+                    else:
+                        gt_mask = gt[case.case_id][0] if method.uses_gt_mask else None
+                        sample = self._generate_one(method, seed, case, gt_mask)
+                        self._check_retrieved(sample, evaluated)
                     samples.append(sample)
+                    scored_cases.append(case)
                     row: dict[str, Any] = {
                         "method": method.key,
                         "seed": seed,
@@ -539,6 +680,8 @@ class AblationRunner:
                         "retrieved": ";".join(sample.retrieved_ids),
                         "from_cache": sample.from_cache,
                     }
+                    if method.external:
+                        row["source"] = sample.record["path"]
                     if method.structural and sample.proxy is not None:
                         sa = spatial_agreement(self.segmenter(sample.ct), sample.proxy)
                         row.update({"dice": sa.dice_mean, "hd95": sa.hd95_mean, "missing": ";".join(sa.missing)})
@@ -550,11 +693,27 @@ class AblationRunner:
                     done += 1
                     if self.progress is not None:
                         self.progress("generate", done, total)
-                per_seed.append(self._seed_metrics(method, seed, method_cases, samples, per_case, real_feats, notes))
+                per_seed.append(self._seed_metrics(method, seed, scored_cases, samples, per_case, real_feats, notes))
+            if method.external:
+                rep = self.external_report[method.key]
+                if rep["scored"] == 0:
+                    first = rep["unreadable"][0]["error"] if rep["unreadable"] else "no row matches an evaluated case"
+                    raise InvalidInputError(
+                        f"external method {method.key}: no usable volume among {len(method_cases) * len(cfg.seeds)} "
+                        f"(case, seed) pair(s) ({len(rep['missing'])} without a row, {len(rep['unreadable'])} "
+                        f"unreadable; first problem: {first})"
+                    )
+                notes.extend(self._external_notes(method, len(method_cases) * len(cfg.seeds)))
         methods = self._summarise(per_seed)
         for m in self.methods:
             if not m.structural:
                 methods[m.key]["not_applicable"] = [s.key for s in METRICS if s.group.startswith("spatial")]
+            if m.external:
+                methods[m.key]["external"] = self.external_report[m.key]
+        if self.externals:
+            notes.append(EXTERNAL_LEGEND)
+        if self.segmenter_name:
+            notes.append(f"Dice/HD95: generated and real CTs segmented by {self.segmenter_name}.")
         if "none" in cfg.methods:
             notes.append("Spatial controllability is not scored for text-only generation (no proxy), as in the paper.")
         if self.fid is not None:
@@ -573,6 +732,8 @@ class AblationRunner:
             notes=_unique(notes),
             provenance={
                 "generator": self.generator_id,
+                "segmenter": self.segmenter_name or None,
+                "external": {k: str(e.csv) for k, e in self.externals.items()},
                 "cases": [c.case_id for c in cases],
                 "report_cases": [c.case_id for c in report_cases],
                 "fid": self.fid.fingerprints if self.fid is not None else None,
@@ -593,7 +754,10 @@ class AblationRunner:
         notes: list[str],
     ) -> dict[str, Any]:
         cfg = self.config
-        row: dict[str, Any] = {"method": method.key, "seed": seed}
+        row: dict[str, Any] = {"method": method.key, "seed": seed, "n_scored": len(samples)}
+        if not samples:
+            notes.append(f"{method.label}: seed {seed} has no scored volume; its metrics are missing for that seed.")
+            return row
         if self.fid is not None and real_feats is not None:
             fake = self.fid.features([s.ct for s in samples])
             try:

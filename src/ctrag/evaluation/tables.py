@@ -20,6 +20,7 @@ from typing import Any
 
 from ctrag.data.labels import COARSE_LABELS
 from ctrag.evaluation.ablation import METRICS, AblationResult, jsonable
+from ctrag.evaluation.external import EXTERNAL_LEGEND
 from ctrag.utils.atomic import atomic_write_text
 
 TABLES: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
@@ -109,7 +110,11 @@ def render_markdown(
         "",
     ]
     for title, first, keys, headers in TABLES:
-        heading = f"{title} ({feature_header(result.provenance.get('fid'))})" if title.startswith("Table 1") else title
+        heading = title
+        if title.startswith("Table 1"):
+            heading = f"{title} ({feature_header(result.provenance.get('fid'))})"
+        elif title.startswith("Table 3") and result.provenance.get("segmenter"):
+            heading = f"{title} (segmenter: {result.provenance['segmenter']})"
         lines += [f"## {heading}", "", "| " + " | ".join([first, *headers]) + " |", "|" + "---|" * (len(keys) + 1)]
         real_metrics = result.real.get("metrics", {})
         show_real = title.startswith(("Table 2", "Table 3"))
@@ -120,6 +125,8 @@ def render_markdown(
             cells = [_cell(entry["metrics"].get(k), k in na) for k in keys]
             lines.append(f"| {entry['label']} | " + " | ".join(cells) + " |")
         lines.append("")
+        if any("external" in e for e in result.methods.values()):
+            lines += [EXTERNAL_LEGEND, ""]
     lines += ["## Notes", ""] + [f"- {n}" for n in result.notes] + [""]
     if figures:
         lines += ["## Figures", ""]
@@ -132,7 +139,7 @@ def render_markdown(
 
 def render_csv(result: AblationResult) -> str:
     """One row per method (and Real): mean, CI, p-value and significance of every metric."""
-    cols = ["method", "label"]
+    cols = ["method", "label", "source"]
     for m in METRICS:
         cols += [m.key, f"{m.key}_ci_low", f"{m.key}_ci_high", f"{m.key}_p", f"{m.key}_significant"]
     buf = io.StringIO()
@@ -140,7 +147,8 @@ def render_csv(result: AblationResult) -> str:
     writer.writeheader()
     rows = [("real", result.real), *result.methods.items()]
     for key, entry in rows:
-        row: dict[str, Any] = {"method": key, "label": entry["label"]}
+        source = "real" if key == "real" else ("external" if "external" in entry else "ctrag")
+        row: dict[str, Any] = {"method": key, "label": entry["label"], "source": source}
         na = set(entry.get("not_applicable", []))
         for m in METRICS:
             e = entry.get("metrics", {}).get(m.key)
