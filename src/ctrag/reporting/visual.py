@@ -371,7 +371,7 @@ class VisualFrontEnd:
         return {"config": self.config.to_dict(), "tower": self.tower.cfg.to_dict(), "tower_source": self.tower_source}
 
     # ---------------------------------------------------------------- extraction
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: trainable heads read these tensors under autograd
     def extract(self, volume: Volume, mask: Volume | None = None) -> VisualFeatures:
         """Features of one CT (HU). ``mask``: TotalSegmentator "total" or coarse labels on the CT's grid."""
         from ctrag.segment.api import check_ct_volume, segment_volume
