@@ -39,7 +39,8 @@ TRAIN_SPLIT = "train"
 @dataclass
 class Reg2RGTrainConfig:
     """``text_steps``: warm-up steps on report-only cases (``text_batch`` reports each); ``steps``: paired steps
-    (``batch_size`` CTs each); ``targets_per_case``: region/impression targets drawn per case and step (CPU cost); ``lr``: AdamW learning rate of heads and LM."""
+    (``batch_size`` CTs each); ``targets_per_case``: region/impression targets drawn per case and step (CPU cost);
+    ``lr``: AdamW learning rate of heads and LM."""
 
     steps: int = 100
     text_steps: int = 200
