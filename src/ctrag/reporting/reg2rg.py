@@ -211,6 +211,8 @@ class Reg2RGReport:
             kept = [s for s in split_report(p.text) if not (s in seen or seen.add(s))]  # type: ignore[func-returns-value]
             if kept:
                 paras.append(" ".join(kept))
+            elif p.text.strip() and not split_report(p.text):  # no sentence the splitter recognises: keep as is
+                paras.append(p.text.strip())
         return "\n".join(paras)
 
     @property
