@@ -12,6 +12,7 @@ from testsupport import index_data as support
 
 from ctrag.cli import main
 from ctrag.data.case import Corpus
+from ctrag.reporting.sentences import REGIONS
 
 SAMPLE_CT = Path(__file__).resolve().parents[2] / "sample_data" / "ct"
 CT = SAMPLE_CT / "ts_example_ct_3mm.nii.gz"
@@ -95,6 +96,56 @@ def test_bad_input_is_one_line_and_exit_2(
         argv += ["--index", str(real_index_dir)]
     if argv[:2] == ["--method", "adarag"] or argv[:2] == ["--method", "gpt"]:
         argv = [str(CT), *argv]
+    capsys.readouterr()
+    assert main(["report", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------------- reg2rg
+TINY_REG2RG = [
+    "--steps", "2", "--text-steps", "2", "--max-text-cases", "20",
+    "--set", "lm.vocab_size=350", "--set", "lm.n_embd=32", "--set", "lm.n_head=2", "--set", "lm.n_layer=1",
+    "--set", "lm.n_positions=512", "--set", "visual.size=[32,32,32]", "--set", "visual.patch_size=[16,16,16]",
+    "--set", "visual.geometry_size=[8,8,8]", "--set", "model.max_paragraph_tokens=4",
+    "--set", "model.max_impression_tokens=4", "--set", "targets_per_case=1",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reg2rg_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reg2rg") / "model"
+    code = main(["train", "reporter", "--method", "reg2rg", "--out", str(out), "--cases", str(SAMPLE_CT),
+                 *TINY_REG2RG, "--no-progress"])  # fmt: skip
+    assert code == 0
+    return out
+
+
+def test_reg2rg_report_for_a_shipped_ct(reg2rg_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    meta = json.loads((reg2rg_dir / "reg2rg.json").read_text("utf-8"))
+    assert meta["training"]["report_sources"] == {"annotation-derived": 4}
+    assert "lidc_idri_0314" in meta["training"]["held_out_cases_not_read"]
+    out = _json(capsys, str(CT), "--mask", str(MASK), "--method", "reg2rg", "--lm", str(reg2rg_dir))
+    assert out["method"] == "reg2rg" and out["mask_source"] == "given"
+    assert [p["region"] for p in out["paragraphs"]] == list(REGIONS)
+    missing = {r["region"] for r in out["visual"]["regions"] if not r["present"]}
+    assert "breast" in missing and all(p["present"] == (p["region"] not in missing) for p in out["paragraphs"])
+    out = _json(capsys, str(CT), "--method", "reg2rg", "--lm", str(reg2rg_dir), "--region", "bone", "--region", "lung")
+    assert [p["region"] for p in out["paragraphs"]] == ["bone", "lung"] and out["mask_source"] == "segmenter:classical"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([str(CT), "--method", "reg2rg"], "needs --lm"),
+        ([str(CT), "--method", "reg2rg", "--lm", "{missing}"], "does not exist"),
+        ([str(CT), "--method", "reg2rg", "--lm", "{model}", "--region", "spleen"], "not regions of this model"),
+    ],
+)
+def test_reg2rg_bad_input_is_one_line_and_exit_2(
+    args: list[str], message: str, reg2rg_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [{"{missing}": str(tmp_path / "nope"), "{model}": str(reg2rg_dir)}.get(a, a) for a in args]
     capsys.readouterr()
     assert main(["report", *argv]) == 2
     err = capsys.readouterr().err.strip()

@@ -13,18 +13,16 @@ from ctrag.cli import _shared
 from ctrag.cli._app import app
 from ctrag.errors import InvalidInputError
 
-#: Report methods of issue 13; only the retrieval baseline exists so far.
-BUILT_METHODS = ("retrieval",)
-PLANNED_METHODS = ("adarag", "diffvp", "reg2rg")
+#: Report methods of issue 13 that exist so far.
+BUILT_METHODS = ("retrieval", "reg2rg")
+PLANNED_METHODS = ("adarag", "diffvp")
 
 
 def _check_method(method: str) -> None:
     if method in BUILT_METHODS:
         return
     if method in PLANNED_METHODS:
-        raise InvalidInputError(
-            f"--method {method} is not built yet; available: {', '.join(BUILT_METHODS)} (the retrieval-only baseline)"
-        )
+        raise InvalidInputError(f"--method {method} is not built yet; available: {', '.join(BUILT_METHODS)}")
     raise InvalidInputError(f"unknown --method {method!r}; available: {', '.join(BUILT_METHODS)}")
 
 
@@ -39,7 +37,14 @@ def report_command(
         Path | None,
         typer.Option("--query-report", help="Query with this report text instead of a CT (text-to-text retrieval)."),
     ] = None,
-    method: Annotated[str, typer.Option("--method", help="Report method; only 'retrieval' is built.")] = "retrieval",
+    method: Annotated[str, typer.Option("--method", help="Report method: retrieval or reg2rg.")] = "retrieval",
+    lm: Annotated[
+        Path | None,
+        typer.Option("--lm", help="reg2rg: model folder written by `ctrag train reporter --method reg2rg`."),
+    ] = None,
+    regions: Annotated[
+        list[str] | None, typer.Option("--region", help="reg2rg: region to write (repeatable; default all ten).")
+    ] = None,
     compose: Annotated[
         bool,
         typer.Option("--compose/--nearest", help="Compose region paragraphs from several cases, or copy the nearest."),
@@ -61,6 +66,9 @@ def report_command(
     )
 
     _check_method(method)
+    if method == "reg2rg":
+        _reg2rg(volume, mask, lm, regions, query_report, as_json, device)
+        return
     if (volume is None) == (query_report is None):
         raise InvalidInputError("give one query: a CT VOLUME or --query-report FILE")
     if mask is not None and volume is None:
@@ -92,3 +100,31 @@ def report_command(
     for s in result.sentences:
         where = s.region or s.section
         out.write(f"  [{where}] {s.case_id} ({s.split}, score {s.score:.3f}): {s.text}\n")
+
+
+def _reg2rg(
+    volume: Path | None,
+    mask: Path | None,
+    lm: Path | None,
+    regions: list[str] | None,
+    query_report: Path | None,
+    as_json: bool,
+    device: str,
+) -> None:
+    from ctrag.reporting.reg2rg import Reg2RGReporter
+    from ctrag.reporting.retrieval_reporter import load_query_volume
+
+    if volume is None or query_report is not None:
+        raise InvalidInputError("--method reg2rg reports on a CT VOLUME (it is image-to-text; no --query-report)")
+    if lm is None:
+        raise InvalidInputError("--method reg2rg needs --lm DIR (a folder from `ctrag train reporter --method reg2rg`)")
+    vol, msk = load_query_volume(volume, mask)
+    reporter = Reg2RGReporter.from_pretrained(lm, device=device)
+    result = reporter.report(vol, msk, regions=regions or None)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n")
+        return
+    out = sys.stdout
+    for note in [*result.visual.get("notes", []), *result.notes]:
+        out.write(f"note: {note}\n")
+    out.write(f"mask source: {result.visual.get('mask_source')}\n\n{result.text}\n")

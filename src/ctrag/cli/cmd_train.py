@@ -280,3 +280,84 @@ def train_classifier_command(
         f"[bold]classifier[/] written to {folder}: {meta['n_train']} CT(s), label sources {meta['label_sources']}, "
         f"final training loss {meta['final_train_loss']:.4f}"
     )
+
+
+#: Report methods that ``ctrag train reporter`` can train so far (issue 13).
+REPORTER_METHODS = ("reg2rg",)
+
+
+def _report_cases(path: Path) -> list[Any]:
+    """A corpus manifest folder/file, a folder with ``cases.csv``, or the CT-CLIP classifier CSV folder."""
+    from ctrag.data.case import MANIFEST_NAME, Corpus
+
+    if (path / MANIFEST_NAME).is_file() or path.is_file():
+        return list(Corpus.load(path))
+    if (path / "cases.csv").is_file():
+        from ctrag.data.folder import read_folder
+
+        return read_folder(path)
+    if (path / "train.csv").is_file():
+        from ctrag.data.ct_rate import read_ctclip_classifier
+
+        return read_ctclip_classifier(path)
+    raise InvalidInputError(f"{path}: no manifest.jsonl, cases.csv or CT-CLIP train.csv found")
+
+
+@train_app.command("reporter")
+def train_reporter_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder (reg2rg.json, lm/, heads).")],
+    method: Annotated[str, typer.Option("--method", help="Report method to train: reg2rg.")] = "reg2rg",
+    cases: Annotated[
+        Path,
+        typer.Option(
+            "--cases",
+            help="CT cases with text: corpus manifest (e.g. pseudo pairs from `ctrag pair`) or "
+            "a folder with cases.csv.",
+        ),
+    ] = Path("sample_data/ct"),
+    text_reports: Annotated[
+        Path | None,
+        typer.Option("--text-reports", help="Report-only cases for the tokenizer and text warm-up (train split)."),
+    ] = Path("sample_data/ct_rate_nc_sa/ct_clip_text_classifier"),
+    lm: Annotated[
+        Path | None, typer.Option("--lm", help="Base causal LM folder (HF or ctrag); default: tiny GPT-2 trained here.")
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Paired (CT, text) steps.")] = 100,
+    text_steps: Annotated[int, typer.Option("--text-steps", help="Text warm-up steps.")] = 200,
+    max_text_cases: Annotated[int | None, typer.Option("--max-text-cases", help="Cap on warm-up reports.")] = None,
+    config: Annotated[str | None, typer.Option("--config", "-c", help="YAML with a reg2rg_train section.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    set_: SetOpt = None,
+    threads: ThreadsOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Train a report generator (Reg2RG: region tokens + region-report alignment) on train-split data only."""
+    from ctrag.reporting.reg2rg import save_reg2rg
+    from ctrag.reporting.training.reg2rg import Reg2RGTrainConfig, train_reg2rg
+
+    if method not in REPORTER_METHODS:
+        raise InvalidInputError(f"--method {method!r}: trainable report methods are {', '.join(REPORTER_METHODS)}")
+    set_threads(threads)
+    items = [*(set_ or []), f"steps={steps}", f"text_steps={text_steps}", f"seed={seed}"]
+    if max_text_cases is not None:
+        items.append(f"max_text_cases={max_text_cases}")
+    cfg = load_config(Reg2RGTrainConfig, config, items, section="reg2rg_train")
+    all_cases = _report_cases(cases)
+    pair_cases = [c for c in all_cases if c.split == "train" and c.has_volume and c.has_report]
+    held = sorted(c.case_id for c in all_cases if c.split != "train")
+    texts = [c for c in _report_cases(text_reports) if c.split == "train"] if text_reports else []
+    if lm is not None and not lm.exists():
+        raise InvalidInputError(f"--lm {lm} does not exist (ctrag never downloads models)")
+    started = time.perf_counter()
+    with stage_progress(progress, "reporter") as update:
+        model, summary = train_reg2rg(pair_cases, texts, cfg, base_lm=str(lm) if lm else None, progress=update)
+    summary["held_out_cases_not_read"] = held
+    summary["command"] = command_line("train", "reporter", "--method", method, "--out", out, "--cases", cases)
+    save_reg2rg(model, out, summary)
+    console.print(
+        f"[bold]reporter[/] ({method}) written to {out}: {summary['n_pairs']} CT pair(s) "
+        f"{summary['report_sources']}, {summary['text_cases']} warm-up report(s); "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    if summary.get("note"):
+        err_console.print(f"note: {summary['note']}")
