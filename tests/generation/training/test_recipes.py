@@ -46,7 +46,7 @@ def test_short_controlnet_training_on_real_ct_and_masks_lowers_its_loss(trained_
     from ctrag.generation.run_folder import fresh_controlnet, load_controlnet_component, load_unet_component
     from ctrag.generation.sampler import RectifiedFlowSampler
     from ctrag.generation.training.data import bank_batches, latent_bank, text_contexts
-    from ctrag.generation.training.engine import step_generator
+    from ctrag.generation.training.engine import sample_generator
     from ctrag.generation.training.objectives import FlowObjective, flow_prepare_batch
 
     cfg = tiny_config()
@@ -61,10 +61,10 @@ def test_short_controlnet_training_on_real_ct_and_masks_lowers_its_loss(trained_
     contexts = text_contexts(training_cases, 384)
     has_text = torch.tensor([c.context is not None for c in training_cases])
     sampler = RectifiedFlowSampler.from_config(cfg.sampler.scheduler)
-    make = bank_batches(bank, tc.batch_size, True)
+    make = bank_batches(bank, True)
     prepare = flow_prepare_batch(cfg, tc, contexts, has_text, sampler, scale, True, torch.contiguous_format)
-    gen = step_generator(99, 0)
-    batches = [prepare(make(i, gen), torch.device("cpu"), gen) for i in range(4)]
+    gens = [[sample_generator(99, step, i) for i in range(tc.batch_size)] for step in range(4)]
+    batches = [prepare(make(step, g), torch.device("cpu"), g) for step, g in enumerate(gens)]
     trained, _ = load_controlnet_component(trained_run / "controlnet", cfg, "cpu")
     losses = {}
     for name, cn in (("zero-init", fresh_controlnet(unet, cfg)), ("trained", trained)):
@@ -94,7 +94,7 @@ def test_torchrun_two_processes_train_with_ddp(tmp_path: Path, gen_corpus) -> No
     import sys
 
     bin_dir = Path(sys.executable).parent
-    sets = ["train_vae.steps_per_epoch=2", "train_vae.batch_size=1", "train_vae.crop_shape=[32,32,16]"]
+    sets = ["train_vae.steps_per_epoch=2", "train_vae.batch_size=2", "train_vae.crop_shape=[32,32,16]"]
     cmd = [str(bin_dir / "torchrun"), "--standalone", "--nproc-per-node", "2", str(bin_dir / "ctrag"), "train", "vae",
            "--corpus", str(gen_corpus.root), "--out", str(tmp_path / "ddp"), "--threads", "1", "--no-progress",
            *[a for o in sets for a in ("--set", o)]]  # fmt: skip
