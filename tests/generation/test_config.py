@@ -21,6 +21,10 @@ def test_presets_describe_the_intended_models() -> None:
     assert paper.train_controlnet.lr == pytest.approx(1e-5) and paper.train_controlnet.text_dropout == pytest.approx(
         0.1
     )
+    # RAG-Text2CT trains the ControlNet 50 epochs, global batch 4 over 2 GPUs (2 per GPU), mixed precision
+    tc = paper.train_controlnet
+    assert (tc.epochs, tc.batch_size, tc.precision, tc.grad_checkpointing) == (50, 4, "bf16", True)
+    assert tc.batch_size // (2 * tc.grad_accum_steps) == 2 and tc.steps_per_epoch == -(-27_514 // 4)  # ceil
 
 
 @pytest.mark.parametrize(

@@ -133,3 +133,53 @@ def test_to_channels_last_lays_out_every_3d_convolution_ndhwc() -> None:
     unet = to_channels_last(build_unet(TINY_UNET))
     convs = [m.weight for m in unet.modules() if isinstance(m, torch.nn.Conv3d) and m.weight.shape[2:] != (1, 1, 1)]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in convs)
+
+
+def _saved_bytes_and_grads(objective: torch.nn.Module, batch: dict) -> tuple[float, int, dict[str, torch.Tensor]]:  # type: ignore[type-arg]
+    """Loss, bytes autograd keeps for the backward pass, and the gradients of one forward/backward."""
+    saved = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    objective.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = objective(**batch)
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in objective.named_parameters() if p.grad is not None}
+    return float(loss.detach()), saved[0], grads
+
+
+def test_grad_checkpointing_gives_the_same_loss_and_gradients_with_fewer_saved_activations() -> None:
+    from ctrag.generation.training.objectives import FlowObjective
+
+    with seeded_init(0):
+        unet, cn = build_unet(TINY_UNET), build_controlnet(TINY_UNET, CN, num_labels=5)
+    with torch.no_grad():  # MONAI zero-initialises the zero convs and output projections: give every path weights
+        for p in [*unet.parameters(), *cn.parameters()]:
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    objective = FlowObjective(unet, torch.zeros(1, 1, 24), False, "l1", controlnet=cn)
+    g = torch.Generator().manual_seed(1)
+    batch = {
+        "x_t": torch.randn(2, 4, 8, 8, 4, generator=g),
+        "timesteps": torch.tensor([700.0, 150.0]),
+        "target": torch.randn(2, 4, 8, 8, 4, generator=g),
+        "context": torch.randn(2, 1, 24, generator=g),
+        "drop": torch.tensor([False, True]),
+        "mask_input": torch.rand(2, mask_channels(CN, 5), 8, 8, 4, generator=g),
+    }
+    loss, plain_bytes, plain = _saved_bytes_and_grads(objective, batch)
+    n = networks.enable_grad_checkpointing(unet) + networks.enable_grad_checkpointing(cn)
+    assert n == 2 + 1 + 2 + 2 + 1  # UNet: 2 down, mid, 2 up; ControlNet: 2 down, mid
+    assert set(unet.state_dict()) == set(build_unet(TINY_UNET).state_dict())  # weights and keys untouched
+    ck_loss, ck_bytes, ck = _saved_bytes_and_grads(objective, batch)
+    assert ck_loss == pytest.approx(loss, rel=1e-6) and set(ck) == set(plain)
+    assert sum(float(v.abs().sum()) for v in plain.values()) > 0
+    for k, v in plain.items():
+        torch.testing.assert_close(ck[k], v, rtol=1e-5, atol=1e-7, msg=k)
+    assert ck_bytes < 0.5 * plain_bytes, (ck_bytes, plain_bytes)
+    with torch.no_grad():  # sampling (no gradients) runs the blocks as before
+        assert float(objective(**batch)) == pytest.approx(loss, rel=1e-6)
+    with pytest.raises(ConfigError, match="none of the blocks"):
+        networks.enable_grad_checkpointing(torch.nn.Linear(2, 2))

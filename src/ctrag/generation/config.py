@@ -253,6 +253,14 @@ class TrainConfig:
     epochs: int = 1
     steps_per_epoch: int = 100
     batch_size: int = 2
+    """The global batch of one optimiser step: over all processes and micro-batches (per process and micro-batch
+    ``batch_size / (world_size x grad_accum_steps)``, which must divide evenly), so the loss curve does not
+    depend on how many GPUs ran it."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimiser step and process (gradients accumulated, DDP synchronises on the last)."""
+    grad_checkpointing: bool = False
+    """Recompute the UNet/ControlNet (VAE: encoder/decoder) blocks in the backward pass instead of keeping their
+    activations (``torch.utils.checkpoint``): same loss and gradients, less memory, about one more forward."""
     crop_shape: tuple[int, int, int] = (64, 64, 32)
     """Training crop in image voxels (the VAE's grid); generation uses ``sampler.output_shape``."""
     warmup_steps: int = 0
@@ -281,8 +289,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0:
             raise ConfigError(f"{type(self).__name__}: lr must be > 0 and weight_decay >= 0")
-        if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch_size < 1:
-            raise ConfigError(f"{type(self).__name__}: epochs, steps_per_epoch and batch_size must be >= 1")
+        if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch_size < 1 or self.grad_accum_steps < 1:
+            raise ConfigError(
+                f"{type(self).__name__}: epochs, steps_per_epoch, batch_size and grad_accum_steps must be >= 1"
+            )
+        if self.batch_size % self.grad_accum_steps:
+            raise ConfigError(
+                f"{type(self).__name__}: batch_size {self.batch_size} (the global batch) must be divisible by "
+                f"grad_accum_steps {self.grad_accum_steps}"
+            )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"{type(self).__name__}: ema_decay must be in [0, 1), got {self.ema_decay}")
         if "test" in self.splits:

@@ -12,11 +12,13 @@ take extra inputs (spacing, modality class) that the core ones do not.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from ctrag.errors import ConfigError
@@ -168,3 +170,46 @@ def seeded_init(seed: int) -> Iterator[None]:
 def to_channels_last(module: nn.Module) -> nn.Module:
     """channels-last (NDHWC) weights: faster 3-D convolutions on CPUs and tensor cores alike."""
     return module.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+
+
+CHECKPOINT_BLOCKS: tuple[str, ...] = ("down_blocks", "middle_block", "up_blocks", "encoder.blocks", "decoder.blocks")
+"""Where MONAI's UNets / ControlNets (``down_blocks``, ``middle_block``, ``up_blocks``) and VAEs (``encoder.blocks``,
+``decoder.blocks``) keep the blocks whose activations dominate training memory."""
+
+
+def enable_grad_checkpointing(module: nn.Module, blocks: Sequence[str] = CHECKPOINT_BLOCKS) -> int:
+    """Make every block of ``module`` found under ``blocks`` recompute its activations in the backward pass.
+
+    Each block's ``forward`` is wrapped in ``torch.utils.checkpoint`` (non-reentrant, so keyword arguments,
+    frozen weights and autocast work), only while gradients are being recorded; the module's parameters and
+    ``state_dict`` keys stay as they were, so checkpoints and published weights are unaffected. A frozen UNet
+    (ControlNet training) benefits too: gradients still flow through its up blocks. Returns the number of blocks.
+    """
+    count = 0
+    for path in blocks:
+        target: Any = module
+        for part in path.split("."):
+            target = getattr(target, part, None)
+            if target is None:
+                break
+        if target is None:
+            continue
+        for block in target if isinstance(target, nn.ModuleList) else [target]:
+            count += _checkpoint_block(block)
+    if count == 0:
+        raise ConfigError(f"grad_checkpointing: {type(module).__name__} has none of the blocks {list(blocks)}")
+    return count
+
+
+def _checkpoint_block(block: nn.Module) -> int:
+    if not isinstance(block.__dict__.get("forward"), functools.partial):
+        # a partial over the block (not a closure) so that deep copies of the network wrap their own block
+        setattr(block, "forward", functools.partial(_checkpointed_forward, block))  # noqa: B010
+    return 1
+
+
+def _checkpointed_forward(block: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    forward = functools.partial(type(block).forward, block)
+    if not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)

@@ -7,7 +7,7 @@ import torch
 from ctrag.generation.config import load_generator_config
 from ctrag.generation.networks import build_unet, build_vae
 from ctrag.generation.sampler import RectifiedFlowSampler
-from ctrag.generation.training.engine import step_generator
+from ctrag.generation.training.engine import sample_generator
 from ctrag.generation.training.objectives import FlowObjective, VAEObjective, flow_prepare_batch, vae_prepare_batch
 from tests.generation.conftest import TINY_UNET, tiny_config
 
@@ -18,7 +18,7 @@ def test_vae_loss_is_reconstruction_plus_kl_and_the_edge_term_adds(training_case
     vae = build_vae(cfg.vae)
     image = torch.from_numpy(training_cases[0].image[:32, :32, :16].copy())[None, None]
     batch = vae_prepare_batch(cfg, cfg.train_vae, torch.contiguous_format)({"image": image}, torch.device("cpu"),
-                                                                            step_generator(0, 0))  # fmt: skip
+                                                                            [sample_generator(0, 0, 0)])  # fmt: skip
     assert batch["eps"].shape == (1, 4, 8, 8, 4)
     with torch.no_grad():
         plain = VAEObjective(vae, 0.0, 0.0, 0.6)(**batch)
@@ -51,7 +51,7 @@ def test_flow_loss_uses_the_null_embedding_for_dropped_text() -> None:
     assert isinstance(mse.null_embedding, torch.nn.Parameter)
 
 
-def test_flow_batches_draw_noise_timesteps_and_drops_from_the_step_generator() -> None:
+def test_flow_batches_draw_noise_timesteps_and_drops_from_the_sample_generators() -> None:
     cfg = load_generator_config("tiny-cpu")
     tc = cfg.train_diffusion
     sampler = RectifiedFlowSampler.from_config(cfg.sampler.scheduler)
@@ -59,8 +59,8 @@ def test_flow_batches_draw_noise_timesteps_and_drops_from_the_step_generator() -
     has_text = torch.tensor([True, True, False])
     prepare = flow_prepare_batch(cfg, tc, contexts, has_text, sampler, 2.0, False, torch.contiguous_format)
     batch = {"latents": torch.randn(4, 4, 16, 16, 8), "case_index": torch.tensor([0, 1, 2, 2])}
-    a = prepare(batch, torch.device("cpu"), step_generator(0, 7))
-    b = prepare(batch, torch.device("cpu"), step_generator(0, 7))
+    a = prepare(batch, torch.device("cpu"), [sample_generator(0, 7, i) for i in range(4)])
+    b = prepare(batch, torch.device("cpu"), [sample_generator(0, 7, i) for i in range(4)])
     assert all(torch.equal(a[k], b[k]) for k in ("x_t", "timesteps", "target", "drop"))
     assert bool(a["drop"][2]) and bool(a["drop"][3])  # cases without text always train the null embedding
     assert float(a["timesteps"].min()) >= 0 and float(a["timesteps"].max()) < 1000

@@ -7,12 +7,13 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from ctrag.errors import CheckpointMismatchError, ConfigError, LeakageError
 from ctrag.generation.config import load_generator_config
-from ctrag.generation.training import LOG_FILE, STATE_FILE, train_diffusion
+from ctrag.generation.training import LOG_FILE, STATE_FILE, train_controlnet, train_diffusion
 from ctrag.generation.training.data import select_training_cases
 from tests.generation.conftest import tiny_config
 
@@ -46,7 +47,7 @@ def test_short_controlnet_training_on_real_ct_and_masks_lowers_its_loss(trained_
     from ctrag.generation.run_folder import fresh_controlnet, load_controlnet_component, load_unet_component
     from ctrag.generation.sampler import RectifiedFlowSampler
     from ctrag.generation.training.data import bank_batches, latent_bank, text_contexts
-    from ctrag.generation.training.engine import step_generator
+    from ctrag.generation.training.engine import sample_generator
     from ctrag.generation.training.objectives import FlowObjective, flow_prepare_batch
 
     cfg = tiny_config()
@@ -61,10 +62,10 @@ def test_short_controlnet_training_on_real_ct_and_masks_lowers_its_loss(trained_
     contexts = text_contexts(training_cases, 384)
     has_text = torch.tensor([c.context is not None for c in training_cases])
     sampler = RectifiedFlowSampler.from_config(cfg.sampler.scheduler)
-    make = bank_batches(bank, tc.batch_size, True)
+    make = bank_batches(bank, True)
     prepare = flow_prepare_batch(cfg, tc, contexts, has_text, sampler, scale, True, torch.contiguous_format)
-    gen = step_generator(99, 0)
-    batches = [prepare(make(i, gen), torch.device("cpu"), gen) for i in range(4)]
+    gens = [[sample_generator(99, step, i) for i in range(tc.batch_size)] for step in range(4)]
+    batches = [prepare(make(step, g), torch.device("cpu"), g) for step, g in enumerate(gens)]
     trained, _ = load_controlnet_component(trained_run / "controlnet", cfg, "cpu")
     losses = {}
     for name, cn in (("zero-init", fresh_controlnet(unet, cfg)), ("trained", trained)):
@@ -94,7 +95,7 @@ def test_torchrun_two_processes_train_with_ddp(tmp_path: Path, gen_corpus) -> No
     import sys
 
     bin_dir = Path(sys.executable).parent
-    sets = ["train_vae.steps_per_epoch=2", "train_vae.batch_size=1", "train_vae.crop_shape=[32,32,16]"]
+    sets = ["train_vae.steps_per_epoch=2", "train_vae.batch_size=2", "train_vae.crop_shape=[32,32,16]"]
     cmd = [str(bin_dir / "torchrun"), "--standalone", "--nproc-per-node", "2", str(bin_dir / "ctrag"), "train", "vae",
            "--corpus", str(gen_corpus.root), "--out", str(tmp_path / "ddp"), "--threads", "1", "--no-progress",
            *[a for o in sets for a in ("--set", o)]]  # fmt: skip
@@ -151,3 +152,69 @@ def test_generator_training_refuses_what_the_evaluation_evaluates(tmp_path: Path
         select_training_cases(gen_corpus, ("train",), held_out=named.held_out)
     with pytest.raises(LeakageError, match="lung_pet_ct_dx_A0001"):
         train_vae(None, named, tmp_path / "run2", cases=training_cases)
+
+
+CN_SHORT = (
+    "train_controlnet.steps_per_epoch=4",
+    "train_controlnet.batch_size=2",
+    "train_controlnet.bank_crops=8",
+    "train_controlnet.save_every=1",
+    "train_controlnet.log_every=1",
+)
+
+
+def _frozen_parts(trained_run: Path, dest: Path) -> Path:
+    for part in ("vae", "unet"):
+        shutil.copytree(trained_run / part, dest / part)
+    shutil.copy(trained_run / "pipeline.json", dest / "pipeline.json")
+    return dest
+
+
+def _state_params(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "controlnet" / STATE_FILE, weights_only=True)["params"]
+
+
+def test_accumulated_checkpointed_controlnet_steps_repeat_the_plain_ones(
+    tmp_path: Path, trained_run: Path, training_cases
+) -> None:  # type: ignore[no-untyped-def]
+    """Batch 2 as 2 micro-batches of 1, with the UNet and ControlNet blocks recomputed in the backward pass: the
+    same (global mean) losses and the same ControlNet weights as plain batch-2 steps."""
+    sets = (*CN_SHORT[1:], "train_controlnet.steps_per_epoch=3")
+    plain = train_controlnet(None, tiny_config(*sets), _frozen_parts(trained_run, tmp_path / "plain"),
+                             cases=training_cases)  # fmt: skip
+    cfg = tiny_config(*sets, "train_controlnet.grad_accum_steps=2", "train_controlnet.grad_checkpointing=true")
+    other = train_controlnet(None, cfg, _frozen_parts(trained_run, tmp_path / "other"), cases=training_cases)
+    assert len(set(plain.losses)) == 3 and other.info["grad_accum_steps"] == 2 and other.info["grad_checkpointing"]
+    np.testing.assert_allclose(other.losses, plain.losses, rtol=1e-5)
+    a, b = _state_params(tmp_path / "plain"), _state_params(tmp_path / "other")
+    assert set(a) == set(b)
+    for k, v in a.items():
+        torch.testing.assert_close(b[k], v, rtol=1e-4, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow  # ~50 s on two shared cores: two spawned interpreters import torch, MONAI and ctrag
+def test_run_started_on_one_process_and_resumed_on_two_gloo_processes_repeats_the_curve(
+    tmp_path: Path, trained_run: Path, training_cases
+) -> None:  # type: ignore[no-untyped-def]
+    """Steps 0-1 on one process, 2-3 on two (each takes half of the same global batch): the whole curve equals an
+    uninterrupted one-process run, and the log records both world sizes."""
+    import torch.multiprocessing as mp
+    from testsupport.ddp_training import controlnet_worker, free_port
+
+    from ctrag.generation.training.engine import RUN_LOG_FILE, read_run_log
+
+    straight = train_controlnet(None, tiny_config(*CN_SHORT), _frozen_parts(trained_run, tmp_path / "one"),
+                                cases=training_cases)  # fmt: skip
+    run = _frozen_parts(trained_run, tmp_path / "moved")
+    first = train_controlnet(None, tiny_config(*CN_SHORT), run, cases=training_cases, stop_after=2)
+    assert first.steps == 2 and first.losses == straight.losses[:2]
+    mp.spawn(controlnet_worker, args=(2, free_port(), str(run), CN_SHORT, training_cases), nprocs=2, join=True)
+    log = json.loads((run / "controlnet" / LOG_FILE).read_text())
+    assert log["resumed_from"] == 2 and log["world_size"] == 2 and len(set(straight.losses)) == 4
+    np.testing.assert_allclose(log["losses"], straight.losses, rtol=1e-5)
+    assert log["world_sizes"] == [{"from_step": 0, "world_size": 1}, {"from_step": 2, "world_size": 2}]
+    lines = read_run_log(run / "controlnet" / RUN_LOG_FILE)
+    assert [(r["step"], r["world_size"]) for r in lines] == [(1, 1), (2, 1), (3, 2), (4, 2)]
+    for k, v in _state_params(tmp_path / "one").items():
+        torch.testing.assert_close(_state_params(run)[k], v, rtol=1e-4, atol=1e-6, msg=k)
+    assert (run / "controlnet" / "model.pt").is_file() and (run / "controlnet" / "train_curve.png").is_file()

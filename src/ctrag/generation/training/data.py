@@ -15,8 +15,10 @@ stay anatomical, but heart and aorta change sides and the report keeps its later
 ``flip_record`` writes into the run log. The frozen VAE encodes a bank of crops once (``latent_bank``, cached in
 the run folder), from which the flow trainings draw their batches.
 
-Batches are drawn with a ``torch.Generator`` seeded from (seed, step, rank), so step ``k`` sees the same batch
-whether a run went straight through or was resumed, which is what makes resumed loss curves identical.
+Each sample of a training batch is drawn from its own ``torch.Generator``, seeded from (seed, step, sample index)
+(``engine.sample_generator``), so step ``k`` sees the same global batch whether a run went straight through, was
+resumed, or runs on another number of processes: what makes resumed loss curves identical. The latent bank is
+drawn once, from one generator.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from ctrag.errors import ConfigError, DataValidationError, InvalidInputError
 from ctrag.generation.config import TrainConfig
 from ctrag.generation.proxy import segment_ct
 from ctrag.generation.run_folder import component_hash, save_state_dict
-from ctrag.generation.training.engine import MakeBatch, step_generator
+from ctrag.generation.training.engine import Generators, MakeBatch, step_generator
 from ctrag.utils.checkpoints import load_checkpoint_file
 from ctrag.utils.hashing import sha256_json
 from ctrag.utils.progress import ProgressFn
@@ -221,32 +223,42 @@ class CropSampler:
             self.weights = np.full(len(self.cases), 1.0 / len(self.cases))
 
     def sample(self, batch: int, gen: torch.Generator) -> dict[str, Any]:
-        """``{"image": (B,1,X,Y,Z) float32, "labels": (B,1,X,Y,Z) uint8 | None, "case_index": (B,)}``."""
+        """``batch`` crops from one generator (the latent bank's draw):
+        ``{"image": (B,1,X,Y,Z) float32, "labels": (B,1,X,Y,Z) uint8 | None, "case_index": (B,)}``."""
+        idx = torch.multinomial(self._weights(), batch, replacement=True, generator=gen)
+        return self._stack(idx, [self._crop(i, gen) for i in idx.tolist()])
+
+    def sample_each(self, gens: Sequence[torch.Generator]) -> dict[str, Any]:
+        """One crop per generator (a training batch: sample i from its own generator), same keys as ``sample``."""
+        idx = torch.cat([torch.multinomial(self._weights(), 1, replacement=True, generator=g) for g in gens])
+        return self._stack(idx, [self._crop(i, g) for i, g in zip(idx.tolist(), gens, strict=True)])
+
+    def _weights(self) -> torch.Tensor:
         assert self.weights is not None
-        idx = torch.multinomial(
-            torch.as_tensor(self.weights, dtype=torch.float64), batch, replacement=True, generator=gen
-        )
-        images, labels = [], []
-        for i in idx.tolist():
-            case = self.cases[i]
-            starts = [
-                int(torch.randint(0, s - k + 1, (1,), generator=gen))
-                for s, k in zip(case.image.shape, self.crop_shape, strict=True)
-            ]
-            sl = tuple(slice(a, a + k) for a, k in zip(starts, self.crop_shape, strict=True))
-            flip = bool(torch.rand(1, generator=gen) < self.flip_prob)
-            img = torch.from_numpy(np.ascontiguousarray(case.image[sl]))[None]
-            lab = None if case.labels is None else torch.from_numpy(np.ascontiguousarray(case.labels[sl]))[None]
-            if flip:
-                img = img.flip(1)  # axis 0 of the volume (R-L in RAS), after the channel axis
-                if lab is not None and self.label_set is not None:
-                    lab = flip_left_right(lab, self.label_set, axis=1)
-            images.append(img)
-            if lab is not None:
-                labels.append(lab)
+        return torch.as_tensor(self.weights, dtype=torch.float64)
+
+    def _crop(self, i: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        case = self.cases[i]
+        starts = [
+            int(torch.randint(0, s - k + 1, (1,), generator=gen))
+            for s, k in zip(case.image.shape, self.crop_shape, strict=True)
+        ]
+        sl = tuple(slice(a, a + k) for a, k in zip(starts, self.crop_shape, strict=True))
+        flip = bool(torch.rand(1, generator=gen) < self.flip_prob)
+        img = torch.from_numpy(np.ascontiguousarray(case.image[sl]))[None]
+        lab = None if case.labels is None else torch.from_numpy(np.ascontiguousarray(case.labels[sl]))[None]
+        if flip:
+            img = img.flip(1)  # axis 0 of the volume (R-L in RAS), after the channel axis
+            if lab is not None and self.label_set is not None:
+                lab = flip_left_right(lab, self.label_set, axis=1)
+        return img, lab
+
+    @staticmethod
+    def _stack(idx: torch.Tensor, crops: list[tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, Any]:
+        labels = [lab for _, lab in crops if lab is not None]
         return {
-            "image": torch.stack(images),
-            "labels": torch.stack(labels) if len(labels) == len(images) else None,
+            "image": torch.stack([img for img, _ in crops]),
+            "labels": torch.stack(labels) if len(labels) == len(crops) else None,
             "case_index": idx,
         }
 
@@ -354,11 +366,11 @@ def text_contexts(cases: list[TrainingCase], dim: int | None) -> torch.Tensor | 
     return out
 
 
-def bank_batches(bank: LatentBank, batch_size: int, with_mask: bool) -> MakeBatch:
-    """``make_batch`` drawing ``batch_size`` latent crops (and their label crops) from the bank per step."""
+def bank_batches(bank: LatentBank, with_mask: bool) -> MakeBatch:
+    """``make_batch`` drawing one latent crop (and its label crop) from the bank per sample generator."""
 
-    def make_batch(step: int, gen: torch.Generator) -> Mapping[str, Any]:
-        idx = torch.randint(0, len(bank), (batch_size,), generator=gen)
+    def make_batch(step: int, gens: Generators) -> Mapping[str, Any]:
+        idx = torch.cat([torch.randint(0, len(bank), (1,), generator=g) for g in gens])
         batch: dict[str, Any] = {"latents": bank.latents[idx], "case_index": bank.case_index[idx]}
         if with_mask:
             if bank.labels is None:

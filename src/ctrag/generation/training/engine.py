@@ -4,14 +4,30 @@
 ``make_batch(step, generator)`` data source and a ``prepare_batch(batch, device, generator)`` callable that turns
 a raw batch into the objective's tensors; it knows nothing of VAEs or UNets (``recipes.py`` assembles those).
 
-Resumability: all randomness of step ``k`` comes from generators seeded with (seed, k, rank)
-(``step_generator``), and the checkpoint (``train_state.pt``, written atomically every ``save_every`` steps)
-holds the trainable weights, the optimiser and EMA state and the loss history. A run stopped after ``k`` steps
-and resumed therefore produces the same losses as an uninterrupted run.
+Batches that do not depend on the number of processes: ``cfg.batch_size`` is the *global* batch of a step.
+Sample ``i`` of step ``k`` draws all of its randomness (which crop, noise, timestep, text dropout) from its own
+generator, seeded by (seed, k, i) only (``sample_generator``); process ``r`` of ``W`` takes the contiguous slice
+``[r B/W, (r+1) B/W)`` and, with ``grad_accum_steps = A``, splits it into ``A`` micro-batches. ``make_batch``
+and ``prepare_batch`` therefore receive one generator per sample of their micro-batch. Every micro-loss is a mean
+over equally many samples, so (1/A) x the sum of micro-gradients, averaged over processes by DDP, is the gradient
+of the global batch mean that one process would compute, and the logged loss is that global mean. A run started
+on one process and resumed on two follows the same curve (up to float rounding of the reordered sums).
 
-Multi-GPU: launched with ``torchrun`` or ``accelerate launch`` (which set ``WORLD_SIZE``/``RANK``/
-``LOCAL_RANK``), the loop initialises a process group, wraps the objective in DDP (only trainable parameters are
-synchronised), draws a different batch per rank, and writes checkpoints from rank 0 only.
+Resumability: the checkpoint (``train_state.pt``, written atomically every ``save_every`` steps) holds the
+trainable weights, the optimiser and EMA state, the loss history and the world sizes it ran on. Its key covers
+what changes the result (training config, data, frozen weights), not how a step is executed (world size,
+``grad_accum_steps``, ``grad_checkpointing``, threads, logging), so a run may resume on another number of GPUs.
+
+Multi-GPU is ``torchrun``-style DDP: ``torchrun --nproc-per-node N -m ctrag.cli train ...`` (or ``accelerate
+launch``, which sets the same ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` variables;
+ctrag uses none of accelerate's own API) makes every process join one group (NCCL on GPUs, gloo on CPU); the
+objective is wrapped in DDP (only trainable parameters are synchronised, ``no_sync`` on the non-final
+micro-batches), and rank 0 alone writes checkpoints and logs.
+
+Run log: ``train_log.jsonl`` gets one line every ``log_every`` steps (step, mean loss, lr, samples/s,
+seconds/step, peak GPU memory on CUDA or peak RSS on CPU, world size), line-buffered appends; a resumed run
+first drops the lines beyond the step it resumes from. ``train_curve.png`` (loss and lr against step) is drawn
+when a run call ends, and ``train_log.json`` keeps the whole loss curve and the world-size history.
 
 Progress goes through ``ctrag.utils.progress.ProgressFn``: ``progress("train <component>", step, total)``.
 """
@@ -19,12 +35,13 @@ Progress goes through ``ctrag.utils.progress.ProgressFn``: ``progress("train <co
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +53,7 @@ from ctrag.config import config_to_dict
 from ctrag.errors import CheckpointMismatchError, ConfigError
 from ctrag.generation.config import TrainConfig
 from ctrag.generation.run_folder import save_component, save_state_dict
-from ctrag.utils.atomic import atomic_write_text
+from ctrag.utils.atomic import atomic_path, atomic_write_text
 from ctrag.utils.checkpoints import load_checkpoint_file
 from ctrag.utils.hashing import sha256_json
 from ctrag.utils.progress import ProgressFn
@@ -45,9 +62,16 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.json"
+RUN_LOG_FILE = "train_log.jsonl"
+CURVE_FILE = "train_curve.png"
 
-PrepareBatch = Callable[[Mapping[str, Any], torch.device, torch.Generator], dict[str, Any]]
-MakeBatch = Callable[[int, torch.Generator], Mapping[str, Any]]
+Generators = Sequence[torch.Generator]
+"""One generator per sample of a micro-batch (``sample_generator(seed, step, i)`` for its global indices i)."""
+PrepareBatch = Callable[[Mapping[str, Any], torch.device, Generators], dict[str, Any]]
+MakeBatch = Callable[[int, Generators], Mapping[str, Any]]
+
+EXECUTION_FIELDS = ("grad_accum_steps", "grad_checkpointing", "num_threads", "log_every")
+"""TrainConfig fields that change how a step is computed, not what: left out of the checkpoint key."""
 
 
 def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0) -> torch.Generator:
@@ -57,6 +81,34 @@ def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0) -> torc
         (int(seed) * 1_000_003 + int(step) * 9_176 + int(rank) * 104_729 + int(stream) * 7_919) % (2**63 - 1)
     )
     return gen
+
+
+def sample_generator(seed: int, step: int, index: int) -> torch.Generator:
+    """The generator of sample ``index`` of the global batch of ``step``: the same on any number of processes.
+
+    A hash rather than a linear mix of the three numbers, so no (step, index) pair shares another's stream."""
+    digest = hashlib.blake2b(f"{int(seed)}:{int(step)}:{int(index)}".encode(), digest_size=8).digest()
+    gen = torch.Generator()
+    gen.manual_seed(int.from_bytes(digest, "little") % (2**63 - 1))
+    return gen
+
+
+def micro_batch_indices(batch_size: int, world_size: int, rank: int, accum_steps: int, micro: int) -> range:
+    """Global sample indices of micro-batch ``micro`` on ``rank``: contiguous slices of the global batch."""
+    check_batch_split(batch_size, world_size, accum_steps)
+    per_rank = batch_size // world_size
+    size = per_rank // accum_steps
+    start = rank * per_rank + micro * size
+    return range(start, start + size)
+
+
+def check_batch_split(batch_size: int, world_size: int, accum_steps: int) -> None:
+    if accum_steps < 1 or batch_size % (world_size * accum_steps):
+        raise ConfigError(
+            f"batch_size {batch_size} is the global batch of a step and must be divisible by world_size "
+            f"{world_size} x grad_accum_steps {accum_steps} = {world_size * accum_steps}; change batch_size, "
+            "grad_accum_steps or the number of processes"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ distributed
@@ -145,6 +197,60 @@ def _named_trainable(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: p for k, p in module.named_parameters() if p.requires_grad}
 
 
+def peak_memory(device: torch.device) -> tuple[float | None, str]:
+    """Peak memory in MiB so far: CUDA allocations on a GPU, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return None, "rss"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss"  # KiB on Linux
+
+
+def truncate_run_log(path: Path, step: int) -> None:
+    """Keep the lines of ``path`` up to ``step`` (those a resumed run will not write again); a torn last line
+    from a killed run is dropped too."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and int(record.get("step", step + 1)) <= step:
+            kept.append(line)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+def read_run_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_curve_plot(path: Path, losses: Sequence[float], lrs: Sequence[float], title: str) -> None:
+    """Loss (log scale when positive) and learning rate against step, drawn with matplotlib's Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    steps = list(range(1, len(losses) + 1))
+    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    ax_loss.plot(steps, losses, lw=1.0)
+    if losses and min(losses) > 0:
+        ax_loss.set_yscale("log")
+    ax_loss.set_ylabel("loss (global batch mean)")
+    ax_loss.set_title(title)
+    ax_lr.plot(steps, lrs, lw=1.0, color="tab:orange")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("step")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -158,8 +264,9 @@ class TrainResult:
 class TrainLoop:
     """AdamW over an objective's trainable parameters, with resumable atomic checkpoints.
 
-    ``objective(**prepared)`` must return a scalar loss. ``state_module`` is the module whose trainable
-    parameters are checkpointed (the objective itself by default).
+    ``objective(**prepared)`` must return a scalar loss, the mean over its micro-batch's samples (every micro-batch
+    has as many samples, so the mean of micro-losses is the global batch mean). ``state_module`` is the module
+    whose trainable parameters are checkpointed (the objective itself by default).
     """
 
     def __init__(
@@ -175,6 +282,7 @@ class TrainLoop:
         progress: ProgressFn | None = None,
         run_key: Mapping[str, Any] | None = None,
     ) -> None:
+        check_batch_split(cfg.batch_size, dist.world_size, cfg.grad_accum_steps)
         self.objective = objective
         self.cfg = cfg
         self.out_dir = Path(out_dir)
@@ -193,12 +301,16 @@ class TrainLoop:
         self.ema = EMA(self.params, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.scaler = torch.amp.GradScaler("cuda") if (device.type == "cuda" and cfg.precision == "fp16") else None
         self.losses: list[float] = []
+        self.world_sizes: list[list[int]] = []
+        """[first step, world size] per stretch of the run on one number of processes."""
         self.step = 0
         runner: nn.Module = objective
+        self.ddp: nn.parallel.DistributedDataParallel | None = None
         if dist.world_size > 1:
-            runner = nn.parallel.DistributedDataParallel(
+            self.ddp = nn.parallel.DistributedDataParallel(
                 objective, device_ids=[device.index] if device.type == "cuda" else None
             )
+            runner = self.ddp
         if cfg.compile:
             runner = torch.compile(runner)  # type: ignore[assignment]
         self.runner = runner
@@ -208,8 +320,13 @@ class TrainLoop:
     def state_path(self) -> Path:
         return self.out_dir / STATE_FILE
 
+    @property
+    def run_log_path(self) -> Path:
+        return self.out_dir / RUN_LOG_FILE
+
     def _key(self) -> str:
-        return sha256_json({"train": config_to_dict(self.cfg), **self.run_key})
+        train = {k: v for k, v in config_to_dict(self.cfg).items() if k not in EXECUTION_FIELDS}
+        return sha256_json({"train": train, **self.run_key})
 
     def save_state(self) -> None:
         if not self.dist.is_main:
@@ -221,6 +338,7 @@ class TrainLoop:
             "optimizer": self.optimizer.state_dict(),
             "ema": None if self.ema is None else {k: v.cpu() for k, v in self.ema.state_dict().items()},
             "losses": torch.tensor(self.losses, dtype=torch.float64),
+            "world_sizes": torch.tensor(self.world_sizes, dtype=torch.int64).reshape(-1, 2),
         }
         save_state_dict(state, self.state_path)
 
@@ -244,65 +362,130 @@ class TrainLoop:
             self.ema.load_state_dict({k: v.to(self.device) for k, v in state["ema"].items()})
         self.losses = [float(x) for x in state["losses"].tolist()]
         self.step = int(state["step"])
+        sizes = state.get("world_sizes")
+        self.world_sizes = [] if sizes is None else [[int(a), int(b)] for a, b in sizes.tolist()]
         return True
 
     def final_params(self) -> dict[str, torch.Tensor]:
         """Trainable weights to publish: the EMA copy when enabled, else the live ones."""
         return self.ema.state_dict() if self.ema is not None else {k: v.detach() for k, v in self.params.items()}
 
+    # --- one step -------------------------------------------------------------------------------------------
+    def _micro_batches(self, step: int) -> Iterator[dict[str, Any]]:
+        """This rank's micro-batches of ``step``, each drawn from its samples' own generators."""
+        cfg, dist = self.cfg, self.dist
+        for micro in range(cfg.grad_accum_steps):
+            index = micro_batch_indices(cfg.batch_size, dist.world_size, dist.rank, cfg.grad_accum_steps, micro)
+            gens = [sample_generator(cfg.seed, step, i) for i in index]
+            yield self.prepare_batch(self.make_batch(step, gens), self.device, gens)
+
+    def _train_step(self, step: int) -> float:
+        """Forward/backward over the micro-batches (gradients synchronised on the last one only), one update;
+        returns the global batch mean loss."""
+        accum = self.cfg.grad_accum_steps
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(step, self.cfg)
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for micro, batch in enumerate(self._micro_batches(step)):
+            sync = self.ddp is None or micro == accum - 1
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():  # type: ignore[union-attr]
+                with autocast_context(self.device, self.cfg.precision):
+                    loss = self.runner(**batch)
+                scaled = loss / accum
+                if self.scaler is not None:
+                    self.scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
+            total += loss.detach().double()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.cfg.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.params)
+        return _all_mean(total / accum, self.dist)
+
     # --- loop -----------------------------------------------------------------------------------------------
     def run(self, *, resume: bool = True, stop_after: int | None = None) -> TrainResult:
         """Train until ``total_steps`` (or ``stop_after`` steps in this call, to simulate an interruption)."""
         t0 = time.perf_counter()
-        resumed = self.load_state() if resume else 0
+        resumed = self.load_state() if resume else False
         start = self.step
         if resumed:
-            logger.info("resuming %s at step %d", self.out_dir, start)
+            logger.info("resuming %s at step %d on %d process(es)", self.out_dir, start, self.dist.world_size)
+        if not self.world_sizes or self.world_sizes[-1][1] != self.dist.world_size:
+            self.world_sizes.append([start, self.dist.world_size])
         end = self.cfg.total_steps if stop_after is None else min(self.cfg.total_steps, start + stop_after)
         self.objective.train()
         report = self.progress if self.dist.is_main else None
         stage = f"train {self.out_dir.name}"
         if report is not None:
             report(stage, start, self.cfg.total_steps)
-        while self.step < end:
-            step = self.step
-            gen = step_generator(self.cfg.seed, step, self.dist.rank)
-            raw = self.make_batch(step, gen)
-            batch = self.prepare_batch(raw, self.device, gen)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr_at(step, self.cfg)
-            with autocast_context(self.device, self.cfg.precision):
-                loss = self.runner(**batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.unscale_(self.optimizer)
-            else:
-                loss.backward()
-            if self.cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.cfg.grad_clip)
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update(self.params)
-            value = _all_mean(loss, self.dist)
-            if not math.isfinite(value):
-                raise FloatingPointError(f"training diverged at step {step}: loss {value}")
-            self.losses.append(value)
-            self.step += 1
-            if report is not None:
-                report(stage, self.step, self.cfg.total_steps)
-            if self.step % max(1, self.cfg.log_every) == 0:
-                recent = self.losses[-self.cfg.log_every :]
-                logger.info("%s step %d: loss %.4f", stage, self.step, sum(recent) / len(recent))
-            if self.step % self.cfg.save_every == 0 or self.step == end:
-                self.save_state()
+        run_log = self._open_run_log(start if resumed else 0)
+        try:
+            window_t, window_step = time.perf_counter(), start
+            while self.step < end:
+                step = self.step
+                value = self._train_step(step)
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"training diverged at step {step}: loss {value}")
+                self.losses.append(value)
+                self.step += 1
+                if report is not None:
+                    report(stage, self.step, self.cfg.total_steps)
+                if self.step % max(1, self.cfg.log_every) == 0 or self.step == self.cfg.total_steps:
+                    now = time.perf_counter()
+                    record = self._log_record(now - window_t, self.step - window_step)
+                    window_t, window_step = now, self.step
+                    logger.info("%s step %d: loss %.4f", stage, self.step, record["loss"])
+                    if run_log is not None:
+                        run_log.write(json.dumps(record) + "\n")
+                if self.step % self.cfg.save_every == 0 or self.step == end:
+                    self.save_state()
+        finally:
+            if run_log is not None:
+                run_log.close()
+        if self.dist.is_main and self.losses:
+            lrs = [lr_at(s, self.cfg) for s in range(len(self.losses))]
+            write_curve_plot(self.out_dir / CURVE_FILE, self.losses, lrs, stage)
         seconds = time.perf_counter() - t0
-        info = {"world_size": self.dist.world_size, "device": str(self.device)}
+        info = {
+            "world_size": self.dist.world_size,
+            "world_sizes": [{"from_step": a, "world_size": b} for a, b in self.world_sizes],
+            "grad_accum_steps": self.cfg.grad_accum_steps,
+            "grad_checkpointing": self.cfg.grad_checkpointing,
+            "device": str(self.device),
+        }
         return TrainResult(self.out_dir, self.step, list(self.losses), seconds, start, info)
+
+    def _open_run_log(self, keep_until: int) -> Any:
+        """The JSONL run log, opened for line-buffered appends after dropping lines past ``keep_until``."""
+        if not self.dist.is_main:
+            return None
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        truncate_run_log(self.run_log_path, keep_until)
+        return open(self.run_log_path, "a", buffering=1, encoding="utf-8")
+
+    def _log_record(self, seconds: float, steps: int) -> dict[str, Any]:
+        recent = self.losses[-max(1, self.cfg.log_every) :]
+        per_step = seconds / max(1, steps)
+        memory, kind = peak_memory(self.device)
+        return {
+            "step": self.step,
+            "loss": sum(recent) / len(recent),
+            "lr": lr_at(self.step - 1, self.cfg),
+            "samples_per_s": self.cfg.batch_size / per_step if per_step > 0 else None,
+            "seconds_per_step": per_step,
+            "peak_memory_mib": None if memory is None else round(memory, 1),
+            "memory": kind,
+            "world_size": self.dist.world_size,
+        }
 
 
 def publish(

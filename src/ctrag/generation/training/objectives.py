@@ -1,8 +1,9 @@
 """Training objectives: the VAE loss and the rectified-flow velocity loss, with their batch preparation.
 
 An objective is a module whose ``forward`` returns the scalar loss (``engine.TrainLoop`` calls it on what its
-``prepare_batch`` returns). The preparation functions draw every random tensor of a step (posterior noise, flow
-noise, timesteps, dropped text) from the step's ``torch.Generator``, which is what makes resumed runs exact.
+``prepare_batch`` returns). The preparation functions draw every random tensor of a sample (posterior noise, flow
+noise, timestep, dropped text) from that sample's own ``torch.Generator``, which is what makes resumed runs exact
+and a step's global batch the same on any number of processes.
 Flow timesteps come from ``RectifiedFlowSampler.sample_timesteps``: the same schedule (and resolution shift)
 that sampling uses.
 """
@@ -21,7 +22,7 @@ from ctrag.generation.config import GeneratorConfig, TrainDiffusionConfig, Train
 from ctrag.generation.controlnet import controlnet_residuals, encode_control, encode_mask
 from ctrag.generation.networks import extra_unet_inputs
 from ctrag.generation.sampler import RectifiedFlowSampler
-from ctrag.generation.training.engine import PrepareBatch
+from ctrag.generation.training.engine import Generators, PrepareBatch
 
 
 class VAEObjective(nn.Module):
@@ -102,9 +103,9 @@ def vae_prepare_batch(config: GeneratorConfig, cfg: TrainVAEConfig, memory_forma
     """Crops to the device, plus the posterior noise ``eps`` of the reparameterised sample."""
     latent_spatial = tuple(s // config.vae.downsample for s in cfg.crop_shape)
 
-    def prepare(batch: Mapping[str, Any], dev: torch.device, gen: torch.Generator) -> dict[str, Any]:
+    def prepare(batch: Mapping[str, Any], dev: torch.device, gens: Generators) -> dict[str, Any]:
         image = batch["image"]
-        eps = torch.randn((image.shape[0], config.vae.latent_channels, *latent_spatial), generator=gen)
+        eps = torch.stack([torch.randn((config.vae.latent_channels, *latent_spatial), generator=g) for g in gens])
         return {
             "image": image.to(dev, memory_format=memory_format),
             "eps": eps.to(dev, memory_format=memory_format),
@@ -127,11 +128,13 @@ def flow_prepare_batch(
     n_labels = num_labels(config.controlnet.label_set)
     cn = config.controlnet
 
-    def prepare(batch: Mapping[str, Any], dev: torch.device, gen: torch.Generator) -> dict[str, Any]:
+    def prepare(batch: Mapping[str, Any], dev: torch.device, gens: Generators) -> dict[str, Any]:
         x0 = batch["latents"] * scale_factor
         b = x0.shape[0]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = sampler.sample_timesteps(b, gen, latent_shape=tuple(x0.shape))
+        if len(gens) != b:
+            raise ValueError(f"flow batch of {b} samples got {len(gens)} generators")
+        noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens])
+        t = torch.cat([sampler.sample_timesteps(1, g, latent_shape=tuple(x0.shape)) for g in gens])
         x_t = sampler.add_noise(x0, noise, t)
         out: dict[str, Any] = {
             "x_t": x_t.to(dev, memory_format=memory_format),
@@ -146,7 +149,7 @@ def flow_prepare_batch(
         else:
             ctx = None
         if ctx is not None:
-            drop = (torch.rand(b, generator=gen) < cfg.text_dropout) | ~text
+            drop = (torch.cat([torch.rand(1, generator=g) for g in gens]) < cfg.text_dropout) | ~text
             out["context"] = ctx.to(dev)
             out["drop"] = drop.to(dev)
         if with_mask:

@@ -24,7 +24,13 @@ from ctrag.data.labels import num_labels
 from ctrag.errors import CheckpointMismatchError, InvalidInputError
 from ctrag.generation.config import GeneratorConfig, TrainConfig, TrainDiffusionConfig
 from ctrag.generation.controlnet import controlnet_from_unet
-from ctrag.generation.networks import build_unet, build_vae, seeded_init, to_channels_last
+from ctrag.generation.networks import (
+    build_unet,
+    build_vae,
+    enable_grad_checkpointing,
+    seeded_init,
+    to_channels_last,
+)
 from ctrag.generation.run_folder import (
     CONTROLNET_DIR,
     SAMPLER_DIR,
@@ -51,6 +57,7 @@ from ctrag.generation.training.data import (
     text_contexts,
 )
 from ctrag.generation.training.engine import (
+    Generators,
     MakeBatch,
     PrepareBatch,
     TrainLoop,
@@ -69,7 +76,7 @@ from ctrag.generation.training.latent_cache import (
     make_cache_key,
 )
 from ctrag.generation.training.objectives import FlowObjective, VAEObjective, flow_prepare_batch, vae_prepare_batch
-from ctrag.generation.training.streaming import CropDrawer, LatentCropDataset, StreamingBatches
+from ctrag.generation.training.streaming import BatchSplit, CropDrawer, LatentCropDataset, StreamingBatches
 from ctrag.utils.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
@@ -106,11 +113,13 @@ def train_vae(
         vae = build_vae(config.vae).to(device)
     if cfg.channels_last:
         vae = to_channels_last(vae)
+    if cfg.grad_checkpointing:
+        enable_grad_checkpointing(vae)
     lo, hi = config.preprocess.hu_window
     objective = VAEObjective(vae, cfg.kl_weight, cfg.edge_weight, (cfg.edge_hu - lo) / (hi - lo))
 
-    def make_batch(step: int, gen: torch.Generator) -> Mapping[str, Any]:
-        return crops.sample(cfg.batch_size, gen)
+    def make_batch(step: int, gens: Generators) -> Mapping[str, Any]:
+        return crops.sample_each(gens)
 
     prepare = prepare_batch or vae_prepare_batch(config, cfg, _memory_format(cfg))
     run_key = {"vae": config_to_dict(config.vae), "cases": [c.case_id for c in cases]}
@@ -152,6 +161,8 @@ def train_diffusion(
         unet = build_unet(config.diffusion).to(device)
     if cfg.channels_last:
         unet = to_channels_last(unet)
+    if cfg.grad_checkpointing:
+        enable_grad_checkpointing(unet)
     null = torch.zeros(1, 1, dim or 1)
     objective = FlowObjective(unet, null, config.diffusion.null_embedding == "learned", cfg.loss).to(device)
     run_key = {
@@ -225,6 +236,9 @@ def train_controlnet(
     controlnet = controlnet.to(device)
     if cfg.channels_last:
         controlnet, unet = to_channels_last(controlnet), to_channels_last(unet)
+    if cfg.grad_checkpointing:  # the frozen UNet too: the loss's gradient flows back through its up blocks
+        enable_grad_checkpointing(controlnet)
+        enable_grad_checkpointing(unet)
     objective = FlowObjective(unet, null, False, cfg.loss, controlnet=controlnet).to(device)
     run_key = {
         "controlnet": config_to_dict(config.controlnet),
@@ -325,7 +339,7 @@ def _run_flow(
         make_batch = flow.batches
     else:
         assert flow.bank is not None
-        make_batch = bank_batches(flow.bank, cfg.batch_size, flow.with_mask)
+        make_batch = bank_batches(flow.bank, flow.with_mask)
     prepare = prepare_batch or flow_prepare_batch(
         config, cfg, flow.contexts, flow.has_text, sampler, flow.scale_factor, flow.with_mask, _memory_format(cfg)
     )
@@ -421,10 +435,11 @@ def _controlnet_stream(
     if dist.world_size > 1:
         torch.distributed.barrier()
     cache = LatentCache(root, key)
-    drawer = CropDrawer(cache, cfg.crop_shape, cfg.batch_size, sampling=cfg.data.sampling,
+    drawer = CropDrawer(cache, cfg.crop_shape, sampling=cfg.data.sampling,
                         bank_crops=cfg.bank_crops, seed=cfg.seed)  # fmt: skip
     dataset = LatentCropDataset(cache, drawer.latent_crop, with_text=text)
-    stream = StreamingBatches(dataset, drawer, seed=cfg.seed, total_steps=cfg.total_steps, rank=dist.rank,
+    split = BatchSplit(cfg.batch_size, dist.world_size, dist.rank, cfg.grad_accum_steps)
+    stream = StreamingBatches(dataset, drawer, seed=cfg.seed, total_steps=cfg.total_steps, split=split,
                               num_workers=cfg.data.num_workers)  # fmt: skip
     return stream, cache, build
 

@@ -1,14 +1,15 @@
 """Streaming latent crops from the on-disk cache (``latent_cache.py``) with torch DataLoader workers.
 
-The training loop asks ``make_batch(step, gen)``; everything random about step ``k``'s crops is drawn from the
-loop's step generator (as the memory path does), so resumed runs stay exact. To let workers read ahead, the
-batch sampler redraws the same crop positions from a fresh ``step_generator(seed, k, rank)``, and ``make_batch``
-checks that the batch it receives is the one it drew.
+The training loop asks ``make_batch(step, gens)`` for each micro-batch, one generator per sample; everything random
+about a sample's crop is drawn from its generator (as the memory path does), so resumed runs stay exact on any
+number of processes. To let workers read ahead, the batch sampler walks the same (step, micro-batch) sequence as
+the loop (``engine.micro_batch_indices`` for this rank), redraws the crop positions from fresh
+``sample_generator(seed, k, i)``, and ``make_batch`` checks that the batch it receives is the one it drew.
 
 Two ways to draw crops (``TrainDataConfig.sampling``):
 
 * ``bank``: ``bank_crops`` crop positions drawn once, consuming the random stream exactly as
-  ``data.build_latent_bank`` does, then ``batch_size`` of them per step as ``data.bank_batches`` does; when the
+  ``data.build_latent_bank`` does, then one of them per sample as ``data.bank_batches`` does; when the
   crop is the whole (padded) volume this reproduces the memory path's batches and losses;
 * ``fresh``: new (case, position) draws every step, so a large corpus is actually seen.
 
@@ -27,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ctrag.errors import DataValidationError
-from ctrag.generation.training.engine import step_generator
+from ctrag.generation.training.engine import Generators, micro_batch_indices, sample_generator, step_generator
 from ctrag.generation.training.latent_cache import LatentCache
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,6 @@ class CropDrawer:
         self,
         cache: LatentCache,
         crop_shape: Sequence[int],
-        batch_size: int,
         *,
         sampling: str = "bank",
         bank_crops: int = 256,
@@ -68,7 +68,6 @@ class CropDrawer:
             bad = [cache.entries[i].case_id for i in torch.nonzero(small).flatten().tolist()[:5]]
             raise DataValidationError(f"cached cases smaller than the crop {tuple(crop_shape)}: {bad}")
         self.n = len(cache)
-        self.batch_size = batch_size
         self.sampling = sampling
         self.bank: torch.Tensor | None = None
         if sampling == "bank":
@@ -98,13 +97,17 @@ class CropDrawer:
             rows.extend([i, *start] for i, start in self._draw_one(idx, gen))
         return torch.tensor(rows, dtype=torch.int64)
 
-    def draw(self, step: int, gen: torch.Generator) -> list[CropSpec]:
+    def draw(self, step: int, gens: Generators) -> list[CropSpec]:
+        """One crop per sample generator: a bank row as ``data.bank_batches`` picks it, or a fresh draw."""
         if self.bank is not None:
-            pick = torch.randint(0, len(self.bank), (self.batch_size,), generator=gen)
+            pick = torch.cat([torch.randint(0, len(self.bank), (1,), generator=g) for g in gens])
             rows = self.bank[pick].tolist()
             return [CropSpec(step, r[0], (r[1], r[2], r[3])) for r in rows]
-        idx = torch.multinomial(self._weights(), self.batch_size, replacement=True, generator=gen)
-        return [CropSpec(step, i, s) for i, s in self._draw_one(idx, gen)]
+        out: list[CropSpec] = []
+        for g in gens:
+            idx = torch.multinomial(self._weights(), 1, replacement=True, generator=g)
+            out.extend(CropSpec(step, i, s) for i, s in self._draw_one(idx, g))
+        return out
 
 
 class LatentCropDataset(Dataset[dict[str, Any]]):
@@ -148,18 +151,33 @@ def collate_crops(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-class _StepBatches(Sampler[list[CropSpec]]):
-    """Steps ``start..end-1``, each as the crop specs the loop will draw for it."""
+@dataclass(frozen=True)
+class BatchSplit:
+    """How a step's global batch is split: over ``world_size`` ranks, then ``accum_steps`` micro-batches."""
 
-    def __init__(self, drawer: CropDrawer, seed: int, rank: int, start: int, end: int) -> None:
-        self.drawer, self.seed, self.rank, self.start, self.end = drawer, seed, rank, start, end
+    batch_size: int
+    world_size: int = 1
+    rank: int = 0
+    accum_steps: int = 1
+
+    def indices(self, micro: int) -> range:
+        return micro_batch_indices(self.batch_size, self.world_size, self.rank, self.accum_steps, micro)
+
+
+class _StepBatches(Sampler[list[CropSpec]]):
+    """Steps ``start..end-1``, each as this rank's micro-batches of crop specs, in the order the loop draws them."""
+
+    def __init__(self, drawer: CropDrawer, seed: int, split: BatchSplit, start: int, end: int) -> None:
+        self.drawer, self.seed, self.split, self.start, self.end = drawer, seed, split, start, end
 
     def __len__(self) -> int:
-        return max(0, self.end - self.start)
+        return max(0, self.end - self.start) * self.split.accum_steps
 
     def __iter__(self) -> Iterator[list[CropSpec]]:
         for step in range(self.start, self.end):
-            yield self.drawer.draw(step, step_generator(self.seed, step, self.rank))
+            for micro in range(self.split.accum_steps):
+                gens = [sample_generator(self.seed, step, i) for i in self.split.indices(micro)]
+                yield self.drawer.draw(step, gens)
 
 
 class StreamingBatches:
@@ -172,32 +190,33 @@ class StreamingBatches:
         *,
         seed: int,
         total_steps: int,
-        rank: int = 0,
+        split: BatchSplit,
         num_workers: int = 0,
     ) -> None:
         self.dataset, self.drawer = dataset, drawer
-        self.seed, self.rank, self.total_steps, self.num_workers = seed, rank, total_steps, num_workers
+        self.seed, self.split, self.total_steps, self.num_workers = seed, split, total_steps, num_workers
         self._it: Iterator[Mapping[str, Any]] | None = None
-        self._next = -1
+        self._next = (-1, 0)
 
     def _start(self, step: int) -> None:
         loader = DataLoader(
             self.dataset,
-            batch_sampler=_StepBatches(self.drawer, self.seed, self.rank, step, self.total_steps),
+            batch_sampler=_StepBatches(self.drawer, self.seed, self.split, step, self.total_steps),
             num_workers=self.num_workers,
             collate_fn=collate_crops,
             prefetch_factor=2 if self.num_workers else None,
         )
         self._it = iter(loader)
-        self._next = step
+        self._next = (step, 0)
 
-    def __call__(self, step: int, gen: torch.Generator) -> Mapping[str, Any]:
-        specs = self.drawer.draw(step, gen)  # advances the loop's generator as the memory path does
-        if self._it is None or self._next != step:
-            self._start(step)
+    def __call__(self, step: int, gens: Generators) -> Mapping[str, Any]:
+        specs = self.drawer.draw(step, gens)  # advances the samples' generators as the memory path does
+        if self._it is None or self._next[0] != step:
+            self._start(step)  # a (re)start is always at a step's first micro-batch
         assert self._it is not None
         batch = next(self._it)
-        self._next = step + 1
+        micro = self._next[1] + 1
+        self._next = (step + 1, 0) if micro == self.split.accum_steps else (step, micro)
         if batch["step"] != step or batch["case_index"].tolist() != [s.entry for s in specs]:
             raise RuntimeError(f"streamed batch for step {batch['step']} does not match step {step}'s draw")
         return batch
