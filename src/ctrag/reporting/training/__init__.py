@@ -1,0 +1,1 @@
+"""Training recipes of the report methods (one module per method)."""
