@@ -27,6 +27,7 @@ from ctrag.cli import cmd_labels  # noqa: F401  isort: skip
 from ctrag.cli import cmd_report  # noqa: F401  isort: skip
 from ctrag.cli import cmd_curate  # noqa: F401  isort: skip
 from ctrag.cli import cmd_pair  # noqa: F401  isort: skip
+from ctrag.cli import cmd_train_reporter  # noqa: F401  isort: skip
 
 try:  # typer >= 0.20 vendors click as typer._click; older releases use the click package itself
     from typer._click import exceptions as _click_exceptions
