@@ -19,7 +19,9 @@ from ctrag.reporting.training.adarag import AdaRAGTrainConfig, save_adarag, trai
 from ctrag.reporting.visual import VisualConfig
 
 TINY = TinyDecoderConfig(vocab_size=400, n_layer=1, n_head=2, n_embd=32, n_positions=1024)
-VIS = VisualConfig(size=(32, 32, 16), patch_size=(16, 16, 16), geometry_size=(16, 16, 8), tower_channels=(8, 8), tower_strides=(2, 2))
+VIS = VisualConfig(
+    size=(32, 32, 16), patch_size=(16, 16, 16), geometry_size=(16, 16, 8), tower_channels=(8, 8), tower_strides=(2, 2)
+)
 CT = Path(__file__).resolve().parents[2] / "sample_data" / "ct" / "lowres" / "lung_pet_ct_dx_A0002_ct_128.nii.gz"
 
 

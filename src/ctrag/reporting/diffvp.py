@@ -67,7 +67,7 @@ Tokens = tuple[torch.Tensor, torch.Tensor]
 
 def visual_tokens(f: VisualFeatures) -> Tokens:
     """(global tokens (G, C), region texture (R, 2C)) as float tensors."""
-    return f.global_tokens.float(), f.texture.float()
+    return f.global_tokens.float().clone(), f.texture.float().clone()  # out of inference mode, for autograd
 
 
 class DifferenceExtractor(nn.Module):

@@ -82,7 +82,7 @@ def train_diffvp(
             ref = pool.cases[j]
             chosen[c.case_id] = ref.case_id
             examples.append((visual_tokens(f), visual_tokens(feats[pos[ref.case_id]]), c.report_text, c.labels))
-        blank = (torch.zeros_like(feats[0].global_tokens), torch.zeros_like(feats[0].texture))
+        blank = (torch.zeros(feats[0].global_tokens.shape), torch.zeros(feats[0].texture.shape))
         text_ex = [(blank, blank, c.report_text, c.labels) for c in texts]
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr)
