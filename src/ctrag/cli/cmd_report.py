@@ -13,9 +13,9 @@ from ctrag.cli import _shared
 from ctrag.cli._app import app
 from ctrag.errors import InvalidInputError
 
-#: Report methods of issue 13 that exist so far.
-BUILT_METHODS = ("retrieval", "reg2rg")
-PLANNED_METHODS = ("adarag", "diffvp")
+#: Report methods of issue 13.
+BUILT_METHODS = ("retrieval", "adarag", "diffvp", "reg2rg")
+PLANNED_METHODS: tuple[str, ...] = ()
 
 
 def _check_method(method: str) -> None:
@@ -37,14 +37,22 @@ def report_command(
         Path | None,
         typer.Option("--query-report", help="Query with this report text instead of a CT (text-to-text retrieval)."),
     ] = None,
-    method: Annotated[str, typer.Option("--method", help="Report method: retrieval or reg2rg.")] = "retrieval",
+    method: Annotated[str, typer.Option("--method", help="retrieval, adarag, diffvp or reg2rg.")] = "retrieval",
     lm: Annotated[
         Path | None,
-        typer.Option("--lm", help="reg2rg: model folder written by `ctrag train reporter --method reg2rg`."),
+        typer.Option("--lm", help="adarag/diffvp/reg2rg: model folder written by `ctrag train reporter`."),
     ] = None,
     regions: Annotated[
         list[str] | None, typer.Option("--region", help="reg2rg: region to write (repeatable; default all ten).")
     ] = None,
+    no_rag: Annotated[bool, typer.Option("--no-rag", help="adarag: never retrieve.")] = False,
+    oracle: Annotated[
+        bool, typer.Option("--oracle", help="adarag: contexts from --query-report (own report).")
+    ] = False,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="adarag: sentences per retrieval.")] = None,
+    max_retrievals: Annotated[int | None, typer.Option("--max-retrievals", help="adarag: cap on retrievals.")] = None,
+    pairing: Annotated[str, typer.Option("--pairing", help="diffvp: random or nearest reference.")] = "random",
+    seed: Annotated[int, typer.Option("--seed", help="diffvp: seed of random pairing.")] = 0,
     compose: Annotated[
         bool,
         typer.Option("--compose/--nearest", help="Compose region paragraphs from several cases, or copy the nearest."),
@@ -68,6 +76,9 @@ def report_command(
     _check_method(method)
     if method == "reg2rg":
         _reg2rg(volume, mask, lm, regions, query_report, as_json, device)
+        return
+    if method in ("adarag", "diffvp"):
+        _lm_method(method, volume, mask, lm, query_report, no_rag, oracle, top_k, max_retrievals, pairing, seed, device)
         return
     if (volume is None) == (query_report is None):
         raise InvalidInputError("give one query: a CT VOLUME or --query-report FILE")
@@ -128,3 +139,66 @@ def _reg2rg(
     for note in [*result.visual.get("notes", []), *result.notes]:
         out.write(f"note: {note}\n")
     out.write(f"mask source: {result.visual.get('mask_source')}\n\n{result.text}\n")
+
+
+def _lm_method(
+    method: str,
+    volume: Path | None,
+    mask: Path | None,
+    lm: Path | None,
+    query_report: Path | None,
+    no_rag: bool,
+    oracle: bool,
+    top_k: int | None,
+    max_retrievals: int | None,
+    pairing: str,
+    seed: int,
+    device: str,
+) -> None:
+    """AdaRAG-CT / DiffVP on a CT; ``--query-report`` is only the case's own report for ``--oracle``."""
+    import random
+
+    from ctrag.reporting.retrieval_reporter import load_query_volume
+
+    if lm is None:
+        raise InvalidInputError(f"--method {method} needs --lm DIR (a folder from `ctrag train reporter`)")
+    if volume is None:
+        raise InvalidInputError(f"--method {method} reports on a CT VOLUME")
+    if oracle and no_rag:
+        raise InvalidInputError("--oracle and --no-rag exclude each other")
+    if oracle and query_report is None:
+        raise InvalidInputError("--oracle takes its contexts from the case's own report: give it as --query-report")
+    vol, msk = load_query_volume(volume, mask)
+    if method == "adarag":
+        from ctrag.reporting.adarag import AdaRAGModel
+
+        model, bank = AdaRAGModel.load(lm, device=device)
+        tokens = None
+        notes: list[str] = []
+        if model.visual is not None:
+            feats = model.visual.extract(vol, msk)
+            tokens, notes = feats.global_tokens, list(feats.notes)
+        own = _shared.read_report_file(query_report, option="--query-report") if query_report else None
+        rep = model.generate(
+            bank,
+            visual=tokens,
+            mode="oracle" if oracle else ("no_rag" if no_rag else "adaptive"),
+            own_report=own,
+            top_k=top_k,
+            max_retrievals=max_retrievals,
+        )
+        rep.notes = notes + rep.notes
+        result = rep.to_dict()
+    else:
+        from ctrag.reporting.diffvp import DiffVPModel, choose_pairing, pick_stored_reference
+
+        dmodel, refs = DiffVPModel.load(lm, device=device)
+        feats = dmodel.visual.extract(vol, msk)
+        i, ref = pick_stored_reference(refs, feats, choose_pairing(pairing), random.Random(seed))
+        result = dmodel.report((feats.global_tokens.float(), feats.texture.float()), ref)
+        result.update(
+            reference={"case_id": refs["case_ids"][i], "split": refs.get("split"), "pairing": pairing},
+            notes=list(feats.notes),
+            mask_source=feats.mask_source,
+        )
+    sys.stdout.write(json.dumps(result, ensure_ascii=False, indent=2) + "\n")

@@ -283,7 +283,7 @@ def train_classifier_command(
 
 
 #: Report methods that ``ctrag train reporter`` can train so far (issue 13).
-REPORTER_METHODS = ("reg2rg",)
+REPORTER_METHODS = ("reg2rg", "adarag", "diffvp")
 
 
 def _report_cases(path: Path) -> list[Any]:
@@ -306,7 +306,9 @@ def _report_cases(path: Path) -> list[Any]:
 @train_app.command("reporter")
 def train_reporter_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model folder (reg2rg.json, lm/, heads).")],
-    method: Annotated[str, typer.Option("--method", help="Report method to train: reg2rg.")] = "reg2rg",
+    method: Annotated[str, typer.Option("--method", help="Report method to train: reg2rg, adarag or diffvp.")] = (
+        "reg2rg"
+    ),
     cases: Annotated[
         Path,
         typer.Option(
@@ -326,12 +328,16 @@ def train_reporter_command(
     text_steps: Annotated[int, typer.Option("--text-steps", help="Text warm-up steps.")] = 200,
     max_text_cases: Annotated[int | None, typer.Option("--max-text-cases", help="Cap on warm-up reports.")] = None,
     config: Annotated[str | None, typer.Option("--config", "-c", help="YAML with a reg2rg_train section.")] = None,
+    pairing: Annotated[str, typer.Option("--pairing", help="diffvp: random (paper) or nearest normal reference.")] = (
+        "random"
+    ),
     seed: Annotated[int, typer.Option("--seed")] = 0,
     set_: SetOpt = None,
     threads: ThreadsOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
-    """Train a report generator (Reg2RG: region tokens + region-report alignment) on train-split data only."""
+    """Train a report generator on train-split data only: Reg2RG (region tokens + region-report alignment),
+    AdaRAG-CT ([RAG] token with region-indexed sentence retrieval) or DiffVP (difference to a normal reference)."""
     from ctrag.reporting.reg2rg import save_reg2rg
     from ctrag.reporting.training.reg2rg import Reg2RGTrainConfig, train_reg2rg
 
@@ -341,13 +347,17 @@ def train_reporter_command(
     items = [*(set_ or []), f"steps={steps}", f"text_steps={text_steps}", f"seed={seed}"]
     if max_text_cases is not None:
         items.append(f"max_text_cases={max_text_cases}")
-    cfg = load_config(Reg2RGTrainConfig, config, items, section="reg2rg_train")
     all_cases = _report_cases(cases)
     pair_cases = [c for c in all_cases if c.split == "train" and c.has_volume and c.has_report]
     held = sorted(c.case_id for c in all_cases if c.split != "train")
     texts = [c for c in _report_cases(text_reports) if c.split == "train"] if text_reports else []
     if lm is not None and not lm.exists():
         raise InvalidInputError(f"--lm {lm} does not exist (ctrag never downloads models)")
+    if method in ("adarag", "diffvp"):
+        _train_lm_reporter(method, out, pair_cases, texts, lm, config, [*(set_ or []), f"seed={seed}"],
+                           steps, text_steps, max_text_cases, pairing)  # fmt: skip
+        return
+    cfg = load_config(Reg2RGTrainConfig, config, items, section="reg2rg_train")
     started = time.perf_counter()
     with stage_progress(progress, "reporter") as update:
         model, summary = train_reg2rg(pair_cases, texts, cfg, base_lm=str(lm) if lm else None, progress=update)
@@ -361,3 +371,37 @@ def train_reporter_command(
     )
     if summary.get("note"):
         err_console.print(f"note: {summary['note']}")
+
+
+def _train_lm_reporter(
+    method: str,
+    out: Path,
+    pair_cases: list[Any],
+    texts: list[Any],
+    lm: Path | None,
+    config: str | None,
+    sets: list[str],
+    steps: int,
+    text_steps: int,
+    max_text_cases: int | None,
+    pairing: str,
+) -> None:
+    """AdaRAG-CT (trained on report text of the train split) or DiffVP (CT pairs + text warm-up); ``--config`` /
+    ``--set`` fill the ``adarag_train`` / ``diffvp_train`` section."""
+    started = time.perf_counter()
+    base = str(lm) if lm else None
+    if method == "adarag":
+        from ctrag.reporting.training.adarag import AdaRAGTrainConfig, save_adarag, train_adarag
+
+        items = [*sets, f"steps={steps}"] + ([f"max_cases={max_text_cases}"] if max_text_cases is not None else [])
+        acfg = load_config(AdaRAGTrainConfig, config, items, section="adarag_train")
+        model, bank, summary = train_adarag([*pair_cases, *texts], acfg, base_lm=base)
+        save_adarag(model, bank, summary, out)
+    else:
+        from ctrag.reporting.training.diffvp import DiffVPTrainConfig, save_diffvp, train_diffvp
+
+        items = [*sets, f"steps={steps}", f"text_steps={text_steps}", f"model.pairing={pairing}"]
+        dcfg = load_config(DiffVPTrainConfig, config, items, section="diffvp_train")
+        dmodel, refs, summary = train_diffvp(pair_cases, texts[:max_text_cases], dcfg, base_lm=base)
+        save_diffvp(dmodel, refs, summary, out)
+    console.print(f"[bold]reporter[/] ({method}) written to {out}; {time.perf_counter() - started:.1f} s")

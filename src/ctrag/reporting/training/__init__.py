@@ -1,1 +1,2 @@
-"""Training recipes of the report methods, kept apart from the inference code (``ctrag train reporter``)."""
+"""Training recipes of the report methods, one module per method, kept apart from the inference code
+(``ctrag train reporter``)."""
