@@ -44,12 +44,6 @@ def sample_cases():
     return read_folder(SAMPLE / "ct")
 
 
-def test_regions_match_the_reg2rg_tagger():
-    from ctrag.reporting.sentences import REGIONS as TAGGER_REGIONS
-
-    assert REGIONS == TAGGER_REGIONS
-
-
 def test_region_table_follows_the_anatomy_of_a_real_mask(sample_cases):
     case = next(c for c in sample_cases if c.case_id == "ts_example_ct")  # lung bases + abdomen + pelvis
     table, source = load_case_region_slices(case, variable_depth_preprocess(load_preprocess_config("tiny-cpu")))

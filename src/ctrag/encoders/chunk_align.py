@@ -33,23 +33,10 @@ from ctrag.data.case import Case
 from ctrag.data.labels import ANATOMY_GROUPS, COARSE_LABELS, source_space, totalseg_v2_labels
 from ctrag.data.transforms import PreprocessConfig, build_preprocess, case_to_item, volume_to_metatensor
 from ctrag.errors import InvalidInputError
+from ctrag.reporting.sentences import REGIONS  # the one list of Reg2RG's ten regions
 
 logger = logging.getLogger(__name__)
 
-#: Reg2RG regions (same order as ``ctrag.reporting.sentences.REGIONS``; repeated here so importing the encoder
-#: does not import the reporting package; a test checks the two agree).
-REGIONS: tuple[str, ...] = (
-    "lung",
-    "trachea and bronchie",
-    "pleura",
-    "mediastinum",
-    "heart",
-    "esophagus",
-    "thyroid",
-    "breast",
-    "bone",
-    "abdomen",
-)
 
 #: Anatomy group (``ctrag.data.labels.ANATOMY_GROUPS``) -> Reg2RG regions it lies in. The pleura lines the
 #: lungs, so lung voxels place a chunk in both; the aorta is mediastinum + abdomen, as the tagger files aortic

@@ -217,12 +217,9 @@ class Reg2RGReport:
 
     @property
     def text(self) -> str:
-        parts = []
-        if self.findings:
-            parts.append("Findings: " + self.findings)
-        if self.impression:
-            parts.append("Impression: " + self.impression)
-        return "\n\n".join(parts)
+        from ctrag.reporting.sentences import assemble_report
+
+        return assemble_report(self.findings, self.impression)
 
     def to_dict(self) -> dict[str, Any]:
         return {

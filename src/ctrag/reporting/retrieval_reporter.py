@@ -144,12 +144,9 @@ class RetrievalReport:
 
     @property
     def text(self) -> str:
-        parts = []
-        if self.findings:
-            parts.append("Findings: " + self.findings)
-        if self.impression:
-            parts.append("Impression: " + self.impression)
-        return "\n\n".join(parts)
+        from ctrag.reporting.sentences import assemble_report
+
+        return assemble_report(self.findings, self.impression)
 
     @property
     def source_case_ids(self) -> list[str]:

@@ -65,6 +65,17 @@ REGIONS: tuple[str, ...] = (
 """Reg2RG's ten regions (RadGenome-ChestCT), in Reg2RG's spelling and a fixed order for output."""
 
 
+def assemble_report(findings: str, impression: str) -> str:
+    """A written report in CT-RATE's layout ("Findings: ...", blank line, "Impression: ..."), the layout the
+    corpus reports have, so generated and retrieved reports are scored against references on equal terms."""
+    parts = []
+    if findings:
+        parts.append("Findings: " + findings)
+    if impression:
+        parts.append("Impression: " + impression)
+    return "\n\n".join(parts)
+
+
 @dataclass(frozen=True)
 class TaggedSentence:
     """One report sentence with its regions (in :data:`REGIONS` order, possibly empty) and abnormal flag."""
