@@ -73,6 +73,50 @@ def test_long_target_is_cut_with_a_warning(lm: ReportLM, reports: list[str], cap
     assert any("cut" in r.message for r in caplog.records)
 
 
+VAL = TRAIN.with_name("val.csv")
+
+
+def test_val_report_longer_than_the_context_is_truncated_to_fit(
+    reports: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real held-out report through a 32-position LM: the loss and generation inputs must stay inside the
+    context (GPT-2 would index past its position table otherwise), and the cut must be said, not silent."""
+    with VAL.open(encoding="utf-8", newline="") as fh:
+        report = next(row["report_text"] for row in csv.DictReader(fh))
+    short = tiny_report_lm(reports, TinyDecoderConfig(vocab_size=400, n_layer=1, n_head=2, n_embd=16, n_positions=32))
+    assert len(short.token_ids(report)) > short.context_length
+    lengths: list[int] = []
+
+    def record(_module: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        x = kwargs.get("inputs_embeds")
+        if isinstance(x, torch.Tensor):
+            lengths.append(x.shape[1])
+
+    handle = short.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="ctrag.reporting.lm"):
+            loss = short.loss([["Findings:"]], [report])
+            assert torch.isfinite(loss)
+            assert lengths and max(lengths) == short.context_length
+            assert any("cut" in r.message and "context of 32" in r.message for r in caplog.records)
+            caplog.clear()
+            hf_generate = short.model.generate
+            new_tokens: list[int] = []
+
+            def counted(*args: object, **kwargs: object) -> torch.Tensor:
+                out = hf_generate(*args, **kwargs)
+                new_tokens.append(out.shape[1])  # embeddings-only input: the output holds the new tokens only
+                return out
+
+            short.model.generate = counted
+            short.generate(["Findings:"], max_new_tokens=200)
+    finally:
+        handle.remove()
+    assert any("max_new_tokens 200 cut" in r.message for r in caplog.records)
+    prompt = short.embed_pieces(["Findings:"]).shape[0]
+    assert new_tokens and prompt + new_tokens[0] <= short.context_length
+
+
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory: pytest.TempPathFactory, lm: ReportLM) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
