@@ -31,7 +31,9 @@ texts too) after a text warm-up on CT-RATE train reports; the visual tower is **
 and the step counts are tiny. So this table shows one thing: the four methods (and AdaRAG-CT's `--no-rag`) run end to
 end from the CLI under one protocol (same CT, same reference, same `ctrag evaluate reports`). It says **nothing**
 about which method is better. Learned reporters that echo the training captions' register overlap the
-annotation-style reference in words; retrieval copies radiologist CT-RATE sentences, a different register.
+annotation-style reference in words; retrieval copies radiologist CT-RATE sentences, a different register. At the
+default step counts the learned reporters are far undertrained and write degenerate text (empty strings, repeated
+tokens; see the hypotheses below), so their zeros are a statement about the training budget, not the methods.
 
 Metrics: coco-caption BLEU-1..4, ROUGE-L, CIDEr (`--protocol coco`, METEOR off: `--no-meteor`). CIDEr's IDF is
 computed over the n reference(s) themselves, so with n = 1 it is degenerate. Clinical efficacy (CE): micro P/R/F1 over
@@ -101,6 +103,7 @@ def main(work: Path, stem: Path) -> None:
             extra.append(f"normal reference {r['reference_case']}")
         text = " ".join(r["hypothesis"].split())
         text = text if len(text) <= 300 else text[:300] + " …"
+        text = text or "(empty string)"
         lines.append(f"- **{r['label']}**{' (' + ', '.join(extra) + ')' if extra else ''}: {text}")
     lines.append("")
     stem.parent.mkdir(parents=True, exist_ok=True)

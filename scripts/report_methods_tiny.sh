@@ -74,7 +74,7 @@ for hyp in "$R"/*.csv; do
 done
 
 step "table"
-echo "scripts/report_methods_tiny.sh WORK_DIR   # TEXT_STEPS=$TEXT_STEPS STEPS=$STEPS WARMUP_CASES=$WARMUP_CASES" \
+echo "PYTHONPATH=src scripts/report_methods_tiny.sh $WORK   # TEXT_STEPS=$TEXT_STEPS STEPS=$STEPS WARMUP_CASES=$WARMUP_CASES" \
   >"$WORK/command.txt"
 echo "$SECONDS" >"$WORK/seconds.txt"
 "$PY" scripts/report_methods_table.py "$WORK" "$STEM"
