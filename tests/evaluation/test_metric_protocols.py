@@ -1,9 +1,11 @@
 """Reg2RG's metric protocol: 13a tokens, smoothed corpus BLEU worked out by hand, NLTK METEOR's exact/stem path
-(no WordNet here), rouge_score on raw text, and the clear error when the NLTK data is missing."""
+(no WordNet here), rouge_score on raw text, the clear error when the NLTK data is missing, and Reg2RG's own
+published lung-region row recomputed from the predictions they released."""
 
 from __future__ import annotations
 
 import csv
+import gzip
 import math
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 
 from ctrag.errors import InvalidInputError
 from ctrag.evaluation.metric_protocols import load_nltk_data, nltk_meteor, nmt_bleu, reg2rg_scores, tokenize_13a
-from ctrag.evaluation.report_metrics import evaluate_reports
+from ctrag.evaluation.report_metrics import ReportScores, evaluate_reports
 
 
 class NoSynonyms:
@@ -84,3 +86,71 @@ def test_missing_nltk_data_and_unknown_protocol_are_clear_errors(tmp_path: Path,
         load_nltk_data(tmp_path / "absent")
     with pytest.raises(InvalidInputError, match="unknown metric protocol 'bleurt'"):
         evaluate_reports(val_reports, val_reports, protocol="bleurt")
+
+
+# ------------------------------------------------------------------ Reg2RG's published lung row, from its release
+# sample_data/ct_rate_nc_sa/reg2rg_released/: Reg2RG's 1,514 lung-region predictions and their own score table.
+PUBLISHED_COLUMNS = {
+    "bleu_1": "BLEU-1",
+    "bleu_2": "BLEU-2",
+    "bleu_3": "BLEU-3",
+    "bleu_4": "BLEU-4",
+    "rouge_1": "ROUGE-1",
+    "rouge_2": "ROUGE-2",
+    "rouge_l": "ROUGE-L",
+    "cider": "CIDEr",
+}
+ROUNDED = 5e-5  # their table has 4 decimals
+BOOTSTRAP = 5e-4  # their Overall_ROUGE is HF evaluate's bootstrap median of the mean, ctrag gives the mean
+
+
+@pytest.fixture(scope="module")
+def reg2rg_release(sample_dir: Path) -> tuple[list[str], list[str], dict[str, str]]:
+    folder = sample_dir / "ct_rate_nc_sa" / "reg2rg_released"
+    with gzip.open(folder / "lung_reports.csv.gz", "rt", encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with open(folder / "nlg_evaluation_results_all_regions.csv", encoding="utf-8", newline="") as fh:
+        (lung,) = [row for row in csv.DictReader(fh) if row["region"] == "lung"]
+    return [r["GT_combined_report"] for r in rows], [r["Pred_combined_report"] for r in rows], lung
+
+
+def mean_sd(cell: str) -> tuple[float, float]:
+    mean, sd = cell.split("±")
+    return float(mean), float(sd)
+
+
+@pytest.fixture(scope="module")
+def reg2rg_rescored(reg2rg_release: tuple[list[str], list[str], dict[str, str]]) -> ReportScores:
+    refs, hyps, _ = reg2rg_release
+    return evaluate_reports(refs, hyps, protocol="reg2rg", meteor=False)
+
+
+def test_reg2rg_published_lung_row_per_report_mean_and_sd(
+    reg2rg_release: tuple[list[str], list[str], dict[str, str]], reg2rg_rescored: ReportScores
+) -> None:
+    _, _, published = reg2rg_release
+    assert reg2rg_rescored.n_reports == 1514 and reg2rg_rescored.per_report is not None
+    for name, column in PUBLISHED_COLUMNS.items():
+        mean, sd = mean_sd(published[column])
+        got = reg2rg_rescored.per_report[name]
+        assert got["mean"] == pytest.approx(mean, abs=ROUNDED), name
+        assert got["sd"] == pytest.approx(sd, abs=ROUNDED), name
+    # METEOR (their 0.3174±0.2151) needs NLTK's WordNet, which is not shipped: absent, never a number.
+    assert reg2rg_rescored.meteor is None and "meteor" not in reg2rg_rescored.per_report
+
+
+def test_reg2rg_published_lung_row_corpus_scores(
+    reg2rg_release: tuple[list[str], list[str], dict[str, str]], reg2rg_rescored: ReportScores
+) -> None:
+    refs, hyps, published = reg2rg_release
+    for n in range(1, 5):
+        assert getattr(reg2rg_rescored, f"bleu_{n}") == pytest.approx(
+            float(published[f"Overall_BLEU-{n}"]), abs=ROUNDED
+        )
+    for name, column in (("rouge_1", "ROUGE-1"), ("rouge_2", "ROUGE-2"), ("rouge_l", "ROUGE-L")):
+        assert getattr(reg2rg_rescored, name) == pytest.approx(float(published[f"Overall_{column}"]), abs=BOOTSTRAP)
+    # The corpus BLEU check has teeth: lower-casing, or whitespace tokens instead of mteval-13a, misses the
+    # published Overall_BLEU-4 (0.1096) by far more than the rounding.
+    for tokens in (lambda t: tokenize_13a(t.lower()), str.split):
+        other = nmt_bleu([tokens(r) for r in refs], [tokens(h) for h in hyps], max_order=4)
+        assert abs(other - float(published["Overall_BLEU-4"])) > 10 * ROUNDED
