@@ -21,7 +21,6 @@ import numpy as np
 
 from ctrag.data.case import Case
 from ctrag.encoders.factory import create_encoder
-from ctrag.evaluation.ablation import jsonable
 from ctrag.evaluation.report_metrics import clinical_efficacy, evaluate_reports, meteor_score, tokenize
 from ctrag.evaluation.retrieval_eval import load_ctclip_eval_data
 from ctrag.evaluation.stats import BootstrapPlan
@@ -30,6 +29,7 @@ from ctrag.labels.ct_rate import fit_on_train, read_split
 from ctrag.reporting.retrieval_reporter import RetrievalReportConfig, RetrievalReporter
 from ctrag.retrieval.retriever import Retriever
 from ctrag.utils.atomic import atomic_write_text
+from ctrag.utils.jsonable import jsonable
 
 DATA = Path("sample_data/ct_rate_nc_sa/ct_clip_text_classifier")
 COMMAND = "PYTHONPATH=src python scripts/report_generation_eval.py --out docs/results"

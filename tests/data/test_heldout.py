@@ -31,7 +31,8 @@ def test_preset_held_out_sets() -> None:
 @pytest.mark.parametrize("preset", ["tiny-cpu", "text2ct-512"])
 def test_every_case_the_evaluation_selects_is_held_out(preset: str, corpus: Corpus) -> None:
     """The held-out set and ``GenerationEvalConfig`` read the same section: nothing evaluated escapes it."""
-    from ctrag.evaluation.ablation import GenerationEvalConfig, select_cases, select_report_cases
+    from ctrag.evaluation.ablation import select_cases, select_report_cases
+    from ctrag.evaluation.generation_config import GenerationEvalConfig
 
     eval_cfg = load_config(GenerationEvalConfig, preset, section="evaluation")
     evaluated = select_cases(list(corpus), eval_cfg) + select_report_cases(list(corpus), eval_cfg)

@@ -21,9 +21,10 @@ from ctrag.data.case import Case
 from ctrag.data.labels import CT_RATE_LABELS, to_coarse
 from ctrag.data.nifti import Volume, load_volume
 from ctrag.errors import LeakageError
-from ctrag.evaluation.ablation import AblationRunner, GenerationEvalConfig, select_cases, select_report_cases
+from ctrag.evaluation.ablation import AblationRunner, select_cases, select_report_cases
 from ctrag.evaluation.features import FeatureExtractor
 from ctrag.evaluation.fid import FIDConfig, FIDEvaluator
+from ctrag.evaluation.generation_config import GenerationEvalConfig
 from ctrag.evaluation.tables import write_ablation_outputs
 from ctrag.generation.pipeline import GenerationResult
 from ctrag.index.case_index import CaseIndex

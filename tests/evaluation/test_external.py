@@ -21,7 +21,7 @@ import pytest
 from ctrag.data.case import Case
 from ctrag.data.nifti import Volume, load_volume, save_volume
 from ctrag.errors import ConfigError, DataValidationError, InvalidInputError
-from ctrag.evaluation.ablation import AblationRunner, GenerationEvalConfig, select_cases
+from ctrag.evaluation.ablation import AblationRunner, select_cases
 from ctrag.evaluation.external import (
     EXTERNAL_LEGEND,
     load_external_table,
@@ -29,6 +29,7 @@ from ctrag.evaluation.external import (
     parse_external_spec,
 )
 from ctrag.evaluation.fid import FIDConfig, FIDEvaluator
+from ctrag.evaluation.generation_config import GenerationEvalConfig
 from ctrag.evaluation.tables import write_ablation_outputs
 from ctrag.evaluation.volumes import prepare_volume
 from tests.evaluation.test_ablation import HistogramExtractor, MeanHUClassifier

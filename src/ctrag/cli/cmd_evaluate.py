@@ -199,8 +199,8 @@ def evaluate_generation_command(
     Other methods' outputs (--external) are scored under the same protocol, marked in the tables.
     """
     from ctrag.data.transforms import PreprocessConfig
-    from ctrag.evaluation.ablation import METHODS, GenerationEvalConfig
     from ctrag.evaluation.external import parse_external_spec
+    from ctrag.evaluation.generation_config import METHODS, GenerationEvalConfig
     from ctrag.evaluation.generation_eval import evaluate_generation
     from ctrag.segment import SegmentConfig
 
@@ -337,7 +337,6 @@ def evaluate_reports_command(
     ] = None,
 ) -> None:
     """BLEU-1..4, METEOR, ROUGE-1/2/L, CIDEr and clinical efficacy of generated reports against references."""
-    from ctrag.evaluation.ablation import jsonable
     from ctrag.evaluation.metric_protocols import PROTOCOLS, load_nltk_data
     from ctrag.evaluation.report_metrics import (
         describe_extractor,
@@ -345,6 +344,7 @@ def evaluate_reports_command(
         fit_label_extractor,
         label_extractor_quality,
     )
+    from ctrag.utils.jsonable import jsonable
 
     if protocol not in PROTOCOLS:
         raise InvalidInputError(f"--protocol {protocol!r}: unknown; choose one of {', '.join(PROTOCOLS)}")

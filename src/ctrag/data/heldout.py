@@ -4,7 +4,7 @@ An evaluation run (``ctrag evaluate generation``, section ``evaluation`` of a pr
 ``split`` (or ``case_ids``) and the report-only cases of ``report_split`` (or ``report_case_ids``); the tiny
 preset evaluates ``test`` CTs and ``val`` reports. A generator or classifier trained on any of them would be
 scored on what it learned from. This module states that set once, read from the same ``evaluation`` keys the
-evaluation config (``ctrag.evaluation.ablation.GenerationEvalConfig``) has, so the trainings of a preset refuse
+evaluation config (``ctrag.evaluation.generation_config.GenerationEvalConfig``) has, so the trainings of a preset refuse
 exactly what its evaluation uses. ``test`` is always held out, whatever the section says.
 """
 

@@ -1,8 +1,10 @@
 """The generation ablation of RAG-Text2CT (Tables 1-3): methods × seeds × held-out reports → one table.
 
-Methods (``METHODS``): text-only (``none``: no proxy), RAG-Nearest / RAG-Random / RAG-Farthest (the proxy is the
-mask of the training case that retrieval picks), and the ground-truth mask of the evaluated case (upper bound,
-MAISI's role in the paper). Every method shares one generator and differs only in the spatial control.
+Methods (``METHODS`` in :mod:`ctrag.evaluation.generation_config`, beside the settings): text-only (``none``: no
+proxy), RAG-Nearest / RAG-Random / RAG-Farthest (the proxy is the mask of the training case that retrieval picks),
+and the ground-truth mask of the evaluated case (upper bound, MAISI's role in the paper). Every method shares one
+generator and differs only in the spatial control. Other methods' outputs join as extra rows, loaded and accounted
+for by :mod:`ctrag.evaluation.external`.
 
 For every seed and method the runner generates a volume per held-out report (resumable, see
 :mod:`ctrag.evaluation.generation_cache`) and computes
@@ -34,7 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ctrag.config import config_to_dict
-from ctrag.data.case import SPLITS, Case
+from ctrag.data.case import Case
 from ctrag.data.labels import COARSE_LABELS
 from ctrag.data.nifti import Volume, load_volume
 from ctrag.errors import ConfigError, InvalidInputError, LeakageError
@@ -43,11 +45,15 @@ from ctrag.evaluation.external import (
     EXTERNAL_MARK,
     GT,
     ExternalMethod,
+    check_external_scored,
+    external_notes,
+    load_external_sample,
     load_external_table,
-    load_external_volume,
+    new_external_report,
 )
-from ctrag.evaluation.fid import FIDConfig, FIDEvaluator
+from ctrag.evaluation.fid import FIDEvaluator
 from ctrag.evaluation.generation_cache import GeneratedSample, GenerationCache, sample_key
+from ctrag.evaluation.generation_config import CLINICAL_KEYS, METHODS, METRICS, GenerationEvalConfig, MethodSpec
 from ctrag.evaluation.metrics.classification import classification_scores
 from ctrag.evaluation.metrics.segmentation import spatial_agreement
 from ctrag.evaluation.stats import bootstrap_ci, wilcoxon_worse
@@ -55,148 +61,6 @@ from ctrag.utils.hashing import sha256_text
 from ctrag.utils.progress import ProgressFn
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    key: str
-    label: str
-    strategy: str
-    uses_gt_mask: bool = False
-    external: bool = False
-    """Volumes read from another method's outputs (``ctrag.evaluation.external``), not generated here."""
-    conditioned: bool = False
-    """An external method given an anatomy mask (scored for Dice/HD95 against that mask)."""
-
-    @property
-    def retrieves(self) -> bool:
-        return self.strategy != "none" and not self.uses_gt_mask and not self.external
-
-    @property
-    def structural(self) -> bool:
-        return self.retrieves or self.uses_gt_mask or self.conditioned
-
-
-METHODS: dict[str, MethodSpec] = {
-    "none": MethodSpec("none", "Text-only", "none"),
-    "farthest": MethodSpec("farthest", "RAG-Farthest", "farthest"),
-    "random": MethodSpec("random", "RAG-Random", "random"),
-    "nearest": MethodSpec("nearest", "RAG-Nearest", "nearest"),
-    "gt_mask": MethodSpec("gt_mask", "GT mask (upper bound)", "none", uses_gt_mask=True),
-}
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    key: str
-    name: str
-    better: str  # "higher" | "lower"
-    group: str  # "fidelity" | "clinical" | "spatial"
-
-
-METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("fid_axial", "FID 2.5D axial", "lower", "fidelity"),
-    MetricSpec("fid_coronal", "FID 2.5D coronal", "lower", "fidelity"),
-    MetricSpec("fid_sagittal", "FID 2.5D sagittal", "lower", "fidelity"),
-    MetricSpec("fid_avg", "FID 2.5D avg.", "lower", "fidelity"),
-    MetricSpec("fid_3d", "FID 3D", "lower", "fidelity"),
-    MetricSpec("auc_macro", "AUC macro", "higher", "clinical"),
-    MetricSpec("auc_weighted", "AUC weighted", "higher", "clinical"),
-    MetricSpec("precision_macro", "Precision macro", "higher", "clinical"),
-    MetricSpec("precision_weighted", "Precision weighted", "higher", "clinical"),
-    MetricSpec("dice", "Dice", "higher", "spatial"),
-    MetricSpec("hd95", "HD95 (mm)", "lower", "spatial"),
-    *(MetricSpec(f"dice_{n}", f"Dice {n}", "higher", "spatial_labels") for n in COARSE_LABELS.values()),
-    *(MetricSpec(f"hd95_{n}", f"HD95 {n} (mm)", "lower", "spatial_labels") for n in COARSE_LABELS.values()),
-)
-"""Per-structure Dice/HD95 (group ``spatial_labels``) are means over the cases whose proxy has that structure; the
-overall Dice/HD95 average each case over *its* proxy's structures, so methods whose proxies hold different
-structures (a cropped proxy without lungs) are best compared per structure."""
-METRIC_BY_KEY = {m.key: m for m in METRICS}
-CLINICAL_KEYS: tuple[str, ...] = ("auc_macro", "auc_weighted", "precision_macro", "precision_weighted")
-
-
-@dataclass
-class GenerationEvalConfig:
-    """Settings of ``ctrag evaluate generation`` (section ``evaluation`` of a preset)."""
-
-    corpus: str | None = None
-    """Corpus folder (``ctrag ingest`` output) holding the held-out cases."""
-    pipeline: str | None = None
-    """Generator run folder (``ctrag train ...`` output with ``pipeline.json``)."""
-    index: str | None = None
-    """Retrieval index folder (built from the train split only)."""
-    split: str = "test"
-    case_ids: tuple[str, ...] = ()
-    """Evaluate only these cases (default: every case of ``split`` with a report and a CT)."""
-    max_cases: int | None = None
-    report_split: str | None = None
-    """Also generate for held-out reports of this split that have no CT (CT-RATE validation reports ship without
-    theirs). Every method except ``gt_mask`` (which needs the case's own mask) runs on them: their volumes join the
-    generated side of FID and are scored for spatial agreement with their proxy (and, with labels and a
-    classifier, for clinical consistency). Never ``train``: the index is built from it."""
-    report_case_ids: tuple[str, ...] = ()
-    """Only these report-only cases (default: the first ``max_report_cases`` of ``report_split`` in corpus order)."""
-    max_report_cases: int | None = None
-    methods: tuple[str, ...] = ("none", "farthest", "random", "nearest", "gt_mask")
-    """ctrag's own methods (each needs the generator); may be empty when ``external`` names methods to score."""
-    external: dict[str, str] = field(default_factory=dict)
-    """Other methods' outputs to score as extra rows: name -> CSV (``case_id, seed, path[, mask]``; see
-    :mod:`ctrag.evaluation.external`)."""
-    reference_method: str = "nearest"
-    """The row the Wilcoxon test compares against: one of ``methods`` or of ``external``'s names."""
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    steps: int | None = None
-    cfg: float | None = None
-    control_scale: float | None = None
-    classifier: str | None = None
-    """Classifier folder (``ctrag train classifier``); also the default FID feature extractor's weights."""
-    label_threshold: float = 0.5
-    fid: FIDConfig = field(default_factory=FIDConfig)
-    spatial_reference_case_ids: tuple[str, ...] = ()
-    """Cases for the "Real" spatial row (real CT segmented vs its own mask); default: evaluated cases with masks."""
-    alpha: float = 0.05
-    confidence: float = 0.95
-    n_bootstrap: int = 2000
-    figures: bool = True
-    figure_cases: int = 3
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise ConfigError(f"evaluation.methods: unknown {unknown}; known: {list(METHODS)}")
-        if len(set(self.methods)) != len(self.methods) or not (self.methods or self.external):
-            raise ConfigError(
-                f"evaluation.methods must be a list without repeats, non-empty unless evaluation.external names "
-                f"methods to score; got {list(self.methods)}"
-            )
-        clash = sorted(set(self.external) & set(METHODS))
-        if clash:
-            raise ConfigError(f"evaluation.external: names {clash} are ctrag's own methods; rename the external rows")
-        from ctrag.evaluation.external import check_external_name
-
-        for name in self.external:
-            try:
-                check_external_name(name)
-            except InvalidInputError as exc:
-                raise ConfigError(f"evaluation.external: {exc}") from None
-        rows = [*self.methods, *self.external]
-        if self.reference_method not in rows:
-            raise ConfigError(f"evaluation.reference_method {self.reference_method!r} is not among the methods {rows}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
-            raise ConfigError(f"evaluation.seeds must be distinct non-negative integers, got {list(self.seeds)}")
-        if self.split not in SPLITS:
-            raise ConfigError(f"evaluation.split must be one of {SPLITS}, got {self.split!r}")
-        if self.report_split is not None and (self.report_split not in SPLITS or self.report_split == "train"):
-            raise ConfigError(
-                f"evaluation.report_split must be a held-out split ({[s for s in SPLITS if s != 'train']}), "
-                f"got {self.report_split!r}"
-            )
-        if self.report_case_ids and self.report_split is None:
-            raise ConfigError("evaluation.report_case_ids needs evaluation.report_split")
-        if not 0 < self.alpha < 1 or not 0 < self.confidence < 1:
-            raise ConfigError("evaluation.alpha and evaluation.confidence must lie in (0, 1)")
 
 
 class GenerateFn(Protocol):
@@ -331,12 +195,6 @@ def _nan_mean(values: Sequence[float]) -> float:
     return float(arr.mean()) if arr.size else float("nan")
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 # ---------------------------------------------------------------------------------------------- runner
 
 
@@ -460,80 +318,6 @@ class AblationRunner:
         key = self._key(method, seed, case, gt_mask if method.uses_gt_mask else None)
         return self.cache.get_or_create(method.key, seed, case.case_id, key, create)
 
-    def _external_mask(self, path: str, ct: Volume) -> Volume:
-        """A conditioning mask named by an external CSV, in coarse labels (TotalSegmentator ids converted)."""
-        from ctrag.data.labels import source_space
-        from ctrag.data.nifti import same_grid
-
-        mask = load_volume(path)
-        values = [int(v) for v in np.unique(np.asarray(mask.array))]
-        if source_space(None, values) == "totalseg":
-            from ctrag.segment import totalseg_to_coarse
-
-            on_ct = same_grid(mask.shape, mask.affine, ct.shape, ct.affine)
-            return totalseg_to_coarse(mask, ct if on_ct else None)
-        return mask.with_array(np.asarray(mask.array).astype(np.uint8))
-
-    def _load_external(
-        self, method: MethodSpec, seed: int, case: Case, gt: dict[str, tuple[Volume, str]]
-    ) -> GeneratedSample | None:
-        """The external volume for (case, seed), its conditioning mask on its grid; None when missing or unusable."""
-        from ctrag.data.transforms import resample_to_grid
-        from ctrag.errors import DataValidationError
-
-        report = self.external_report[method.key]
-        row = self.externals[method.key].rows.get((case.case_id, seed))
-        if row is None:
-            report["missing"].append(f"{case.case_id}/seed{seed}")
-            return None
-        try:
-            ct = load_external_volume(row.path)
-            ref: Volume | None = None
-            if row.mask == GT:
-                if case.case_id not in gt:
-                    raise DataValidationError(
-                        f"{row.path}: mask 'gt' but case {case.case_id} has no CT and so no reference mask"
-                    )
-                ref = gt[case.case_id][0]
-            elif row.mask is not None:
-                ref = self._external_mask(row.mask, ct)
-            # The mask goes onto the generated grid by world coordinates, as ctrag's own proxies do.
-            proxy = None if ref is None else resample_to_grid(ref, ct.shape, ct.affine, mode="nearest")
-        except (DataValidationError, InvalidInputError) as exc:
-            logger.warning("%s: skipping %s (case %s, seed %d): %s", method.key, row.path, case.case_id, seed, exc)
-            report["unreadable"].append(
-                {"case_id": case.case_id, "seed": seed, "path": str(row.path), "error": str(exc)}
-            )
-            return None
-        report["scored"] += 1
-        record = {"external": method.key, "path": str(row.path), "mask": row.mask, "csv_line": row.line}
-        return GeneratedSample(ct=ct, proxy=proxy, record=record)
-
-    def _external_notes(self, method: MethodSpec, pairs: int) -> list[str]:
-        rep = self.external_report[method.key]
-        notes = [
-            f"{method.label}: {rep['scored']} of {pairs} (case, seed) pair(s) scored from {rep['csv']}"
-            + ("" if method.conditioned else "; text-only (no conditioning mask), so no spatial scores")
-            + "."
-        ]
-        if rep["missing"]:
-            notes.append(
-                f"{method.label}: {len(rep['missing'])} (case, seed) pair(s) have no row in the CSV and are not "
-                f"scored: {', '.join(rep['missing'][:8])}{' ...' if len(rep['missing']) > 8 else ''}."
-            )
-        if rep["unreadable"]:
-            listed = "; ".join(u["error"] for u in rep["unreadable"][:5])  # each message names its file
-            notes.append(
-                f"{method.label}: {len(rep['unreadable'])} file(s) unreadable or invalid, skipped: {listed}"
-                f"{' ...' if len(rep['unreadable']) > 5 else ''}."
-            )
-        if rep["ignored_rows"]:
-            notes.append(
-                f"{method.label}: {rep['ignored_rows']} CSV row(s) for cases or seeds outside this evaluation ignored."
-            )
-        return notes
-
-    # 3. the whole run ------------------------------------------------------------------------------
     def run(
         self, cases: Sequence[Case], reference_cases: Sequence[Case] = (), report_cases: Sequence[Case] = ()
     ) -> AblationResult:
@@ -646,20 +430,15 @@ class AblationRunner:
             method_cases = cases_of(method)
             if method.external:
                 wanted = {(c.case_id, s) for c in method_cases for s in cfg.seeds}
-                ext = self.externals[method.key]
-                self.external_report[method.key] = {
-                    "csv": str(ext.csv),
-                    "scored": 0,
-                    "missing": [],
-                    "unreadable": [],
-                    "ignored_rows": sum(1 for k in ext.rows if k not in wanted),
-                }
+                self.external_report[method.key] = new_external_report(self.externals[method.key], wanted)
             for seed in cfg.seeds:
                 samples: list[GeneratedSample] = []
                 scored_cases: list[Case] = []
                 for case in method_cases:
                     if method.external:
-                        loaded = self._load_external(method, seed, case, gt)
+                        loaded = load_external_sample(
+                            self.externals[method.key], self.external_report[method.key], seed, case, gt
+                        )
                         if loaded is None:
                             done += 1
                             if self.progress is not None:
@@ -696,14 +475,9 @@ class AblationRunner:
                 per_seed.append(self._seed_metrics(method, seed, scored_cases, samples, per_case, real_feats, notes))
             if method.external:
                 rep = self.external_report[method.key]
-                if rep["scored"] == 0:
-                    first = rep["unreadable"][0]["error"] if rep["unreadable"] else "no row matches an evaluated case"
-                    raise InvalidInputError(
-                        f"external method {method.key}: no usable volume among {len(method_cases) * len(cfg.seeds)} "
-                        f"(case, seed) pair(s) ({len(rep['missing'])} without a row, {len(rep['unreadable'])} "
-                        f"unreadable; first problem: {first})"
-                    )
-                notes.extend(self._external_notes(method, len(method_cases) * len(cfg.seeds)))
+                pairs = len(method_cases) * len(cfg.seeds)
+                check_external_scored(method.key, rep, pairs)
+                notes.extend(external_notes(method.label, method.conditioned, rep, pairs))
         methods = self._summarise(per_seed)
         for m in self.methods:
             if not m.structural:
@@ -819,14 +593,3 @@ class AblationRunner:
 def _unique(items: Sequence[str]) -> list[str]:
     seen: set[str] = set()
     return [x for x in items if not (x in seen or seen.add(x))]  # type: ignore[func-returns-value]
-
-
-def jsonable(obj: Any) -> Any:
-    """Recursively replace NaN/inf by None and numpy scalars by Python ones (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    return _clean(obj)

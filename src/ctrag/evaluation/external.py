@@ -5,6 +5,10 @@ reports can hand ctrag a CSV that says which file answers which report and seed;
 method row, scored by the same segmenter, FID features, classifier and statistics as ctrag's own methods. Nothing
 is generated, so there is nothing to cache.
 
+This module owns the whole external side: parsing the CSV, checking each file, and, during a run, loading the
+volume and conditioning mask for each (case, seed) and keeping the account of what was scored, missing or refused
+(the runner, :mod:`ctrag.evaluation.ablation`, only calls these helpers and scores what they return).
+
 CSV columns (one row per generated volume):
 
 - ``case_id``: the held-out case whose report was the prompt (must be an evaluated case);
@@ -22,16 +26,22 @@ because their numbers would measure the export format and not the generator.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ctrag.data.case import Case
 from ctrag.data.nifti import HU_MAX_PLAUSIBLE, HU_MIN_PLAUSIBLE, Volume, load_volume
 from ctrag.data.readers import read_csv_lines
 from ctrag.errors import DataValidationError, InvalidInputError
+from ctrag.evaluation.generation_cache import GeneratedSample
+
+logger = logging.getLogger(__name__)
 
 EXTERNAL_MARK = "†"
 EXTERNAL_LEGEND = (
@@ -168,3 +178,102 @@ def load_external_volume(path: str | os.PathLike[str]) -> Volume:
     volume.meta["generated"] = True
     volume.meta["external"] = True
     return volume
+
+
+def new_external_report(method: ExternalMethod, wanted: set[tuple[str, int]]) -> dict[str, Any]:
+    """The account of one external method in a run, filled while its rows are loaded and written to the result.
+
+    ``wanted`` is every (case id, seed) pair the run evaluates; CSV rows outside it are counted, not scored.
+    """
+    return {
+        "csv": str(method.csv),
+        "scored": 0,
+        "missing": [],
+        "unreadable": [],
+        "ignored_rows": sum(1 for k in method.rows if k not in wanted),
+    }
+
+
+def external_mask(path: str, ct: Volume) -> Volume:
+    """A conditioning mask named by an external CSV, in coarse labels (TotalSegmentator ids converted)."""
+    from ctrag.data.labels import source_space
+    from ctrag.data.nifti import same_grid
+
+    mask = load_volume(path)
+    values = [int(v) for v in np.unique(np.asarray(mask.array))]
+    if source_space(None, values) == "totalseg":
+        from ctrag.segment import totalseg_to_coarse
+
+        on_ct = same_grid(mask.shape, mask.affine, ct.shape, ct.affine)
+        return totalseg_to_coarse(mask, ct if on_ct else None)
+    return mask.with_array(np.asarray(mask.array).astype(np.uint8))
+
+
+def load_external_sample(
+    method: ExternalMethod, report: dict[str, Any], seed: int, case: Case, gt: dict[str, tuple[Volume, str]]
+) -> GeneratedSample | None:
+    """The external volume for (case, seed), its conditioning mask on its grid; None when missing or unusable.
+
+    A missing row or a refused file is recorded in ``report`` (see :func:`new_external_report`) and the run goes
+    on: one bad export must not cost the other rows their scores.
+    """
+    from ctrag.data.transforms import resample_to_grid
+
+    row = method.rows.get((case.case_id, seed))
+    if row is None:
+        report["missing"].append(f"{case.case_id}/seed{seed}")
+        return None
+    try:
+        ct = load_external_volume(row.path)
+        ref: Volume | None = None
+        if row.mask == GT:
+            if case.case_id not in gt:
+                raise DataValidationError(
+                    f"{row.path}: mask 'gt' but case {case.case_id} has no CT and so no reference mask"
+                )
+            ref = gt[case.case_id][0]
+        elif row.mask is not None:
+            ref = external_mask(row.mask, ct)
+        # The mask goes onto the generated grid by world coordinates, as ctrag's own proxies do.
+        proxy = None if ref is None else resample_to_grid(ref, ct.shape, ct.affine, mode="nearest")
+    except (DataValidationError, InvalidInputError) as exc:
+        logger.warning("%s: skipping %s (case %s, seed %d): %s", method.name, row.path, case.case_id, seed, exc)
+        report["unreadable"].append({"case_id": case.case_id, "seed": seed, "path": str(row.path), "error": str(exc)})
+        return None
+    report["scored"] += 1
+    record = {"external": method.name, "path": str(row.path), "mask": row.mask, "csv_line": row.line}
+    return GeneratedSample(ct=ct, proxy=proxy, record=record)
+
+
+def check_external_scored(name: str, rep: dict[str, Any], pairs: int) -> None:
+    """Refuse an external method of which no (case, seed) pair could be scored: its row would be empty."""
+    if rep["scored"] == 0:
+        first = rep["unreadable"][0]["error"] if rep["unreadable"] else "no row matches an evaluated case"
+        raise InvalidInputError(
+            f"external method {name}: no usable volume among {pairs} "
+            f"(case, seed) pair(s) ({len(rep['missing'])} without a row, {len(rep['unreadable'])} "
+            f"unreadable; first problem: {first})"
+        )
+
+
+def external_notes(label: str, conditioned: bool, rep: dict[str, Any], pairs: int) -> list[str]:
+    """The table notes that say how much of an external method's CSV was scored and what was skipped, and why."""
+    notes = [
+        f"{label}: {rep['scored']} of {pairs} (case, seed) pair(s) scored from {rep['csv']}"
+        + ("" if conditioned else "; text-only (no conditioning mask), so no spatial scores")
+        + "."
+    ]
+    if rep["missing"]:
+        notes.append(
+            f"{label}: {len(rep['missing'])} (case, seed) pair(s) have no row in the CSV and are not "
+            f"scored: {', '.join(rep['missing'][:8])}{' ...' if len(rep['missing']) > 8 else ''}."
+        )
+    if rep["unreadable"]:
+        listed = "; ".join(u["error"] for u in rep["unreadable"][:5])  # each message names its file
+        notes.append(
+            f"{label}: {len(rep['unreadable'])} file(s) unreadable or invalid, skipped: {listed}"
+            f"{' ...' if len(rep['unreadable']) > 5 else ''}."
+        )
+    if rep["ignored_rows"]:
+        notes.append(f"{label}: {rep['ignored_rows']} CSV row(s) for cases or seeds outside this evaluation ignored.")
+    return notes

@@ -26,8 +26,9 @@ from typing import Any
 from ctrag.data.case import Corpus
 from ctrag.data.nifti import Volume
 from ctrag.errors import ConfigError, InvalidInputError
-from ctrag.evaluation.ablation import AblationRunner, GenerationEvalConfig, select_cases, select_report_cases
+from ctrag.evaluation.ablation import AblationRunner, select_cases, select_report_cases
 from ctrag.evaluation.fid import FIDConfig, FIDEvaluator
+from ctrag.evaluation.generation_config import GenerationEvalConfig
 from ctrag.evaluation.tables import write_ablation_outputs
 from ctrag.utils.hashing import sha256_json
 from ctrag.utils.progress import ProgressFn

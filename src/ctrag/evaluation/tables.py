@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from ctrag.data.labels import COARSE_LABELS
-from ctrag.evaluation.ablation import METRICS, AblationResult, jsonable
+from ctrag.evaluation.ablation import AblationResult
 from ctrag.evaluation.external import EXTERNAL_LEGEND
+from ctrag.evaluation.generation_config import METRICS
 from ctrag.utils.atomic import atomic_write_text
+from ctrag.utils.jsonable import jsonable
 
 TABLES: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
     (
