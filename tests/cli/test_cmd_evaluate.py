@@ -76,13 +76,16 @@ def test_evaluate_reports_writes_metrics(tmp_path: Path, ct_rate_dir: Path, caps
     labels = ["--fit-labels", str(ct_rate_dir / "train.csv"), "--label-val", str(ct_rate_dir / "val.csv")]
     assert main([*args, *labels]) == 0
     record = json.loads((out / "report_metrics.json").read_text())
-    assert 0.3 < record["bleu_4"] < 1.0 and record["meteor"] is None
+    scores = record["methods"]["hyps"]  # a bare --hyps FILE is named by its stem
+    assert 0.3 < scores["bleu_4"] < 1.0 and scores["meteor"] is None
     assert record["label_extractor_quality"]["n_reports"] == 100
     # The default extractor is ctrag.labels' (val macro-F1 ~0.95 at its own thresholds), named in the table.
     assert record["label_extractor"]["name"] == "LabelExtractor" and record["label_extractor"]["fingerprint"]
     assert record["label_extractor_quality"]["macro_f1"] > 0.85
     assert "Labels read by ctrag.labels.extractor.LabelExtractor" in (out / "report_metrics.md").read_text()
-    assert 0.0 < record["clinical_efficacy"]["f1_micro"] < 1.0
+    assert 0.0 < scores["clinical_efficacy"]["f1_micro"] < 1.0
+    lo, hi = scores["ci"]["ce_f1_micro"]
+    assert lo <= scores["clinical_efficacy"]["f1_micro"] <= hi and lo < hi
     assert "METEOR" in (out / "report_metrics.md").read_text()
     hyps.write_text("id,text\n0,only one\n")
     code = main(["evaluate", "reports", "--refs", str(refs), "--hyps", str(hyps), "--out", str(out), "--no-meteor"])
@@ -93,6 +96,46 @@ def test_evaluate_reports_writes_metrics(tmp_path: Path, ct_rate_dir: Path, caps
     code = main(["evaluate", "reports", "--refs", str(refs), "--hyps", str(hyps), "--out", str(out), "--no-meteor"])
     err = capsys.readouterr().err
     assert code == 2 and "lines 2 and 4" in err and "Traceback" not in err
+
+
+def test_evaluate_reports_several_methods_in_one_table_with_paired_cis(
+    tmp_path: Path, ct_rate_dir: Path, capsys
+) -> None:
+    """Two methods on 12 real val reports: one table, CIs for each, the difference to --reference with its CI."""
+    with open(ct_rate_dir / "val.csv", encoding="utf-8") as fh:
+        texts = [row["report_text"] for row in csv.DictReader(fh)][:12]
+    refs, out = tmp_path / "refs.jsonl", tmp_path / "res"
+    refs.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)))
+    shifted = tmp_path / "shifted.jsonl"  # every report answered with another case's report
+    shifted.write_text("".join(json.dumps({"id": str(i), "text": texts[(i + 1) % 12]}) + "\n" for i in range(12)))
+    copied = tmp_path / "copied.jsonl"  # two thirds answered with the case's own report
+    copied.write_text(
+        "".join(json.dumps({"id": str(i), "text": texts[i if i % 3 else (i + 1) % 12]}) + "\n" for i in range(12))
+    )
+    base = ["evaluate", "reports", "--refs", str(refs), "--out", str(out), "--no-meteor", "--bootstrap", "300"]
+    hyps = ["--hyps", f"other={shifted}", "--hyps", f"own={copied}"]
+    assert main([*base, *hyps, "--reference", "other"]) == 0
+    record = json.loads((out / "report_metrics.json").read_text())
+    assert list(record["methods"]) == ["other", "own"] and record["reference_method"] == "other"
+    assert record["bootstrap"]["n_resamples"] == 300 and record["n_reports"] == 12
+    own, other = record["methods"]["own"], record["methods"]["other"]
+    for entry in (own, other):
+        lo, hi = entry["ci"]["rouge_l"]
+        assert lo <= entry["rouge_l"] <= hi
+    gain = own["difference"]["rouge_l"]
+    assert gain["value"] == pytest.approx(own["rouge_l"] - other["rouge_l"]) and gain["excludes_zero"]
+    assert "difference" not in other
+    table = (out / "report_metrics.md").read_text()
+    assert "| other |" in table and "| own |" in table and "Difference to other" in table
+    capsys.readouterr()
+    assert main([*base, *hyps, "--reference", "third"]) == 2
+    assert main([*base, "--hyps", f"a={shifted}", "--hyps", f"a={copied}"]) == 2
+    copied.write_text(json.dumps({"id": "0", "text": "x"}) + "\n")
+    assert main([*base, *hyps]) == 2
+    assert main([*base, "--hyps", str(shifted), "--bootstrap", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "'third' is not one of" in err and "given twice" in err and "own (" in err and "missing" in err
+    assert "--bootstrap -1" in err and "Traceback" not in err
 
 
 def test_evaluate_generation_config_errors(tmp_path: Path, ct_corpus_dir: Path, capsys) -> None:
@@ -113,8 +156,8 @@ def test_evaluate_reports_protocols(tmp_path: Path, ct_rate_dir: Path, capsys) -
     record = json.loads((out / "report_metrics.json").read_text())
     table = (out / "report_metrics.md").read_text()
     assert record["protocol"] == "reg2rg" and "protocol reg2rg" in table and "NLTK METEOR" in table
-    assert 0.0 < record["bleu_4"] < 1.0 and "per-report mean ± sd" in table
-    assert record["per_report"]["bleu_4"]["sd"] > 0  # one exact pair, two mismatched ones
+    assert 0.0 < record["methods"]["hyps"]["bleu_4"] < 1.0 and "Per-report mean ± sd" in table
+    assert record["methods"]["hyps"]["per_report"]["bleu_4"]["sd"] > 0  # one exact pair, two mismatched ones
     capsys.readouterr()
     assert main([*base, "--protocol", "wer"]) == 2
     err = capsys.readouterr().err

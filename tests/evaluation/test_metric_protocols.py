@@ -34,7 +34,7 @@ def test_reg2rg_corpus_bleu_matches_hand_computation() -> None:
     hyps = ["no pleural effusion noted.", "heart normal"]
     # 13a tokens: 5+3 reference, 5+2 generated. Unigram matches 4 + 2 of 7; bigram matches 2 + 0 of 4 + 1.
     # smooth=True: p1 = (6+1)/(7+1), p2 = (2+1)/(5+1); brevity penalty exp(1 - 8/7).
-    corpus, per_report, _ = reg2rg_scores(refs, hyps, nltk_data=None)
+    corpus, per_report, _, _ = reg2rg_scores(refs, hyps, nltk_data=None)
     bp = math.exp(1 - 8 / 7)
     assert corpus["bleu_1"] == pytest.approx(7 / 8 * bp, rel=1e-12)
     assert corpus["bleu_2"] == pytest.approx(math.sqrt(7 / 8 * 3 / 6) * bp, rel=1e-12)

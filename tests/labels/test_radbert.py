@@ -145,7 +145,7 @@ def test_cli_evaluate_reports_with_radbert(encoder_dir: Path, head_file: Path, c
     cut = RadBertClassifier.load(encoder_dir, head_file).count_truncated(texts)
     assert cut >= 1 and record["label_extractor_truncated"] == 2 * cut
     assert record["label_extractor"]["name"] == "RadBertClassifier"
-    assert set(record["clinical_efficacy"]) >= {"f1_micro", "precision_micro", "recall_micro"}
+    assert set(record["methods"]["hyps"]["clinical_efficacy"]) >= {"f1_micro", "precision_micro", "recall_micro"}
     table = (out / "report_metrics.md").read_text()
     assert "ctrag.labels.radbert.RadBertClassifier" in table and "CT-RATE RadBERT classifier" in table
     capsys.readouterr()

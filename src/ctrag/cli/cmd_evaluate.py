@@ -281,7 +281,14 @@ def load_label_extractor(path: Path) -> Any:
 @evaluate_app.command("reports")
 def evaluate_reports_command(
     references: Annotated[Path, typer.Option("--refs", help="Reference reports (.csv or .jsonl).")],
-    hypotheses: Annotated[Path, typer.Option("--hyps", help="Generated reports (.csv or .jsonl).")],
+    hypotheses: Annotated[
+        list[str],
+        typer.Option(
+            "--hyps",
+            help="Generated reports (.csv or .jsonl). Repeat as NAME=FILE to score several methods (e.g. with and "
+            "without --no-rag) on the same references in one table; a bare FILE is named by its stem.",
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder (report_metrics.json / .md).")],
     id_column: Annotated[str, typer.Option("--id-column", help="Column pairing the two files.")] = "id",
     text_column: Annotated[str, typer.Option("--text-column", help="Column holding the report text.")] = "text",
@@ -335,27 +342,48 @@ def evaluate_reports_command(
             "--threshold", help="One threshold for all labels (default: the extractor's own per-label thresholds)."
         ),
     ] = None,
+    reference_method: Annotated[
+        str | None,
+        typer.Option("--reference", help="Method the differences are taken against (default: the first --hyps)."),
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap resamples of the reports for 95 % CIs, paired across methods (0: none).")
+    ] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples.")] = 0,
 ) -> None:
     """BLEU-1..4, METEOR, ROUGE-1/2/L, CIDEr and clinical efficacy of generated reports against references."""
     from ctrag.evaluation.metric_protocols import PROTOCOLS, load_nltk_data
+    from ctrag.evaluation.report_bootstrap import bootstrap_report_metrics
     from ctrag.evaluation.report_metrics import (
         describe_extractor,
         evaluate_reports,
         fit_label_extractor,
         label_extractor_quality,
+        labels_from_text,
     )
     from ctrag.utils.jsonable import jsonable
 
     if protocol not in PROTOCOLS:
         raise InvalidInputError(f"--protocol {protocol!r}: unknown; choose one of {', '.join(PROTOCOLS)}")
+    if bootstrap < 0:
+        raise InvalidInputError(f"--bootstrap {bootstrap}: give 0 (no CIs) or a positive number of resamples")
     if protocol == "reg2rg" and meteor:
         load_nltk_data(nltk_data)  # fail on missing WordNet/Punkt before any scoring
     refs = read_text_table(references, id_column, text_column)
-    hyps = read_text_table(hypotheses, id_column, text_column)
-    missing = sorted(set(refs) - set(hyps))
-    extra = sorted(set(hyps) - set(refs))
-    if missing or extra:
-        raise InvalidInputError(f"ids differ between the files: missing {missing[:5]}, unexpected {extra[:5]}")
+    methods = _named_hypotheses(hypotheses)
+    if reference_method is not None and reference_method not in methods:
+        raise InvalidInputError(f"--reference {reference_method!r} is not one of the methods {list(methods)}")
+    reference_method = reference_method or next(iter(methods))
+    hyps_by_method: dict[str, dict[str, str]] = {}
+    for name, path in methods.items():
+        hyps = read_text_table(path, id_column, text_column)
+        missing = sorted(set(refs) - set(hyps))
+        extra = sorted(set(hyps) - set(refs))
+        if missing or extra:
+            raise InvalidInputError(
+                f"{name} ({path}): ids differ from the references: missing {missing[:5]}, unexpected {extra[:5]}"
+            )
+        hyps_by_method[name] = hyps
     ids = sorted(refs)
     if label_model is not None and fit_labels is not None:
         raise InvalidInputError("give --label-model or --fit-labels, not both")
@@ -381,18 +409,44 @@ def evaluate_reports_command(
     quality = label_extractor_quality(extractor, label_val, threshold) if extractor and label_val else None
     if extractor is not None and hasattr(extractor, "truncated_total"):
         extractor.truncated_total = 0  # count the scored references and hypotheses only
-    scores = evaluate_reports(
-        [refs[i] for i in ids],
-        [hyps[i] for i in ids],
-        label_extractor=extractor,
-        threshold=threshold,
-        meteor=meteor,
-        protocol=protocol,
-        nltk_data=nltk_data,
+    ref_texts = [refs[i] for i in ids]
+    ref_labels = labels_from_text(extractor, ref_texts, threshold) if extractor is not None else None
+    scores = {
+        name: evaluate_reports(
+            ref_texts,
+            [hyps[i] for i in ids],
+            label_extractor=extractor,
+            threshold=threshold,
+            meteor=meteor,
+            protocol=protocol,
+            nltk_data=nltk_data,
+            reference_labels=ref_labels,
+        )
+        for name, hyps in hyps_by_method.items()
+    }
+    uncertainty = bootstrap_report_metrics(
+        {name: sc.statistics for name, sc in scores.items() if sc.statistics is not None},
+        n_resamples=bootstrap,
+        seed=seed,
+        reference=reference_method if len(scores) > 1 else None,
     )
+    per_method: dict[str, Any] = {}
+    for name, sc in scores.items():
+        entry = {k: v for k, v in sc.as_dict().items() if k not in ("n_reports", "protocol")}
+        entry["hypotheses"] = str(methods[name])
+        entry["ci"] = uncertainty["ci"].get(name, {})
+        if name in uncertainty["difference"]:
+            entry["difference"] = uncertainty["difference"][name]
+        per_method[name] = entry
     record = jsonable(
         {
-            **scores.as_dict(),
+            "n_reports": len(ids),
+            "protocol": protocol,
+            "references": str(references),
+            "reference_method": reference_method,
+            "methods": per_method,
+            "bootstrap": {k: uncertainty[k] for k in ("n_resamples", "seed", "confidence", "unit", "approximate")}
+            | ({"skipped": uncertainty["skipped"]} if "skipped" in uncertainty else {}),
             "label_extractor": describe_extractor(extractor),
             "label_extractor_quality": quality,
             "label_extractor_truncated": getattr(extractor, "truncated_total", None),
@@ -400,32 +454,129 @@ def evaluate_reports_command(
     )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "report_metrics.json", json.dumps(record, indent=2) + "\n")
-    names = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_1", "rouge_2", "rouge_l", "cider")
-    header = "| | " + " | ".join(n.upper().replace("_", "-") for n in names) + " |"
-    values = "| " + " | ".join("n/a" if record[n] is None else f"{record[n]:.4f}" for n in names) + " |"
+    lines = _report_metrics_table(record, label_val, extractor_name == "radbert")
+    atomic_write_text(out / "report_metrics.md", "\n".join(lines) + "\n")
+    console.print("\n".join(lines), markup=False, highlight=False)
+
+
+_REPORT_COLUMNS = (
+    ("bleu_1", "BLEU-1"),
+    ("bleu_2", "BLEU-2"),
+    ("bleu_3", "BLEU-3"),
+    ("bleu_4", "BLEU-4"),
+    ("meteor", "METEOR"),
+    ("rouge_1", "ROUGE-1"),
+    ("rouge_2", "ROUGE-2"),
+    ("rouge_l", "ROUGE-L"),
+    ("cider", "CIDEr"),
+    ("ce_precision_micro", "CE P"),
+    ("ce_recall_micro", "CE R"),
+    ("ce_f1_micro", "CE F1"),
+)
+
+
+def _named_hypotheses(items: list[str]) -> dict[str, Path]:
+    """``NAME=FILE`` or ``FILE`` (named by its stem) per method, in the order given; names must be unique."""
+    methods: dict[str, Path] = {}
+    for item in items:
+        name, sep, rest = item.partition("=")
+        if sep and name and rest and not Path(item).exists():
+            label, path = name.strip(), Path(rest)
+        else:
+            label, path = Path(item).stem, Path(item)
+        if not label:
+            raise InvalidInputError(f"--hyps {item!r}: empty method name")
+        if label in methods:
+            raise InvalidInputError(f"--hyps: method name {label!r} given twice; name them NAME=FILE")
+        methods[label] = path
+    if not methods:
+        raise InvalidInputError("--hyps: give at least one file of generated reports")
+    return methods
+
+
+def _metric_value(entry: dict[str, Any], key: str) -> float | None:
+    if key.startswith("ce_"):
+        ce = entry.get("clinical_efficacy") or {}
+        return ce.get(key[3:])
+    value = entry.get(key)
+    return None if value is None else float(value)
+
+
+def _report_metrics_table(record: dict[str, Any], label_val: Path | None, radbert: bool) -> list[str]:
+    """The Markdown table: one row per method (value [95 % CI]), then each method minus the reference method."""
+    methods: dict[str, Any] = record["methods"]
+    boot = record["bootstrap"]
+    with_ce = any(m.get("clinical_efficacy") for m in methods.values())
+    columns = [(k, t) for k, t in _REPORT_COLUMNS if with_ce or not k.startswith("ce_")]
     lines = [
-        f"# Report metrics ({len(ids)} reports, protocol {protocol})",
+        f"# Report metrics ({record['n_reports']} reports, {len(methods)} method(s), protocol {record['protocol']})",
         "",
-        f"Protocol: {PROTOCOL_NAMES[protocol]}",
+        f"Protocol: {PROTOCOL_NAMES[record['protocol']]}",
         "",
     ]
-    lines += [header, "|---|" + "---|" * len(names), "| corpus " + values, ""]
-    if record.get("per_report"):
-        per = record["per_report"]
-        cells = ["n/a" if n not in per else f"{per[n]['mean']:.4f} ± {per[n]['sd']:.4f}" for n in names]
-        lines[-2:-1] = [lines[-2], "| per-report mean ± sd | " + " | ".join(cells) + " |"]
-    if record.get("clinical_efficacy"):
-        ce = record["clinical_efficacy"]
-        lines += ["Clinical efficacy: " + ", ".join(f"{k} {v:.4f}" for k, v in ce.items() if v is not None), ""]
-        who = record["label_extractor"]
-        lines += [f"Labels read by {who['module']}.{who['name']} (fingerprint {who['fingerprint']}).", ""]
-        if extractor_name == "radbert":
-            cut = record.get("label_extractor_truncated")
+    if "skipped" in boot:
+        lines += [f"No confidence intervals: {boot['skipped']}.", ""]
+    else:
+        lines += [
+            f"Cells: corpus value [{boot['confidence']:.0%} percentile bootstrap CI over reports, "
+            f"{boot['n_resamples']} resamples, seed {boot['seed']}, the same resamples for every method].",
+            "",
+        ]
+
+    def cell(entry: dict[str, Any], key: str) -> str:
+        value = _metric_value(entry, key)
+        if value is None:
+            return "n/a"
+        lo, hi = entry.get("ci", {}).get(key, (None, None))
+        return f"{value:.4f}" if lo is None else f"{value:.4f} [{lo:.4f}, {hi:.4f}]"
+
+    lines += ["| method | " + " | ".join(t for _, t in columns) + " |", "|---|" + "---|" * len(columns)]
+    lines += [f"| {name} | " + " | ".join(cell(e, k) for k, _ in columns) + " |" for name, e in methods.items()]
+    lines.append("")
+    if any(e.get("per_report") for e in methods.values()):
+        lines += ["Per-report mean ± sd (np.std), as Reg2RG's tables give them:", ""]
+        lang = [(k, t) for k, t in columns if not k.startswith("ce_")]
+        lines += ["| method | " + " | ".join(t for _, t in lang) + " |", "|---|" + "---|" * len(lang)]
+        for name, e in methods.items():
+            per = e.get("per_report") or {}
+            cells = ["n/a" if k not in per else f"{per[k]['mean']:.4f} ± {per[k]['sd']:.4f}" for k, _ in lang]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    diffs = {name: e["difference"] for name, e in methods.items() if e.get("difference")}
+    if diffs:
+        ref = record["reference_method"]
+        lines += [
+            f"Difference to {ref} (paired bootstrap; * where the CI excludes 0):",
+            "",
+            "| method | " + " | ".join(f"Δ {t}" for _, t in columns) + " |",
+            "|---|" + "---|" * len(columns),
+        ]
+        for name, d in diffs.items():
+            cells = []
+            for k, _ in columns:
+                if k not in d:
+                    cells.append("n/a")
+                    continue
+                lo, hi = d[k]["ci"]
+                star = "*" if d[k]["excludes_zero"] else ""
+                cells.append(f"{d[k]['value']:+.4f}{star} [{lo:+.4f}, {hi:+.4f}]")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for metric, why in boot.get("approximate", {}).items():
+        if not any(metric in (e.get("ci") or {}) for e in methods.values()):
+            continue
+        lines.append(f"- {metric} CI approximate: {why}")
+    who = record["label_extractor"]
+    if who is not None:
+        lines += ["", f"Labels read by {who['module']}.{who['name']} (fingerprint {who['fingerprint']}).", ""]
+        if radbert:
             lines += [
                 "Extractor: CT-RATE RadBERT classifier (RoBERTa encoder, 18-way linear head on the pooled output, "
-                f"sigmoid >= 0.5, 512 tokens); references + generated reports truncated at 512 tokens: {cut}.",
+                "sigmoid >= 0.5, 512 tokens); references + generated reports truncated at 512 tokens: "
+                f"{record.get('label_extractor_truncated')}.",
                 "",
             ]
+    quality = record.get("label_extractor_quality")
     if quality is not None:
         lines += [
             f"Label extractor on {label_val} ({int(quality['n_reports'])} reports): "
@@ -433,6 +584,6 @@ def evaluate_reports_command(
             f"macro-AUC {quality['macro_auc']:.3f}",
             "",
         ]
-    lines += [f"- {k}: {v}" for k, v in record.get("notes", {}).items()]
-    atomic_write_text(out / "report_metrics.md", "\n".join(lines) + "\n")
-    console.print("\n".join(lines), markup=False, highlight=False)
+    notes = {f"{name}: {k}": v for name, e in methods.items() for k, v in (e.get("notes") or {}).items()}
+    lines += [f"- {k}: {v}" for k, v in notes.items()]
+    return lines

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ctrag.errors import InvalidInputError
+from ctrag.evaluation.report_bootstrap import BLEU_ORDERS, CIDER_APPROXIMATION, ReportStatistics
 
 PROTOCOLS = ("coco", "reg2rg")
 """Protocols ``ctrag evaluate reports --protocol`` knows. AdaRAG-CT's is not among them: its README names only
@@ -69,6 +70,19 @@ def _ngram_counts(tokens: Sequence[str], max_order: int) -> Counter[tuple[str, .
     return counts
 
 
+def nmt_bleu_counts(
+    reference: Sequence[str], hypothesis: Sequence[str], max_order: int = 4
+) -> tuple[list[int], list[int]]:
+    """Clipped n-gram matches and hypothesis n-gram totals of orders 1..``max_order`` for one pair: what
+    :func:`nmt_bleu` pools over a corpus (and what the report bootstrap resamples)."""
+    matches = [0] * max_order
+    overlap = _ngram_counts(hypothesis, max_order) & _ngram_counts(reference, max_order)
+    for gram, count in overlap.items():
+        matches[len(gram) - 1] += count
+    possible = [max(len(hypothesis) - n + 1, 0) for n in range(1, max_order + 1)]
+    return matches, possible
+
+
 def nmt_bleu(
     references: Sequence[Sequence[str]], hypotheses: Sequence[Sequence[str]], max_order: int = 4, smooth: bool = True
 ) -> float:
@@ -80,11 +94,9 @@ def nmt_bleu(
     for ref, hyp in zip(references, hypotheses, strict=True):
         ref_len += len(ref)
         hyp_len += len(hyp)
-        overlap = _ngram_counts(hyp, max_order) & _ngram_counts(ref, max_order)
-        for gram, count in overlap.items():
-            matches[len(gram) - 1] += count
-        for n in range(1, max_order + 1):
-            possible[n - 1] += max(len(hyp) - n + 1, 0)
+        pair_matches, pair_possible = nmt_bleu_counts(ref, hyp, max_order)
+        matches = [a + b for a, b in zip(matches, pair_matches, strict=True)]
+        possible = [a + b for a, b in zip(possible, pair_possible, strict=True)]
     if smooth:
         precisions = [(m + 1.0) / (p + 1.0) for m, p in zip(matches, possible, strict=True)]
     else:
@@ -184,8 +196,9 @@ def _mean_sd(values: Sequence[float]) -> dict[str, float]:
 
 def reg2rg_scores(
     references: Sequence[str], hypotheses: Sequence[str], *, nltk_data: NltkData | None
-) -> tuple[dict[str, float | None], dict[str, dict[str, float]], dict[str, str]]:
-    """Reg2RG's protocol on raw texts: corpus scores, per-report mean/sd, and notes.
+) -> tuple[dict[str, float | None], dict[str, dict[str, float]], dict[str, str], ReportStatistics]:
+    """Reg2RG's protocol on raw texts: corpus scores, per-report mean/sd, notes, and the per-report statistics
+    the report bootstrap resamples.
 
     ``nltk_data`` None skips METEOR (reported as None with a note, never as 0).
     """
@@ -201,10 +214,11 @@ def reg2rg_scores(
         raise InvalidInputError("no reports to score")
     refs13 = [tokenize_13a(r) for r in references]
     hyps13 = [tokenize_13a(h) for h in hypotheses]
+    counts = [nmt_bleu_counts(r, h, BLEU_ORDERS) for r, h in zip(refs13, hyps13, strict=True)]
     corpus: dict[str, float | None] = {}
     per_report: dict[str, dict[str, float]] = {}
     for n in range(1, 5):
-        corpus[f"bleu_{n}"] = nmt_bleu(refs13, hyps13, max_order=n, smooth=True)
+        corpus[f"bleu_{n}"] = nmt_bleu(refs13, hyps13, max_order=n, smooth=True)  # pooled counts (orders <= n)
         per_report[f"bleu_{n}"] = _mean_sd(
             [nmt_bleu([r], [h], max_order=n, smooth=True) for r, h in zip(refs13, hyps13, strict=True)]
         )
@@ -224,6 +238,8 @@ def reg2rg_scores(
         )
     per_report["cider"] = _mean_sd([float(c) for c in cider])
     corpus["cider"] = per_report["cider"]["mean"]
+    means = {name: np.asarray(values, dtype=np.float64) for name, values in rouge.items()}
+    means["cider"] = np.asarray(cider, dtype=np.float64)
     notes: dict[str, str] = {}
     if nltk_data is None:
         corpus["meteor"] = None
@@ -236,4 +252,14 @@ def reg2rg_scores(
         )
         per_report["meteor"] = _mean_sd(met)
         corpus["meteor"] = per_report["meteor"]["mean"]
-    return corpus, per_report, notes
+        means["meteor"] = np.asarray(met, dtype=np.float64)
+    statistics = ReportStatistics(
+        bleu_kind="nmt",
+        bleu_matches=np.array([m for m, _ in counts], dtype=np.float64).reshape(-1, BLEU_ORDERS),
+        bleu_totals=np.array([p for _, p in counts], dtype=np.float64).reshape(-1, BLEU_ORDERS),
+        hyp_len=np.array([len(h) for h in hyps13], dtype=np.float64),
+        ref_len=np.array([len(r) for r in refs13], dtype=np.float64),
+        means=means,
+        approximate={"cider": CIDER_APPROXIMATION},
+    )
+    return corpus, per_report, notes, statistics

@@ -32,6 +32,12 @@ import numpy as np
 
 from ctrag.data.labels import CT_RATE_LABELS
 from ctrag.errors import InvalidInputError
+from ctrag.evaluation.report_bootstrap import (
+    BLEU_ORDERS,
+    CIDER_APPROXIMATION,
+    METEOR_APPROXIMATION,
+    ReportStatistics,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +69,11 @@ class ReportScores:
     notes: dict[str, str] = field(default_factory=dict)
     protocol: str = "coco"
     per_report: dict[str, dict[str, float]] | None = None
+    statistics: ReportStatistics | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        """The figures (JSON-ready); the per-report :attr:`statistics` stay out — they feed the bootstrap."""
+        return {k: v for k, v in self.__dict__.items() if k != "statistics"}
 
 
 def _check_pairs(references: Sequence[str], hypotheses: Sequence[str]) -> None:
@@ -94,18 +102,51 @@ def coco_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict[st
     return out
 
 
-def rouge_n_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1 and ROUGE-2 F-measures (``rouge-score``, no stemming) over report pairs."""
-    from rouge_score import rouge_scorer
+def coco_statistics(references: Sequence[str], hypotheses: Sequence[str]) -> ReportStatistics:
+    """Per-report BLEU counts (pycocoevalcap's own n-gram cooking), ROUGE-1/2/L and CIDEr-D scores on the tokens
+    :func:`coco_scores` scores, for the report bootstrap; their corpus values equal :func:`coco_scores`'."""
+    from pycocoevalcap.bleu.bleu_scorer import BleuScorer
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
 
     _check_pairs(references, hypotheses)
+    gts = {i: [tokenize(r)] for i, r in enumerate(references)}
+    res = {i: [tokenize(h)] for i, h in enumerate(hypotheses)}
+    cooker = BleuScorer(n=BLEU_ORDERS)
+    for i in range(len(references)):
+        cooker += (res[i][0], gts[i])
+    comps = cooker.ctest
+    with contextlib.redirect_stdout(io.StringIO()):
+        _, rouge_l = Rouge().compute_score(gts, res)
+        _, cider = Cider().compute_score(gts, res)
+    rouge_n = _rouge_n_per_report(references, hypotheses)
+    return ReportStatistics(
+        bleu_kind="coco",
+        bleu_matches=np.array([c["correct"] for c in comps], dtype=np.float64).reshape(-1, BLEU_ORDERS),
+        bleu_totals=np.array([c["guess"] for c in comps], dtype=np.float64).reshape(-1, BLEU_ORDERS),
+        hyp_len=np.array([c["testlen"] for c in comps], dtype=np.float64),
+        ref_len=np.array([min(c["reflen"]) for c in comps], dtype=np.float64),  # one reference each
+        means={**rouge_n, "rouge_l": np.asarray(rouge_l, dtype=np.float64), "cider": np.asarray(cider, np.float64)},
+        approximate={"cider": CIDER_APPROXIMATION},
+    )
+
+
+def _rouge_n_per_report(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, np.ndarray]:
+    from rouge_score import rouge_scorer
+
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2"], use_stemmer=False)
     r1, r2 = [], []
     for ref, hyp in zip(references, hypotheses, strict=True):
         s = scorer.score(tokenize(ref), tokenize(hyp))
         r1.append(s["rouge1"].fmeasure)
         r2.append(s["rouge2"].fmeasure)
-    return {"rouge_1": float(np.mean(r1)), "rouge_2": float(np.mean(r2))}
+    return {"rouge_1": np.asarray(r1, dtype=np.float64), "rouge_2": np.asarray(r2, dtype=np.float64)}
+
+
+def rouge_n_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1 and ROUGE-2 F-measures (``rouge-score``, no stemming) over report pairs."""
+    _check_pairs(references, hypotheses)
+    return {k: float(v.mean()) for k, v in _rouge_n_per_report(references, hypotheses).items()}
 
 
 def meteor_available() -> tuple[bool, str]:
@@ -206,10 +247,15 @@ def evaluate_reports(
     meteor: bool = True,
     protocol: str = "coco",
     nltk_data: str | os.PathLike[str] | None = None,
+    reference_labels: np.ndarray | None = None,
 ) -> ReportScores:
     """All report metrics for paired reference/generated reports, with the language metrics of ``protocol``:
     ``coco`` (this module's) or ``reg2rg`` (:func:`ctrag.evaluation.metric_protocols.reg2rg_scores`; its
-    METEOR reads WordNet and Punkt from ``nltk_data``, else ``$NLTK_DATA`` / NLTK's default folders)."""
+    METEOR reads WordNet and Punkt from ``nltk_data``, else ``$NLTK_DATA`` / NLTK's default folders).
+
+    The result carries per-report :attr:`ReportScores.statistics` for
+    :func:`ctrag.evaluation.report_bootstrap.bootstrap_report_metrics`. ``reference_labels`` (the extractor's
+    0/1 labels of ``references``) saves reading the references again when several methods share them."""
     from ctrag.evaluation.metric_protocols import PROTOCOLS, load_nltk_data, reg2rg_scores
 
     if protocol not in PROTOCOLS:
@@ -220,28 +266,33 @@ def evaluate_reports(
     met: float | None = None
     if protocol == "reg2rg":
         data = load_nltk_data(nltk_data) if meteor else None
-        coco_like, per_report, notes = reg2rg_scores(references, hypotheses, nltk_data=data)
+        coco_like, per_report, notes, statistics = reg2rg_scores(references, hypotheses, nltk_data=data)
         coco = {k: float(v) for k, v in coco_like.items() if v is not None and k != "meteor"}
         rouge = {"rouge_1": coco["rouge_1"], "rouge_2": coco["rouge_2"]}
         met = coco_like.get("meteor")
     else:
         coco = coco_scores(references, hypotheses)
-        rouge = rouge_n_scores(references, hypotheses)
+        statistics = coco_statistics(references, hypotheses)
+        rouge = {k: float(statistics.means[k].mean()) for k in ("rouge_1", "rouge_2")}
         if not meteor:
             notes["meteor"] = "not computed: disabled by the caller"
         else:
             ok, why = meteor_available()
             if ok:
-                met = meteor_score(references, hypotheses)[0]
+                met, met_each = meteor_score(references, hypotheses)
+                statistics.means["meteor"] = np.asarray(met_each, dtype=np.float64)
+                statistics.approximate["meteor"] = METEOR_APPROXIMATION
             else:
                 notes["meteor"] = f"not computed: {why}"
                 logger.warning("METEOR not computed: %s", why)
     ce = None
     if label_extractor is not None:
-        ce = clinical_efficacy(
-            labels_from_text(label_extractor, references, threshold),
-            labels_from_text(label_extractor, hypotheses, threshold),
+        ref_labels = (
+            labels_from_text(label_extractor, references, threshold) if reference_labels is None else reference_labels
         )
+        hyp_labels = labels_from_text(label_extractor, hypotheses, threshold)
+        ce = clinical_efficacy(ref_labels, hyp_labels)
+        statistics.with_labels(ref_labels, hyp_labels)
     else:
         notes["clinical_efficacy"] = "not computed: no label extractor given"
     return ReportScores(
@@ -259,6 +310,7 @@ def evaluate_reports(
         notes=notes,
         protocol=protocol,
         per_report=per_report,
+        statistics=statistics,
     )
 
 
