@@ -19,7 +19,7 @@ the libraries underneath:
   on PyPI, so they come from a local ``nltk_data`` folder (:func:`load_nltk_data`).
 * ROUGE-1/2/L: Google ``rouge_score`` F-measures on the raw text (its own tokenizer, no stemming). ``evaluate``
   reports the median of a 1,000-fold bootstrap of the mean; the plain mean is given here (the two differ by
-  resampling noise, ~1e-4 on 1,500 reports).
+  resampling noise: 1e-4 to 2.4e-4 on Reg2RG's 1,514 lung reports).
 """
 
 from __future__ import annotations
