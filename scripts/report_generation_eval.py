@@ -10,8 +10,6 @@ is an upper-bound-like setting for a retrieval reporter, not image-to-text repor
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import time
 from pathlib import Path
@@ -21,9 +19,9 @@ import numpy as np
 
 from ctrag.data.case import Case
 from ctrag.encoders.factory import create_encoder
-from ctrag.evaluation.report_metrics import clinical_efficacy, evaluate_reports, meteor_score, tokenize
+from ctrag.evaluation.report_bootstrap import METEOR_PER_REPORT, ReportStatistics, bootstrap_report_metrics
+from ctrag.evaluation.report_metrics import clinical_efficacy, evaluate_reports, tokenize
 from ctrag.evaluation.retrieval_eval import load_ctclip_eval_data
-from ctrag.evaluation.stats import BootstrapPlan
 from ctrag.index import CaseIndex
 from ctrag.labels.ct_rate import fit_on_train, read_split
 from ctrag.reporting.retrieval_reporter import RetrievalReportConfig, RetrievalReporter
@@ -34,52 +32,37 @@ from ctrag.utils.jsonable import jsonable
 DATA = Path("sample_data/ct_rate_nc_sa/ct_clip_text_classifier")
 COMMAND = "PYTHONPATH=src python scripts/report_generation_eval.py --out docs/results"
 METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider")
-
-
-def per_report_scores(refs: list[str], hyps: list[str]) -> dict[str, np.ndarray]:
-    """Per-report ROUGE-L and CIDEr-D (IDF over these references), for bootstrap CIs of their means."""
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
-
-    gts = {i: [tokenize(r)] for i, r in enumerate(refs)}
-    res = {i: [tokenize(h)] for i, h in enumerate(hyps)}
-    with contextlib.redirect_stdout(io.StringIO()):
-        _, rouge = Rouge().compute_score(gts, res)
-        _, cider = Cider().compute_score(gts, res)
-    return {"rouge_l": np.asarray(rouge, dtype=float), "cider": np.asarray(cider, dtype=float)}
+TITLES = {
+    "bleu_1": "BLEU-1",
+    "bleu_2": "BLEU-2",
+    "bleu_3": "BLEU-3",
+    "bleu_4": "BLEU-4",
+    "meteor": "METEOR",
+    "rouge_l": "ROUGE-L",
+    "cider": "CIDEr",
+    "ce_precision_micro": "CE P",
+    "ce_recall_micro": "CE R",
+    "ce_f1_micro": "CE F1",
+}
+REFERENCE = "nearest train report"  # differences are taken against the simplest retrieval reporter
 
 
 def score(
-    name: str,
-    refs: list[str],
-    hyps: list[str],
-    ref_labels: np.ndarray,
-    gt_labels: np.ndarray,
-    extractor: Any,
-    plan: BootstrapPlan,
-) -> dict[str, Any]:
-    """All metrics of one method; CE compares the extractor's labels of hypothesis and reference (the usual
-    protocol, as ``ctrag evaluate reports``), and, in the JSON, the hypothesis labels with the ground truth."""
+    name: str, refs: list[str], hyps: list[str], ref_labels: np.ndarray, gt_labels: np.ndarray, extractor: Any
+) -> tuple[dict[str, Any], ReportStatistics]:
+    """All metrics of one method and the per-report statistics its CIs are resampled from. CE compares the
+    extractor's labels of hypothesis and reference (the usual protocol, as ``ctrag evaluate reports``), and, in
+    the JSON, the hypothesis labels with the ground truth."""
     s = evaluate_reports(refs, hyps, label_extractor=None, meteor=True)
     rec: dict[str, Any] = {k: v for k, v in s.as_dict().items() if k != "notes"}
     rec["notes"] = {k: v for k, v in s.notes.items() if k != "clinical_efficacy"}
     hyp_labels = extractor.predict(hyps).astype(int)
     rec["clinical_efficacy"] = clinical_efficacy(ref_labels, hyp_labels)
     rec["clinical_efficacy_vs_ground_truth"] = clinical_efficacy(gt_labels, hyp_labels)
-    per = per_report_scores(refs, hyps)
-    if s.meteor is not None:
-        per["meteor"] = np.asarray(meteor_score(refs, hyps)[1])
-    ci = {k: plan.ci(v) for k, v in per.items()}
-    f1 = []
-    for idx in plan.indices:  # CE micro-F1 recomputed on each resample of reports (paired across methods)
-        f1.append(clinical_efficacy(ref_labels[idx], hyp_labels[idx])["f1_micro"])
-    if f1:
-        alpha = (1 - plan.confidence) / 2
-        ci["ce_f1_micro"] = tuple(float(x) for x in np.quantile(f1, [alpha, 1 - alpha]))
-    rec["ci95"] = ci
     rec["mean_words"] = float(np.mean([len(tokenize(h).split()) for h in hyps]))
     rec["name"] = name
-    return rec
+    assert s.statistics is not None
+    return rec, s.statistics.with_labels(ref_labels, hyp_labels)
 
 
 def main() -> None:
@@ -103,7 +86,6 @@ def main() -> None:
     val_labelled = read_split(DATA, "val")
     assert val_labelled.case_ids == [c.case_id for c in val], "val order differs between readers"
     ref_labels = extractor.predict(refs).astype(int)
-    plan = BootstrapPlan.make(len(val), args.bootstrap, args.seed)
 
     runs: dict[str, list[str]] = {}
     sources: dict[str, list[list[str]]] = {}
@@ -120,7 +102,15 @@ def main() -> None:
             assert all(s.split == "train" and s.patient_id != c.patient_id for s in r.sentences)
         runs[label] = [r.findings + " " + r.impression for r in reps]
         sources[label] = [sorted({s.case_id for s in r.sentences}) for r in reps]
-    results = [score(n, refs, h, ref_labels, val_labelled.labels, extractor, plan) for n, h in runs.items()]
+    scored = {n: score(n, refs, h, ref_labels, val_labelled.labels, extractor) for n, h in runs.items()}
+    boot = bootstrap_report_metrics(
+        {n: st for n, (_, st) in scored.items()}, n_resamples=args.bootstrap, seed=args.seed, reference=REFERENCE
+    )
+    results = []
+    for name, (rec, _) in scored.items():
+        rec["ci95"] = boot["ci"].get(name, {})
+        rec["difference"] = boot["difference"].get(name)
+        results.append(rec)
     gt_ce = clinical_efficacy(val_labelled.labels, ref_labels)
     record = {
         "command": COMMAND,
@@ -139,7 +129,14 @@ def main() -> None:
             "clinical_efficacy_vs_ground_truth compares it with the val ground-truth labels",
             "extractor_vs_ground_truth_on_val_refs": gt_ce,
         },
-        "bootstrap": {"resamples": args.bootstrap, "seed": args.seed, "confidence": 0.95, "paired": True},
+        "bootstrap": {
+            "resamples": args.bootstrap,
+            "seed": args.seed,
+            "confidence": 0.95,
+            "paired": True,
+            "reference": REFERENCE,
+            "approximate": boot["approximate"],
+        },
         "results": results,
         "source_cases_per_report": {k: float(np.mean([len(s) for s in v])) for k, v in sources.items()},
         "seconds": {**timings, "total": time.perf_counter() - t0},
@@ -153,11 +150,18 @@ def main() -> None:
 
 
 def _fmt(rec: dict[str, Any], key: str) -> str:
-    v = rec.get(key)
+    v = rec.get(key) if not key.startswith("ce_") else rec["clinical_efficacy"].get(key[3:])
     if v is None:
         return "n/a"
-    ci = rec["ci95"].get(key) if key != "meteor" else None  # METEOR: corpus score; its CI is of the per-report mean
+    ci = rec["ci95"].get(key)
     return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and np.isfinite(ci[0]) else "")
+
+
+def _fmt_diff(rec: dict[str, Any], key: str) -> str:
+    d = (rec.get("difference") or {}).get(key)
+    if d is None:
+        return "n/a"
+    return f"{d['value']:+.3f}{'*' if d['excludes_zero'] else ''} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
 
 
 def render(record: dict[str, Any]) -> str:
@@ -180,29 +184,37 @@ def render(record: dict[str, Any]) -> str:
         "| method | BLEU-1 | BLEU-2 | BLEU-3 | BLEU-4 | METEOR | ROUGE-L | CIDEr | CE P | CE R | CE F1 | words |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    keys = (*METRICS, "ce_precision_micro", "ce_recall_micro", "ce_f1_micro")
     for r in record["results"]:
-        ce = r["clinical_efficacy"]
-        f1ci = r["ci95"].get("ce_f1_micro")
-        f1 = f"{ce['f1_micro']:.3f}" + (f" [{f1ci[0]:.3f}, {f1ci[1]:.3f}]" if f1ci else "")
-        lines.append(
-            f"| {r['name']} | "
-            + " | ".join(_fmt(r, k) for k in METRICS)
-            + f" | {ce['precision_micro']:.3f} | {ce['recall_micro']:.3f} | {f1} | {r['mean_words']:.0f} |"
-        )
+        lines.append(f"| {r['name']} | " + " | ".join(_fmt(r, k) for k in keys) + f" | {r['mean_words']:.0f} |")
+    ref = record["bootstrap"]["reference"]
+    lines += [
+        "",
+        f"Difference to the {ref} (paired bootstrap over the val reports; * where the 95 % CI excludes 0):",
+        "",
+        "| method | " + " | ".join(f"Δ {TITLES[k]}" for k in keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    lines += [
+        f"| {r['name']} | " + " | ".join(_fmt_diff(r, k) for k in keys) + " |"
+        for r in record["results"]
+        if r.get("difference")
+    ]
     le = record["label_extractor"]
     gt = le["extractor_vs_ground_truth_on_val_refs"]
     lines += [
         "",
         "BLEU-n, METEOR and CIDEr are corpus scores (pycocoevalcap), ROUGE-L the mean over reports. Brackets: 95 % "
-        f"paired bootstrap CIs ({record['bootstrap']['resamples']} resamples of the val reports, seed "
-        f"{record['bootstrap']['seed']}) of the per-report means (ROUGE-L, CIDEr-D with the IDF of all "
-        "100 references held fixed) and of CE micro-F1 recomputed per resample; BLEU has no CI here. METEOR is "
-        "pycocoevalcap's corpus score, which is not the mean of its per-report scores, so its CI (of that mean) is "
-        "listed apart: "
+        f"paired percentile bootstrap CIs ({record['bootstrap']['resamples']} resamples of the val reports, seed "
+        f"{record['bootstrap']['seed']}, the same resamples for every method; `ctrag.evaluation.report_bootstrap`, "
+        "as `ctrag evaluate reports`): corpus BLEU and CE are recomputed exactly on each resample from per-report "
+        "counts. "
+        + " ".join(f"{k.upper() if k == 'meteor' else k}: {v}." for k, v in record["bootstrap"]["approximate"].items())
+        + " Mean per-report METEOR and its CI: "
         + ", ".join(
-            f"{r['name']} [{r['ci95']['meteor'][0]:.3f}, {r['ci95']['meteor'][1]:.3f}]"
+            f"{r['name']} [{r['ci95'][METEOR_PER_REPORT][0]:.3f}, {r['ci95'][METEOR_PER_REPORT][1]:.3f}]"
             for r in record["results"]
-            if r["ci95"].get("meteor")
+            if r["ci95"].get(METEOR_PER_REPORT)
         )
         + ".",
         "",

@@ -19,6 +19,7 @@ from ctrag.cli._shared import ConfigOpt, ProgressOpt, SetOpt, ThreadsOpt, comman
 from ctrag.config import load_config
 from ctrag.data.readers import read_text_table
 from ctrag.errors import InvalidInputError
+from ctrag.evaluation.report_bootstrap import METEOR_PER_REPORT
 from ctrag.utils.atomic import atomic_write_text
 
 DEFAULT_CTCLIP_DIR = Path("sample_data/ct_rate_nc_sa/ct_clip_text_classifier")
@@ -563,9 +564,16 @@ def _report_metrics_table(record: dict[str, Any], label_val: Path | None, radber
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     for metric, why in boot.get("approximate", {}).items():
-        if not any(metric in (e.get("ci") or {}) for e in methods.values()):
+        if not any(metric in (e.get("ci") or {}) or e.get(metric) is not None for e in methods.values()):
             continue
-        lines.append(f"- {metric} CI approximate: {why}")
+        lines.append(f"- {metric}: {why}")
+        per_report = [
+            f"{name} [{ci[0]:.4f}, {ci[1]:.4f}]"
+            for name, e in methods.items()
+            if (ci := (e.get("ci") or {}).get(METEOR_PER_REPORT)) and metric == "meteor"
+        ]
+        if per_report:
+            lines.append(f"  - {METEOR_PER_REPORT} CIs: " + ", ".join(per_report))
     who = record["label_extractor"]
     if who is not None:
         lines += ["", f"Labels read by {who['module']}.{who['name']} (fingerprint {who['fingerprint']}).", ""]

@@ -36,6 +36,7 @@ from ctrag.evaluation.report_bootstrap import (
     BLEU_ORDERS,
     CIDER_APPROXIMATION,
     METEOR_APPROXIMATION,
+    METEOR_PER_REPORT,
     ReportStatistics,
 )
 
@@ -280,7 +281,7 @@ def evaluate_reports(
             ok, why = meteor_available()
             if ok:
                 met, met_each = meteor_score(references, hypotheses)
-                statistics.means["meteor"] = np.asarray(met_each, dtype=np.float64)
+                statistics.means[METEOR_PER_REPORT] = np.asarray(met_each, dtype=np.float64)
                 statistics.approximate["meteor"] = METEOR_APPROXIMATION
             else:
                 notes["meteor"] = f"not computed: {why}"
