@@ -139,12 +139,17 @@ def context_text(sentences: Sequence[str]) -> str:
     return ("Context: " + " ".join(sentences) + " ") if sentences else ""
 
 
-def rag_target(findings: str, impression: str = "") -> str:
-    """A training target with ``[RAG]`` before each abnormal sentence (the documented simplification)."""
-    parts = []
-    for s in tag_report(findings, impression):
-        parts.append(f"{RAG_TOKEN} {s.text}" if s.abnormal else s.text)
-    return " ".join(parts)
+def rag_target(findings: str, impression: str = "", flags: Sequence[bool] | None = None) -> str:
+    """A training target: the report's sentences with ``[RAG]`` before each flagged one.
+
+    ``flags`` (one per sentence of :func:`tag_report`) come from the placement rule; without them the abnormal
+    sentences are flagged (placement ``abnormal``). The text between the tokens is the same for any flags.
+    """
+    sents = tag_report(findings, impression)
+    marks = [s.abnormal for s in sents] if flags is None else list(flags)
+    if len(marks) != len(sents):
+        raise InvalidInputError(f"rag_target: {len(marks)} flags for {len(sents)} sentences")
+    return " ".join(f"{RAG_TOKEN} {s.text}" if m else s.text for s, m in zip(sents, marks, strict=True))
 
 
 class AdaRAGModel(nn.Module):
