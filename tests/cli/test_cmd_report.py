@@ -173,6 +173,14 @@ def test_train_and_report_adarag_through_the_cli(tmp_path: Path, capsys: pytest.
     assert main(["report", str(CT), "--method", "adarag", "--lm", str(out), "--no-rag", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["retrievals"] == [] or not result.get("retrievals")
+    # without --json: readable text (mode, report, retrievals with their source cases), not JSON
+    assert main(["report", str(CT), "--method", "adarag", "--lm", str(out), "--json"]) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    assert main(["report", str(CT), "--method", "adarag", "--lm", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert not text.lstrip().startswith("{") and "mode: adaptive" in text and as_json["report"] in text
+    cases = {h["case_id"] for r in as_json["retrievals"] for h in r["sentences"]}
+    assert all(c in text for c in cases) and (f"Retrievals ({len(as_json['retrievals'])})" in text or not cases)
     # a setting of another method's section is refused, not silently ignored
     capsys.readouterr()
     bad = ["train", "reporter", "--method", "adarag", "--out", str(tmp_path / "x"), "--cases", str(SAMPLE_CT),

@@ -90,7 +90,7 @@ def test_rag_targets_mark_abnormal_sentences() -> None:
     assert t.count(RAG_TOKEN) == 1 and t.index(RAG_TOKEN) > t.index("normal.")
 
 
-def test_each_emission_is_one_retrieval_with_injected_context(trained: Any) -> None:
+def test_each_emission_is_one_retrieval_with_injected_context(trained: Any, capsys: Any) -> None:
     model, bank, _ = trained
     real = model.lm.model
     try:
@@ -104,6 +104,12 @@ def test_each_emission_is_one_retrieval_with_injected_context(trained: Any) -> N
         prompt_len = model.lm.embed_pieces(model.prompt(None, rep.prompt_context)).shape[0]
         assert scripted.calls_inputs >= prompt_len  # the last LM input held the injected contexts
         assert RAG_TOKEN not in rep.text
+        from ctrag.cli.cmd_report import _print_lm_result  # the text view of `ctrag report --method adarag`
+
+        _print_lm_result(rep.to_dict())
+        shown = capsys.readouterr().out
+        assert "Retrievals (2):" in shown and rep.text in shown
+        assert all(f"{s['case_id']} ({s['region']}" in shown for r in rep.retrievals for s in r.sentences)
         scripted.calls = 0
         capped = model.generate(CountingBank(bank), max_retrievals=1)
         assert len(capped.retrievals) == 1

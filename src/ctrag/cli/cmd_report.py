@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -78,7 +78,8 @@ def report_command(
         _reg2rg(volume, mask, lm, regions, query_report, as_json, device)
         return
     if method in ("adarag", "diffvp"):
-        _lm_method(method, volume, mask, lm, query_report, no_rag, oracle, top_k, max_retrievals, pairing, seed, device)
+        _lm_method(method, volume, mask, lm, query_report, no_rag, oracle, top_k, max_retrievals, pairing, seed, device,
+                   as_json)  # fmt: skip
         return
     if (volume is None) == (query_report is None):
         raise InvalidInputError("give one query: a CT VOLUME or --query-report FILE")
@@ -154,6 +155,7 @@ def _lm_method(
     pairing: str,
     seed: int,
     device: str,
+    as_json: bool = True,
 ) -> None:
     """AdaRAG-CT / DiffVP on a CT; ``--query-report`` is only the case's own report for ``--oracle``."""
     import random
@@ -201,4 +203,27 @@ def _lm_method(
             notes=list(feats.notes),
             mask_source=feats.mask_source,
         )
-    sys.stdout.write(json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+    if as_json:
+        sys.stdout.write(json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+        return
+    _print_lm_result(result)
+
+
+def _print_lm_result(result: dict[str, Any]) -> None:
+    """The text view of an AdaRAG-CT / DiffVP result: notes, the report, then where its extra text came from."""
+    out = sys.stdout
+    for note in result.get("notes", []):
+        out.write(f"note: {note}\n")
+    if result["method"] == "adarag":
+        out.write(f"mode: {result['mode']}\n\n{result['report']}\n\n")
+        rets = result.get("retrievals", [])
+        out.write(f"Retrievals ({len(rets)}):\n" if rets else "Retrievals: none\n")
+        for n, r in enumerate(rets, 1):
+            out.write(f"  {n}. [{', '.join(r['regions'])}] after: {r['partial'] or '(report start)'}\n")
+            for h in r["sentences"]:
+                out.write(f"     {h['case_id']} ({h['region']}, score {h['score']:.3f}): {h['text']}\n")
+        return
+    ref = result["reference"]
+    out.write(f"mask source: {result.get('mask_source')}\n\n{result['report']}\n\n")
+    out.write(f"Normal reference: {ref['case_id']} ({ref.get('split')} pool, {ref['pairing']} pairing)\n")
+    out.write(f"Anchor: {result['anchor'].strip()}\n")
