@@ -121,6 +121,7 @@ class AdaRAGReport:
     retrievals: list[Retrieval]
     prompt_context: list[str]
     notes: list[str] = field(default_factory=list)
+    concepts: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,6 +131,7 @@ class AdaRAGReport:
             "sentences": [{"text": s} for s in split_report(self.text)],
             "retrievals": [asdict(r) for r in self.retrievals],
             "context": self.prompt_context,
+            "concepts": self.concepts,
             "notes": self.notes,
         }
 
@@ -249,7 +251,7 @@ class AdaRAGModel(nn.Module):
         finally:
             lm.model.train(was)
         text = str(lm.tokenizer.decode(out_ids, skip_special_tokens=True)).strip()
-        return AdaRAGReport(text, mode, retrievals, list(context), notes)
+        return AdaRAGReport(text, mode, retrievals, list(context), notes, concepts)
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | os.PathLike[str], bank: SentenceBank | None = None) -> Path:

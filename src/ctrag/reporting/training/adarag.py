@@ -244,6 +244,8 @@ def train_adarag(
         "warmup_steps": len(warmup),
         "warmup_loss_last": warmup[-1] if warmup else None,
         "oracle_examples": n_oracle,
+        "concepts": cfg.model.concepts.enabled,
+        "concept_cases": sum(c.labels is not None for c in used) if cfg.model.concepts.enabled else 0,
         "steps": cfg.steps,
         "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,
