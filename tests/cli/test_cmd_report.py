@@ -205,11 +205,13 @@ def test_concepts_switch_is_saved_and_followed_by_report(tmp_path: Path, capsys:
 
     out = tmp_path / "adarag"
     code = main(["train", "reporter", "--method", "adarag", "--out", str(out), "--cases", str(SAMPLE_CT),
-                 *TINY_ADARAG, "--concepts", "--no-progress"])  # fmt: skip
+                 *TINY_ADARAG, "--concepts", "--set", "rag_placement=uncertain", "--text-steps", "2",
+                 "--no-progress"])  # fmt: skip
     assert code == 0
     meta = json.loads((out / "adarag.json").read_text("utf-8"))
     summary = json.loads((out / "training_summary.json").read_text("utf-8"))
     assert meta["config"]["concepts"]["enabled"] is True and summary["concepts"] and summary["concept_cases"] > 0
+    assert summary["rag_placement"] == "uncertain" and summary["warmup_steps"] == 2 and summary["rag_nll_threshold"]
     report = ["report", str(CT), "--method", "adarag", "--lm", str(out), "--no-rag"]
     assert "--classifier" in _err(capsys, *report)
     assert "trained with concept prompts; --no-concepts does not match" in _err(capsys, *report, "--no-concepts")

@@ -1,15 +1,17 @@
 """AdaRAG-CT (issue 13 item 4): the LM emits ``[RAG]`` when unsure; region sentences are then retrieved and injected.
 
 Why adaptive: retrieving for every sentence floods a small LM with contexts it does not need and copies normal
-templates; retrieving never leaves it guessing about findings. AdaRAG-CT lets the model itself ask: it is trained
-on reports in which ``[RAG]`` precedes the sentences it is likely to get wrong (here, documented simplification:
-the abnormal sentences, by :func:`ctrag.reporting.sentences.sentence_is_abnormal`), with the retrieved or the
-oracle sentences for that sentence placed in the prompt's context block. At inference generation is greedy and
-token by token; when ``[RAG]`` is the next token the partial sentence written so far (or the last sentence when
-the new one has not started) is tagged with its regions, encoded, and the ``top_k`` nearest bank sentences of
-those regions are added to the context; generation then continues with the new context. ``max_retrievals``
-caps the emissions (after the cap ``[RAG]`` is masked out); ``no_rag`` masks it from the start and never
-touches the bank; ``oracle`` takes the contexts from the case's own report (an upper bound, evaluation only).
+templates; retrieving never leaves it guessing about findings. AdaRAG-CT lets the model itself ask: it is trained on
+reports in which ``[RAG]`` precedes the sentences it is likely to get wrong (by default, a documented
+simplification, the abnormal sentences by :func:`ctrag.reporting.sentences.sentence_is_abnormal`; training can flag
+the sentences the base LM scores with a high NLL instead, see :mod:`ctrag.reporting.training.adarag`), with the
+retrieved or the oracle sentences for that sentence placed in the prompt's context block. At inference generation is
+greedy and token by token; when ``[RAG]`` is the next token the partial sentence written so far (or the last
+sentence when the new one has not started) is tagged with its regions, encoded, and the ``top_k`` nearest bank
+sentences of those regions are added to the context; generation then continues with the new context.
+``max_retrievals`` caps the emissions (after the cap ``[RAG]`` is masked out); ``no_rag`` masks it from the start
+and never touches the bank; ``oracle`` takes the contexts from the case's own report (an upper bound, evaluation
+only).
 
 Leakage guard: the bank is built from ``train`` cases only, and a hit from the query's own case or patient is
 dropped. The text encoder of the bank is :class:`HashingTextEncoder` (hashed word uni-/bigrams): it has no
