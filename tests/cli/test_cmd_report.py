@@ -173,9 +173,64 @@ def test_train_and_report_adarag_through_the_cli(tmp_path: Path, capsys: pytest.
     assert main(["report", str(CT), "--method", "adarag", "--lm", str(out), "--no-rag", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["retrievals"] == [] or not result.get("retrievals")
+    # without --json: readable text (mode, report, retrievals with their source cases), not JSON
+    assert main(["report", str(CT), "--method", "adarag", "--lm", str(out), "--json"]) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    assert main(["report", str(CT), "--method", "adarag", "--lm", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert not text.lstrip().startswith("{") and "mode: adaptive" in text and as_json["report"] in text
+    cases = {h["case_id"] for r in as_json["retrievals"] for h in r["sentences"]}
+    assert all(c in text for c in cases) and (f"Retrievals ({len(as_json['retrievals'])})" in text or not cases)
     # a setting of another method's section is refused, not silently ignored
     capsys.readouterr()
     bad = ["train", "reporter", "--method", "adarag", "--out", str(tmp_path / "x"), "--cases", str(SAMPLE_CT),
            "--steps", "1", "--set", "model.max_paragraph_tokens=4", "--no-progress"]  # fmt: skip
     assert main(bad) == 2
     assert "max_paragraph_tokens" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ --concepts / --no-concepts (CLI)
+def _err(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    capsys.readouterr()
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    return err
+
+
+def test_concepts_switch_is_saved_and_followed_by_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ctrag.data.nifti import load_volume
+    from ctrag.evaluation.classifier import ClassifierConfig, ClinicalClassifier, _seeded_ctnet
+    from ctrag.reporting.concepts import ConceptConfig, concept_prompt
+
+    out = tmp_path / "adarag"
+    code = main(["train", "reporter", "--method", "adarag", "--out", str(out), "--cases", str(SAMPLE_CT),
+                 *TINY_ADARAG, "--concepts", "--set", "rag_placement=uncertain", "--text-steps", "2",
+                 "--no-progress"])  # fmt: skip
+    assert code == 0
+    meta = json.loads((out / "adarag.json").read_text("utf-8"))
+    summary = json.loads((out / "training_summary.json").read_text("utf-8"))
+    assert meta["config"]["concepts"]["enabled"] is True and summary["concepts"] and summary["concept_cases"] > 0
+    assert summary["rag_placement"] == "uncertain" and summary["warmup_steps"] == 2 and summary["rag_nll_threshold"]
+    report = ["report", str(CT), "--method", "adarag", "--lm", str(out), "--no-rag"]
+    assert "--classifier" in _err(capsys, *report)
+    assert "trained with concept prompts; --no-concepts does not match" in _err(capsys, *report, "--no-concepts")
+    ccfg = ClassifierConfig(input_shape=(32, 32, 24), trunk_channels=(4, 4, 4, 4), reducer_channels=(4, 4))
+    clf = ClinicalClassifier(_seeded_ctnet(ccfg), ccfg)
+    clf.save(tmp_path / "clf")
+    result = _json(capsys, *report[1:], "--concepts", "--classifier", str(tmp_path / "clf"))
+    want = concept_prompt(clf.predict_proba([load_volume(CT)])[0], ConceptConfig(**meta["config"]["concepts"]))
+    assert result["concepts"] == want and want.startswith("Concepts:")
+    assert "reg2rg has no concept prompt" in _err(
+        capsys, "train", "reporter", "--method", "reg2rg", "--out", str(tmp_path / "r"), "--concepts"
+    )
+    # DiffVP: --no-concepts drops its diagnostic anchor text; report refuses to put it back
+    dout = tmp_path / "diffvp"
+    code = main(["train", "reporter", "--method", "diffvp", "--out", str(dout), "--cases", str(SAMPLE_CT),
+                 *TINY_ADARAG, "--text-steps", "1", "--no-concepts", "--no-progress"])  # fmt: skip
+    assert code == 0
+    assert json.loads((dout / "diffvp.json").read_text("utf-8"))["config"]["anchor"]["enabled"] is False
+    dres = _json(capsys, str(CT), "--method", "diffvp", "--lm", str(dout))
+    assert "Concepts:" not in dres["anchor"] and dres["report"] is not None
+    err = _err(capsys, "report", str(CT), "--method", "diffvp", "--lm", str(dout), "--concepts")
+    assert "trained without concept prompts" in err

@@ -90,7 +90,7 @@ def test_rag_targets_mark_abnormal_sentences() -> None:
     assert t.count(RAG_TOKEN) == 1 and t.index(RAG_TOKEN) > t.index("normal.")
 
 
-def test_each_emission_is_one_retrieval_with_injected_context(trained: Any) -> None:
+def test_each_emission_is_one_retrieval_with_injected_context(trained: Any, capsys: Any) -> None:
     model, bank, _ = trained
     real = model.lm.model
     try:
@@ -104,6 +104,12 @@ def test_each_emission_is_one_retrieval_with_injected_context(trained: Any) -> N
         prompt_len = model.lm.embed_pieces(model.prompt(None, rep.prompt_context)).shape[0]
         assert scripted.calls_inputs >= prompt_len  # the last LM input held the injected contexts
         assert RAG_TOKEN not in rep.text
+        from ctrag.cli.cmd_report import _print_lm_result  # the text view of `ctrag report --method adarag`
+
+        _print_lm_result(rep.to_dict())
+        shown = capsys.readouterr().out
+        assert "Retrievals (2):" in shown and rep.text in shown
+        assert all(f"{s['case_id']} ({s['region']}" in shown for r in rep.retrievals for s in r.sentences)
         scripted.calls = 0
         capped = model.generate(CountingBank(bank), max_retrievals=1)
         assert len(capped.retrievals) == 1
@@ -153,3 +159,68 @@ def test_cli_report_adarag_on_shipped_ct(trained: Any, tmp_path: Path, capsys: A
         assert out["mode"] == ("no_rag" if extra else "adaptive")
     assert main(["report", str(CT), "--method", "adarag", "--lm", str(tmp_path / "m"), "--oracle"]) != 0
     assert np.isfinite(summary["loss_last"])
+
+
+# ------------------------------------------------------------------------------------------- [RAG] placement
+SEEN = "The heart size is normal. No pleural effusion is seen."
+UNSEEN = "A spiculated 14 mm mass abuts the left hilum with mediastinal lymphadenopathy."
+
+
+def test_uncertain_placement_flags_what_the_model_has_not_learned() -> None:
+    from dataclasses import replace
+
+    from ctrag.reporting.lm import tiny_report_lm
+    from ctrag.reporting.sentences import tag_report
+    from ctrag.reporting.training.adarag import sentence_nll, uncertain_flags
+
+    train = read_ct_rate("train", 40)
+    model = AdaRAGModel(tiny_report_lm([c.report_text for c in train], TINY), AdaRAGConfig(prefix_tokens=0))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(25):  # a few steps on one repeated normal report: the model becomes sure of exactly that text
+        loss = model.lm.loss([model.prompt(None, [])] * 2, [SEEN] * 2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    case = replace(train[0], report_findings=f"{SEEN} {UNSEEN}", report_impression="")
+    assert [s.text for s in tag_report(case.report_findings)][-1] == UNSEEN
+    (scores,) = sentence_nll(model, [case], lambda c: "")
+    assert len(scores) == 3 and scores[2] > 2 * max(scores[:2])
+    (flags,), thr = uncertain_flags([scores], 0.5)
+    assert flags == [False, False, True] and max(scores[:2]) <= thr < scores[2]
+
+
+def test_tagged_fraction_follows_the_quantile_and_only_inserts_the_token() -> None:
+    from ctrag.reporting.sentences import tag_report
+    from ctrag.reporting.training.adarag import uncertain_flags
+
+    rng = np.random.default_rng(0)
+    scores = [list(rng.gamma(2.0, 1.0, size=int(n))) for n in rng.integers(3, 15, size=60)]
+    for q in (0.5, 0.7, 0.9):
+        flags, thr = uncertain_flags(scores, q)
+        frac = sum(map(sum, flags)) / sum(map(len, flags))
+        assert abs(frac - (1 - q)) < 0.01 and thr == pytest.approx(np.quantile(np.concatenate(scores), q))
+    case = read_ct_rate("train", 5)[3]
+    n = len(tag_report(case.report_findings, case.report_impression))
+    plain = rag_target(case.report_findings, case.report_impression, [False] * n)
+    for flags in ([True] * n, [i % 2 == 0 for i in range(n)], None):
+        t = rag_target(case.report_findings, case.report_impression, flags)
+        assert t.replace(f"{RAG_TOKEN} ", "") == plain
+        assert t.count(RAG_TOKEN) == (sum(flags) if flags else sum(s.abnormal for s in tag_report(case.report_text)))
+    with pytest.raises(InvalidInputError):
+        rag_target(case.report_findings, case.report_impression, [True])
+
+
+def test_uncertain_training_records_placement_and_threshold() -> None:
+    cases = read_ct_rate("train", 20)
+    cfg = AdaRAGTrainConfig(
+        steps=1, batch_size=2, warmup_steps=3, rag_placement="uncertain", rag_uncertainty_quantile=0.7, lm=TINY,
+        visual=VIS, model=AdaRAGConfig(max_new_tokens=8),
+    )  # fmt: skip
+    _, _, summary = train_adarag(cases, cfg)
+    assert summary["rag_placement"] == "uncertain" and summary["warmup_steps"] == 3
+    scored = summary["rag_sentences"] - summary["rag_unscored_sentences"]
+    assert isinstance(summary["rag_nll_threshold"], float) and abs(summary["rag_tagged"] / scored - 0.3) < 0.02
+    from ctrag.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        AdaRAGTrainConfig(rag_placement="everywhere")

@@ -107,3 +107,7 @@ def test_train_and_cli_report_on_shipped_ct(pairing: str, tmp_path: Path, capsys
     out = json.loads(capsys.readouterr().out)
     assert out["method"] == "diffvp" and out["reference"]["case_id"] in summary["normal_references"]
     assert out["anchor"].strip().startswith("Concepts:") and len(out["anchor_probabilities"]) == 18
+    assert main(args[:-1]) == 0  # without --json: the report, then the normal reference it was compared with
+    text = capsys.readouterr().out
+    assert not text.lstrip().startswith("{") and out["report"] in text
+    assert f"Normal reference: {out['reference']['case_id']} (train pool, {pairing} pairing)" in text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -53,6 +53,22 @@ def report_command(
     max_retrievals: Annotated[int | None, typer.Option("--max-retrievals", help="adarag: cap on retrievals.")] = None,
     pairing: Annotated[str, typer.Option("--pairing", help="diffvp: random or nearest reference.")] = "random",
     seed: Annotated[int, typer.Option("--seed", help="diffvp: seed of random pairing.")] = 0,
+    concepts: Annotated[
+        bool | None,
+        typer.Option(
+            "--concepts/--no-concepts",
+            help="adarag/diffvp: expect a model trained with (or without) concept prompts; a mismatch is refused. "
+            "Default: the model's own setting.",
+        ),
+    ] = None,
+    classifier: Annotated[
+        Path | None,
+        typer.Option(
+            "--classifier",
+            help="adarag with concepts: 18-label CT classifier folder (`ctrag train classifier`) whose "
+            "predictions become the concept prompt.",
+        ),
+    ] = None,
     compose: Annotated[
         bool,
         typer.Option("--compose/--nearest", help="Compose region paragraphs from several cases, or copy the nearest."),
@@ -74,11 +90,14 @@ def report_command(
     )
 
     _check_method(method)
+    if method not in ("adarag", "diffvp") and (concepts is not None or classifier is not None):
+        raise InvalidInputError("--concepts/--no-concepts and --classifier go with --method adarag or diffvp")
     if method == "reg2rg":
         _reg2rg(volume, mask, lm, regions, query_report, as_json, device)
         return
     if method in ("adarag", "diffvp"):
-        _lm_method(method, volume, mask, lm, query_report, no_rag, oracle, top_k, max_retrievals, pairing, seed, device)
+        _lm_method(method, volume, mask, lm, query_report, no_rag, oracle, top_k, max_retrievals, pairing, seed, device,
+                   as_json, concepts, classifier)  # fmt: skip
         return
     if (volume is None) == (query_report is None):
         raise InvalidInputError("give one query: a CT VOLUME or --query-report FILE")
@@ -154,6 +173,9 @@ def _lm_method(
     pairing: str,
     seed: int,
     device: str,
+    as_json: bool = True,
+    concepts: bool | None = None,
+    classifier: Path | None = None,
 ) -> None:
     """AdaRAG-CT / DiffVP on a CT; ``--query-report`` is only the case's own report for ``--oracle``."""
     import random
@@ -173,6 +195,22 @@ def _lm_method(
         from ctrag.reporting.adarag import AdaRAGModel
 
         model, bank = AdaRAGModel.load(lm, device=device)
+        enabled = model.cfg.concepts.enabled
+        _check_concepts(method, lm, enabled, concepts)
+        if enabled and classifier is None:
+            raise InvalidInputError(
+                f"{lm} was trained with concept prompts (--concepts): give --classifier DIR (a folder from "
+                "`ctrag train classifier`) for the CT's 18-label predictions"
+            )
+        if not enabled and classifier is not None:
+            raise InvalidInputError(f"{lm} was trained without concept prompts; --classifier would not be used")
+        probs = None
+        if classifier is not None:
+            from ctrag.evaluation.classifier import ClinicalClassifier
+
+            if not classifier.exists():
+                raise InvalidInputError(f"--classifier {classifier} does not exist")
+            probs = ClinicalClassifier.load(classifier, device=device).predict_proba([vol])[0]
         tokens = None
         notes: list[str] = []
         if model.visual is not None:
@@ -186,6 +224,7 @@ def _lm_method(
             own_report=own,
             top_k=top_k,
             max_retrievals=max_retrievals,
+            concept_probs=probs,
         )
         rep.notes = notes + rep.notes
         result = rep.to_dict()
@@ -193,6 +232,9 @@ def _lm_method(
         from ctrag.reporting.diffvp import DiffVPModel, choose_pairing, pick_stored_reference
 
         dmodel, refs = DiffVPModel.load(lm, device=device)
+        _check_concepts(method, lm, dmodel.cfg.anchor.enabled, concepts)
+        if classifier is not None:
+            raise InvalidInputError("--classifier: DiffVP predicts its diagnostic anchor with its own head")
         feats = dmodel.visual.extract(vol, msk)
         i, ref = pick_stored_reference(refs, feats, choose_pairing(pairing), random.Random(seed))
         result = dmodel.report((feats.global_tokens.float(), feats.texture.float()), ref)
@@ -201,4 +243,42 @@ def _lm_method(
             notes=list(feats.notes),
             mask_source=feats.mask_source,
         )
-    sys.stdout.write(json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+    if as_json:
+        sys.stdout.write(json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+        return
+    _print_lm_result(result)
+
+
+def _check_concepts(method: str, lm: Path, trained_with: bool, asked: bool | None) -> None:
+    """A prompt the model was not trained on is refused rather than silently changed."""
+    if asked is None or asked == trained_with:
+        return
+    how = "with" if trained_with else "without"
+    raise InvalidInputError(
+        f"{lm} was trained {how} concept prompts; --{'' if asked else 'no-'}concepts does not match (retrain with "
+        f"`ctrag train reporter --method {method} --{'' if asked else 'no-'}concepts`, or drop the option)"
+    )
+
+
+def _print_lm_result(result: dict[str, Any]) -> None:
+    """The text view of an AdaRAG-CT / DiffVP result: notes, the report, then where its extra text came from."""
+    out = sys.stdout
+    for note in result.get("notes", []):
+        out.write(f"note: {note}\n")
+    if result["method"] == "adarag":
+        out.write(f"mode: {result['mode']}\n")
+        if result.get("concepts"):
+            out.write(f"concepts (classifier): {result['concepts'].strip()}\n")
+        out.write(f"\n{result['report']}\n\n")
+        rets = result.get("retrievals", [])
+        out.write(f"Retrievals ({len(rets)}):\n" if rets else "Retrievals: none\n")
+        for n, r in enumerate(rets, 1):
+            out.write(f"  {n}. [{', '.join(r['regions'])}] after: {r['partial'] or '(report start)'}\n")
+            for h in r["sentences"]:
+                out.write(f"     {h['case_id']} ({h['region']}, score {h['score']:.3f}): {h['text']}\n")
+        return
+    ref = result["reference"]
+    out.write(f"mask source: {result.get('mask_source')}\n\n{result['report']}\n\n")
+    out.write(f"Normal reference: {ref['case_id']} ({ref.get('split')} pool, {ref['pairing']} pairing)\n")
+    anchor = result["anchor"].strip().removesuffix("Report:").strip()
+    out.write(f"Anchor: {anchor or 'off (trained with --no-concepts)'}\n")

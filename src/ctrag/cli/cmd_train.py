@@ -325,13 +325,24 @@ def train_reporter_command(
         Path | None, typer.Option("--lm", help="Base causal LM folder (HF or ctrag); default: tiny GPT-2 trained here.")
     ] = None,
     steps: Annotated[int, typer.Option("--steps", help="Paired (CT, text) steps.")] = 100,
-    text_steps: Annotated[int, typer.Option("--text-steps", help="Text warm-up steps.")] = 200,
+    text_steps: Annotated[
+        int,
+        typer.Option("--text-steps", help="Text warm-up steps (adarag: before NLL scoring, rag_placement=uncertain)."),
+    ] = 200,
     max_text_cases: Annotated[int | None, typer.Option("--max-text-cases", help="Cap on warm-up reports.")] = None,
     config: Annotated[str | None, typer.Option("--config", "-c", help="YAML with a reg2rg_train section.")] = None,
     pairing: Annotated[str, typer.Option("--pairing", help="diffvp: random (paper) or nearest normal reference.")] = (
         "random"
     ),
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    concepts: Annotated[
+        bool | None,
+        typer.Option(
+            "--concepts/--no-concepts",
+            help="18-label predictions as named concepts in the prompt (adarag: off by default, diffvp: its "
+            "diagnostic anchor, on by default; reg2rg has none). Saved with the model; `ctrag report` follows it.",
+        ),
+    ] = None,
     set_: SetOpt = None,
     threads: ThreadsOpt = None,
     progress: ProgressOpt = True,
@@ -353,9 +364,14 @@ def train_reporter_command(
     texts = [c for c in _report_cases(text_reports) if c.split == "train"] if text_reports else []
     if lm is not None and not lm.exists():
         raise InvalidInputError(f"--lm {lm} does not exist (ctrag never downloads models)")
+    if concepts is not None and method == "reg2rg":
+        raise InvalidInputError("--concepts/--no-concepts: reg2rg has no concept prompt (adarag and diffvp have)")
     if method in ("adarag", "diffvp"):
-        _train_lm_reporter(method, out, pair_cases, texts, lm, config, [*(set_ or []), f"seed={seed}"],
-                           steps, text_steps, max_text_cases, pairing)  # fmt: skip
+        sets = [*(set_ or []), f"seed={seed}"]
+        if concepts is not None:  # adarag: the concept prompt; diffvp: its diagnostic anchor (the same text)
+            sets.append(f"model.{'concepts' if method == 'adarag' else 'anchor'}.enabled={str(concepts).lower()}")
+        _train_lm_reporter(method, out, pair_cases, texts, lm, config, sets, steps, text_steps, max_text_cases,
+                           pairing)  # fmt: skip
         return
     cfg = load_config(Reg2RGTrainConfig, config, items, section="reg2rg_train")
     started = time.perf_counter()
@@ -393,7 +409,8 @@ def _train_lm_reporter(
     if method == "adarag":
         from ctrag.reporting.training.adarag import AdaRAGTrainConfig, save_adarag, train_adarag
 
-        items = [*sets, f"steps={steps}"] + ([f"max_cases={max_text_cases}"] if max_text_cases is not None else [])
+        items = [*sets, f"steps={steps}", f"warmup_steps={text_steps}"]
+        items += [f"max_cases={max_text_cases}"] if max_text_cases is not None else []
         acfg = load_config(AdaRAGTrainConfig, config, items, section="adarag_train")
         model, bank, summary = train_adarag([*pair_cases, *texts], acfg, base_lm=base)
         save_adarag(model, bank, summary, out)

@@ -1,15 +1,17 @@
 """AdaRAG-CT (issue 13 item 4): the LM emits ``[RAG]`` when unsure; region sentences are then retrieved and injected.
 
 Why adaptive: retrieving for every sentence floods a small LM with contexts it does not need and copies normal
-templates; retrieving never leaves it guessing about findings. AdaRAG-CT lets the model itself ask: it is trained
-on reports in which ``[RAG]`` precedes the sentences it is likely to get wrong (here, documented simplification:
-the abnormal sentences, by :func:`ctrag.reporting.sentences.sentence_is_abnormal`), with the retrieved or the
-oracle sentences for that sentence placed in the prompt's context block. At inference generation is greedy and
-token by token; when ``[RAG]`` is the next token the partial sentence written so far (or the last sentence when
-the new one has not started) is tagged with its regions, encoded, and the ``top_k`` nearest bank sentences of
-those regions are added to the context; generation then continues with the new context. ``max_retrievals``
-caps the emissions (after the cap ``[RAG]`` is masked out); ``no_rag`` masks it from the start and never
-touches the bank; ``oracle`` takes the contexts from the case's own report (an upper bound, evaluation only).
+templates; retrieving never leaves it guessing about findings. AdaRAG-CT lets the model itself ask: it is trained on
+reports in which ``[RAG]`` precedes the sentences it is likely to get wrong (by default, a documented
+simplification, the abnormal sentences by :func:`ctrag.reporting.sentences.sentence_is_abnormal`; training can flag
+the sentences the base LM scores with a high NLL instead, see :mod:`ctrag.reporting.training.adarag`), with the
+retrieved or the oracle sentences for that sentence placed in the prompt's context block. At inference generation is
+greedy and token by token; when ``[RAG]`` is the next token the partial sentence written so far (or the last
+sentence when the new one has not started) is tagged with its regions, encoded, and the ``top_k`` nearest bank
+sentences of those regions are added to the context; generation then continues with the new context.
+``max_retrievals`` caps the emissions (after the cap ``[RAG]`` is masked out); ``no_rag`` masks it from the start
+and never touches the bank; ``oracle`` takes the contexts from the case's own report (an upper bound, evaluation
+only).
 
 Leakage guard: the bank is built from ``train`` cases only, and a hit from the query's own case or patient is
 dropped. The text encoder of the bank is :class:`HashingTextEncoder` (hashed word uni-/bigrams): it has no
@@ -121,6 +123,7 @@ class AdaRAGReport:
     retrievals: list[Retrieval]
     prompt_context: list[str]
     notes: list[str] = field(default_factory=list)
+    concepts: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,6 +133,7 @@ class AdaRAGReport:
             "sentences": [{"text": s} for s in split_report(self.text)],
             "retrievals": [asdict(r) for r in self.retrievals],
             "context": self.prompt_context,
+            "concepts": self.concepts,
             "notes": self.notes,
         }
 
@@ -139,12 +143,17 @@ def context_text(sentences: Sequence[str]) -> str:
     return ("Context: " + " ".join(sentences) + " ") if sentences else ""
 
 
-def rag_target(findings: str, impression: str = "") -> str:
-    """A training target with ``[RAG]`` before each abnormal sentence (the documented simplification)."""
-    parts = []
-    for s in tag_report(findings, impression):
-        parts.append(f"{RAG_TOKEN} {s.text}" if s.abnormal else s.text)
-    return " ".join(parts)
+def rag_target(findings: str, impression: str = "", flags: Sequence[bool] | None = None) -> str:
+    """A training target: the report's sentences with ``[RAG]`` before each flagged one.
+
+    ``flags`` (one per sentence of :func:`tag_report`) come from the placement rule; without them the abnormal
+    sentences are flagged (placement ``abnormal``). The text between the tokens is the same for any flags.
+    """
+    sents = tag_report(findings, impression)
+    marks = [s.abnormal for s in sents] if flags is None else list(flags)
+    if len(marks) != len(sents):
+        raise InvalidInputError(f"rag_target: {len(marks)} flags for {len(sents)} sentences")
+    return " ".join(f"{RAG_TOKEN} {s.text}" if m else s.text for s, m in zip(sents, marks, strict=True))
 
 
 class AdaRAGModel(nn.Module):
@@ -244,7 +253,7 @@ class AdaRAGModel(nn.Module):
         finally:
             lm.model.train(was)
         text = str(lm.tokenizer.decode(out_ids, skip_special_tokens=True)).strip()
-        return AdaRAGReport(text, mode, retrievals, list(context), notes)
+        return AdaRAGReport(text, mode, retrievals, list(context), notes, concepts)
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | os.PathLike[str], bank: SentenceBank | None = None) -> Path:

@@ -266,6 +266,28 @@ class ReportLM(nn.Module):
         logits = self.model(inputs_embeds=x, attention_mask=att).logits
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), y[:, 1:].flatten(), ignore_index=-100)
 
+    @torch.no_grad()
+    def token_nll(self, pieces: Sequence[Piece], target_ids: Sequence[int]) -> torch.Tensor:
+        """Teacher-forced negative log-likelihood of each target token after the prompt (no EOS, no gradient).
+
+        Why ids, not text: a caller that scores spans of one target (AdaRAG-CT's per-sentence uncertainty) builds
+        the ids span by span and averages each span; positions beyond the context are dropped (shorter result).
+        """
+        was = self.model.training
+        self.model.eval()
+        try:
+            prefix = self.embed_pieces(pieces)
+            room = self.context_length - prefix.shape[0]
+            ids = torch.as_tensor(list(target_ids)[: max(room, 0)], dtype=torch.long, device=self.device)
+            if ids.numel() == 0:
+                return torch.zeros(0)
+            emb = self.model.get_input_embeddings()
+            x = torch.cat((prefix, emb(ids)), dim=0)[None]
+            logits = self.model(inputs_embeds=x).logits[0, prefix.shape[0] - 1 : -1].float()
+            return F.cross_entropy(logits, ids, reduction="none").cpu()
+        finally:
+            self.model.train(was)
+
     # ---------------------------------------------------------------- generation
     @torch.no_grad()
     def generate(

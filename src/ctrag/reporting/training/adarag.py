@@ -1,4 +1,11 @@
-"""AdaRAG-CT training recipe: targets with ``[RAG]`` before abnormal sentences, contexts mixed oracle/retrieved.
+"""AdaRAG-CT training recipe: targets with ``[RAG]`` before the sentences to retrieve for, contexts mixed.
+
+Where ``[RAG]`` goes (``rag_placement``): ``abnormal`` (default) flags each abnormal sentence, a stand-in for
+"sentences the model would get wrong"; ``uncertain`` follows Self-RAG / AdaRAG-CT more closely: the model before
+``[RAG]`` training (the frozen ``base_lm``, or the tiny decoder after ``warmup_steps`` of plain-text training)
+scores every train sentence by its teacher-forced mean token NLL given the preceding report text and the same
+prompt the model sees (visual slots, concepts, no context block), and the sentences above the
+``rag_uncertainty_quantile`` of all scores are flagged. Both rules only insert the token; the text is unchanged.
 
 Why the mix: with oracle contexts only (the sentences of the case's own report) the model learns to copy and
 breaks on the noisier retrieved sentences it sees at inference; with retrieved contexts only it rarely sees a
@@ -17,13 +24,15 @@ are read (``LeakageError`` otherwise).
 
 from __future__ import annotations
 
+import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ctrag.data.case import Case
@@ -48,10 +57,21 @@ class AdaRAGTrainConfig:
     lm: TinyDecoderConfig = field(default_factory=TinyDecoderConfig)
     visual: VisualConfig = field(default_factory=VisualConfig)
     model: AdaRAGConfig = field(default_factory=AdaRAGConfig)
+    rag_placement: str = "abnormal"
+    rag_uncertainty_quantile: float = 0.7
+    warmup_steps: int = 100
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or not self.lr > 0 or not 0 <= self.oracle_fraction <= 1:
             raise ConfigError("AdaRAGTrainConfig: steps >= 0, batch_size >= 1, lr > 0, oracle_fraction in [0, 1]")
+        if self.rag_placement not in PLACEMENTS:
+            raise ConfigError(f"AdaRAGTrainConfig: rag_placement is one of {PLACEMENTS}, got {self.rag_placement!r}")
+        if not 0 < self.rag_uncertainty_quantile < 1 or self.warmup_steps < 0:
+            raise ConfigError("AdaRAGTrainConfig: rag_uncertainty_quantile in (0, 1), warmup_steps >= 0")
+
+
+#: ``[RAG]`` placement rules of :class:`AdaRAGTrainConfig` (see the module docstring).
+PLACEMENTS = ("abnormal", "uncertain")
 
 
 def check_train(cases: Sequence[Case], method: str) -> list[Case]:
@@ -65,12 +85,19 @@ def check_train(cases: Sequence[Case], method: str) -> list[Case]:
 
 
 def training_contexts(
-    model: AdaRAGModel, bank: SentenceBank, case: Case, oracle: bool, rng: random.Random
+    model: AdaRAGModel,
+    bank: SentenceBank,
+    case: Case,
+    oracle: bool,
+    rng: random.Random,
+    flags: Sequence[bool] | None = None,
 ) -> list[str]:
-    """The context block of one example: per abnormal sentence its own text (oracle) or the bank's neighbours."""
+    """The context block of one example: per flagged sentence (default: abnormal) its own text (oracle) or the
+    bank's neighbours."""
     ctx: list[str] = []
-    for s in tag_report(case.report_findings, case.report_impression):
-        if not s.abnormal:
+    sents = tag_report(case.report_findings, case.report_impression)
+    for s, flagged in zip(sents, [x.abnormal for x in sents] if flags is None else flags, strict=True):
+        if not flagged:
             continue
         if oracle:
             got = [s.text]
@@ -82,6 +109,45 @@ def training_contexts(
         ctx += [t for t in got if t not in ctx]
     rng.shuffle(ctx)
     return ctx
+
+
+def sentence_nll(model: AdaRAGModel, cases: Sequence[Case], concepts: Callable[[Case], str]) -> list[list[float]]:
+    """Per case, per sentence of :func:`tag_report`: mean token NLL given the preceding sentences (NaN: no room).
+
+    One forward per case: the target ids are built sentence by sentence (a space before each but the first, as
+    :func:`rag_target` joins them) so each sentence's span is known exactly.
+    """
+    out: list[list[float]] = []
+    for c in cases:
+        ids: list[int] = []
+        spans: list[tuple[int, int]] = []
+        for i, s in enumerate(tag_report(c.report_findings, c.report_impression)):
+            t = model.lm.token_ids(s.text if i == 0 else " " + s.text)
+            spans.append((len(ids), len(ids) + len(t)))
+            ids += t
+        nll = model.lm.token_nll(model.prompt(None, [], concepts(c)), ids) if ids else torch.zeros(0)
+        out.append([float(nll[a:b].mean()) if a < b <= nll.shape[0] else math.nan for a, b in spans])
+    return out
+
+
+def uncertain_flags(scores: Sequence[Sequence[float]], quantile: float) -> tuple[list[list[bool]], float]:
+    """Flag sentences whose NLL is above the ``quantile`` of all scored ones; returns (flags, threshold)."""
+    scored = np.asarray([v for row in scores for v in row if math.isfinite(v)], dtype=np.float64)
+    if scored.size == 0:
+        raise InvalidInputError("uncertain [RAG] placement: no sentence could be scored (empty reports?)")
+    thr = float(np.quantile(scored, quantile))
+    return [[math.isfinite(v) and v > thr for v in row] for row in scores], thr
+
+
+def _step(
+    model: AdaRAGModel, opt: torch.optim.Optimizer, params: list[Any], prompts: list[Any], targets: list[str]
+) -> float:
+    loss = model.lm.loss(prompts, targets)
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return float(loss.detach())
 
 
 def train_adarag(
@@ -116,25 +182,42 @@ def train_adarag(
         bank = SentenceBank.build(used, model.encoder)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr)
+
+        def concepts(c: Case) -> str:
+            if cfg.model.concepts.enabled and c.labels is not None:
+                return concept_prompt(labels_as_probabilities(c.labels), cfg.model.concepts)
+            return ""
+
+        sents = [tag_report(c.report_findings, c.report_impression) for c in used]
+        flags = [[s.abnormal for s in row] for row in sents]
+        threshold: float | None = None
+        n_unscored = 0
+        warmup: list[float] = []
+        if cfg.rag_placement == "uncertain":
+            model.train()
+            for step in range(0 if base_lm else cfg.warmup_steps):  # the frozen base needs no warm-up
+                batch = rng.sample(range(len(used)), min(cfg.batch_size, len(used)))
+                plain = [" ".join(s.text for s in sents[i]) for i in batch]
+                pieces = [model.prompt(None, [], concepts(used[i])) for i in batch]
+                warmup.append(_step(model, opt, params, pieces, plain))
+                if progress:
+                    progress("warm up adarag", step + 1, cfg.warmup_steps)
+            scores = sentence_nll(model, used, concepts)
+            n_unscored = sum(not math.isfinite(v) for row in scores for v in row)
+            flags, threshold = uncertain_flags(scores, cfg.rag_uncertainty_quantile)
         model.train()
         losses: list[float] = []
         n_oracle = 0
         for step in range(cfg.steps):
             prompts, targets = [], []
-            for c in rng.sample(used, min(cfg.batch_size, len(used))):
+            for i in rng.sample(range(len(used)), min(cfg.batch_size, len(used))):
+                c = used[i]
                 oracle = rng.random() < cfg.oracle_fraction
                 n_oracle += int(oracle)
-                concepts = ""
-                if cfg.model.concepts.enabled and c.labels is not None:
-                    concepts = concept_prompt(labels_as_probabilities(c.labels), cfg.model.concepts)
-                prompts.append(model.prompt(None, training_contexts(model, bank, c, oracle, rng), concepts))
-                targets.append(rag_target(c.report_findings, c.report_impression))
-            loss = model.lm.loss(prompts, targets)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            losses.append(float(loss.detach()))
+                ctx = training_contexts(model, bank, c, oracle, rng, flags[i])
+                prompts.append(model.prompt(None, ctx, concepts(c)))
+                targets.append(rag_target(c.report_findings, c.report_impression, flags[i]))
+            losses.append(_step(model, opt, params, prompts, targets))
             if progress:
                 progress("train adarag", step + 1, cfg.steps)
     finally:
@@ -147,8 +230,22 @@ def train_adarag(
         "image_input": "none (text-only training: no CT here has its own report)",
         "finetune": finetune,
         "rag_token": RAG_TOKEN,
-        "rag_targets": "before abnormal sentences",
+        "rag_placement": cfg.rag_placement,
+        "rag_targets": (
+            "before abnormal sentences"
+            if threshold is None
+            else f"before sentences with base-LM mean token NLL > {threshold:.4f} "
+            f"(quantile {cfg.rag_uncertainty_quantile} of all train sentences)"
+        ),
+        "rag_nll_threshold": threshold,
+        "rag_sentences": sum(map(len, flags)),
+        "rag_tagged": sum(map(sum, flags)),
+        "rag_unscored_sentences": n_unscored,  # past the LM context: never flagged under "uncertain"
+        "warmup_steps": len(warmup),
+        "warmup_loss_last": warmup[-1] if warmup else None,
         "oracle_examples": n_oracle,
+        "concepts": cfg.model.concepts.enabled,
+        "concept_cases": sum(c.labels is not None for c in used) if cfg.model.concepts.enabled else 0,
         "steps": cfg.steps,
         "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,

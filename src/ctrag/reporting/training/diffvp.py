@@ -108,6 +108,7 @@ def train_diffvp(
         "text_cases": len(texts),
         "normal_references": [c.case_id for c in pool.cases],
         "pairing": pairing,
+        "concepts": cfg.model.anchor.enabled,  # the diagnostic anchor text in the prompt (the head trains either way)
         "reference_of": chosen,
         "loss_last": {k: (v[-1] if v else None) for k, v in losses.items()},
         "seconds": round(time.time() - started, 1),
