@@ -20,7 +20,7 @@ import numpy as np
 from ctrag.data.case import Case
 from ctrag.encoders.factory import create_encoder
 from ctrag.evaluation.report_bootstrap import METEOR_PER_REPORT, ReportStatistics, bootstrap_report_metrics
-from ctrag.evaluation.report_metrics import clinical_efficacy, evaluate_reports, tokenize
+from ctrag.evaluation.report_metrics import LANGUAGE_METRIC_TITLES, clinical_efficacy, evaluate_reports, tokenize
 from ctrag.evaluation.retrieval_eval import load_ctclip_eval_data
 from ctrag.index import CaseIndex
 from ctrag.labels.ct_rate import fit_on_train, read_split
@@ -32,18 +32,7 @@ from ctrag.utils.jsonable import jsonable
 DATA = Path("sample_data/ct_rate_nc_sa/ct_clip_text_classifier")
 COMMAND = "PYTHONPATH=src python scripts/report_generation_eval.py --out docs/results"
 METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider")
-TITLES = {
-    "bleu_1": "BLEU-1",
-    "bleu_2": "BLEU-2",
-    "bleu_3": "BLEU-3",
-    "bleu_4": "BLEU-4",
-    "meteor": "METEOR",
-    "rouge_l": "ROUGE-L",
-    "cider": "CIDEr",
-    "ce_precision_micro": "CE P",
-    "ce_recall_micro": "CE R",
-    "ce_f1_micro": "CE F1",
-}
+TITLES = {**LANGUAGE_METRIC_TITLES, "ce_precision_micro": "CE P", "ce_recall_micro": "CE R", "ce_f1_micro": "CE F1"}
 REFERENCE = "nearest train report"  # differences are taken against the simplest retrieval reporter
 
 

@@ -20,6 +20,7 @@ from ctrag.config import load_config
 from ctrag.data.readers import read_text_table
 from ctrag.errors import InvalidInputError
 from ctrag.evaluation.report_bootstrap import METEOR_PER_REPORT
+from ctrag.evaluation.report_metrics import LANGUAGE_METRIC_TITLES
 from ctrag.utils.atomic import atomic_write_text
 
 DEFAULT_CTCLIP_DIR = Path("sample_data/ct_rate_nc_sa/ct_clip_text_classifier")
@@ -461,15 +462,7 @@ def evaluate_reports_command(
 
 
 _REPORT_COLUMNS = (
-    ("bleu_1", "BLEU-1"),
-    ("bleu_2", "BLEU-2"),
-    ("bleu_3", "BLEU-3"),
-    ("bleu_4", "BLEU-4"),
-    ("meteor", "METEOR"),
-    ("rouge_1", "ROUGE-1"),
-    ("rouge_2", "ROUGE-2"),
-    ("rouge_l", "ROUGE-L"),
-    ("cider", "CIDEr"),
+    *LANGUAGE_METRIC_TITLES.items(),
     ("ce_precision_micro", "CE P"),
     ("ce_recall_micro", "CE R"),
     ("ce_f1_micro", "CE F1"),

@@ -42,6 +42,19 @@ from ctrag.evaluation.report_bootstrap import (
 
 logger = logging.getLogger(__name__)
 
+LANGUAGE_METRIC_TITLES = {
+    "bleu_1": "BLEU-1",
+    "bleu_2": "BLEU-2",
+    "bleu_3": "BLEU-3",
+    "bleu_4": "BLEU-4",
+    "meteor": "METEOR",
+    "rouge_1": "ROUGE-1",
+    "rouge_2": "ROUGE-2",
+    "rouge_l": "ROUGE-L",
+    "cider": "CIDEr",
+}
+"""Language metrics of :class:`ReportScores` in table order, with the names papers print."""
+
 _TOKEN = re.compile(r"[a-z0-9]+(?:[.'-][a-z0-9]+)*")
 
 
