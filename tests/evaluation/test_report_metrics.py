@@ -132,3 +132,36 @@ def test_clinical_efficacy_with_the_real_label_model(label_model, ct_rate_pairs)
     assert same is not None and other is not None
     assert same["f1_micro"] == pytest.approx(1.0)
     assert other["f1_micro"] < same["f1_micro"]
+
+
+def test_adarag_protocol_scores_lower_cased_raw_text(ct_rate_dir) -> None:
+    """AdaRAG-CT's protocol: pycocoevalcap on stripped, lower-cased raw text (punctuation stays on the words),
+    not ctrag's alphanumeric tokens; an empty report scores as an empty string instead of failing."""
+    import contextlib
+    import csv
+    import io
+
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    from ctrag.evaluation.report_bootstrap import corpus_values
+
+    with open(ct_rate_dir / "val.csv", encoding="utf-8") as fh:
+        refs = [row["report_text"] for row in csv.DictReader(fh)][:6]
+    hyps = [refs[(i + 1) % 6] for i in range(5)] + ["   "]
+    gts = {i: [r.strip().lower()] for i, r in enumerate(refs)}
+    res = {i: [h.strip().lower()] for i, h in enumerate(hyps)}
+    with contextlib.redirect_stdout(io.StringIO()):
+        bleu, _ = Bleu(4).compute_score(gts, res)
+        rouge_l, _ = Rouge().compute_score(gts, res)
+        cider, _ = Cider().compute_score(gts, res)
+    ours = evaluate_reports(refs, hyps, meteor=False, protocol="adarag")
+    assert ours.protocol == "adarag" and "rouge_1_2" in ours.notes
+    assert [ours.bleu_1, ours.bleu_2, ours.bleu_3, ours.bleu_4] == pytest.approx(list(bleu), rel=1e-12)
+    assert ours.rouge_l == pytest.approx(rouge_l, rel=1e-12) and ours.cider == pytest.approx(cider, rel=1e-12)
+    coco = evaluate_reports(refs, hyps, meteor=False, protocol="coco")
+    assert abs(coco.bleu_4 - ours.bleu_4) > 1e-3  # the tokenization is what differs
+    assert ours.statistics is not None
+    full = corpus_values(ours.statistics, np.ones((1, len(refs))))
+    assert float(full["bleu_4"][0]) == pytest.approx(ours.bleu_4, rel=1e-9)

@@ -29,6 +29,8 @@ PROTOCOL_NAMES = {
     "rouge-score ROUGE-1/2)",
     "reg2rg": "reg2rg (Reg2RG's HF evaluate: 13a-token corpus BLEU smooth=True, NLTK METEOR, rouge_score "
     "ROUGE-1/2/L on raw text, pycocoevalcap CIDEr on raw text; corpus METEOR/ROUGE/CIDEr = per-report means)",
+    "adarag": "adarag (AdaRAG-CT's text_metrics.py: pycocoevalcap BLEU/ROUGE-L/CIDEr and Java METEOR 1.5 on the "
+    "stripped, lower-cased raw text, punctuation left on the words; ROUGE-1/2 are not theirs)",
 }
 
 
@@ -327,8 +329,9 @@ def evaluate_reports_command(
         str,
         typer.Option(
             "--protocol",
-            help="Metric implementations: coco (pycocoevalcap + METEOR 1.5, default) or reg2rg (Reg2RG's HF-evaluate "
-            "BLEU, NLTK METEOR, rouge_score; corpus and per-report mean ± sd). See docs/report_metrics.md.",
+            help="Metric implementations: coco (pycocoevalcap + METEOR 1.5, default), reg2rg (Reg2RG's HF-evaluate "
+            "BLEU, NLTK METEOR, rouge_score; corpus and per-report mean ± sd) or adarag (AdaRAG-CT's pycocoevalcap on "
+            "lower-cased raw text). See docs/report_metrics.md.",
         ),
     ] = "coco",
     nltk_data: Annotated[

@@ -38,9 +38,11 @@ import numpy as np
 from ctrag.errors import InvalidInputError
 from ctrag.evaluation.report_bootstrap import BLEU_ORDERS, CIDER_APPROXIMATION, ReportStatistics
 
-PROTOCOLS = ("coco", "reg2rg")
-"""Protocols ``ctrag evaluate reports --protocol`` knows. AdaRAG-CT's is not among them: its README names only
-``adaragct.eval.cal_metrics``, whose text metrics live in a module this project could not read."""
+PROTOCOLS = ("coco", "reg2rg", "adarag")
+"""Protocols ``ctrag evaluate reports --protocol`` knows. ``adarag`` is AdaRAG-CT's ``adaragct/eval/text_metrics.py``
+(renjie-liang/Adaptive-RAG-for-3DCT-Report-Generation): pycocoevalcap BLEU-1..4, ROUGE-L, METEOR 1.5 and CIDEr-D on
+the raw text stripped and lower-cased, without the alphanumeric tokenization of ``coco``
+(:func:`ctrag.evaluation.report_metrics.adarag_text`)."""
 
 _13A_RULES = (
     (re.compile(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])"), r" \1 "),

@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -67,6 +67,23 @@ def tokenize(text: str) -> str:
     return " ".join(_TOKEN.findall(str(text).lower()))
 
 
+def adarag_text(text: str) -> str:
+    """What AdaRAG-CT's ``adaragct/eval/text_metrics.py`` feeds pycocoevalcap's BLEU, ROUGE-L and CIDEr: the raw
+    text stripped and lower-cased, nothing split off (a word keeps its comma or full stop). Line breaks stay:
+    BLEU and CIDEr split on any whitespace, pycocoevalcap's ROUGE-L on single spaces only."""
+    return str(text).strip().lower()
+
+
+def adarag_meteor_text(text: str) -> str:
+    """AdaRAG-CT's METEOR input: :func:`adarag_text` with the METEOR protocol's ``|||`` delimiter and line breaks
+    replaced by spaces first."""
+    return str(text).replace("|||", " ").replace("\n", " ").replace("\r", " ").strip().lower()
+
+
+Normaliser = Callable[[str], str]
+"""How a protocol turns a report into the whitespace-separated text pycocoevalcap scores."""
+
+
 @dataclass
 class ReportScores:
     bleu_1: float
@@ -97,15 +114,17 @@ def _check_pairs(references: Sequence[str], hypotheses: Sequence[str]) -> None:
         raise InvalidInputError("no reports to score")
 
 
-def coco_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
-    """BLEU-1..4, ROUGE-L and CIDEr from pycocoevalcap on tokenized text (corpus-level scores)."""
+def coco_scores(
+    references: Sequence[str], hypotheses: Sequence[str], normalise: Normaliser = tokenize
+) -> dict[str, float]:
+    """BLEU-1..4, ROUGE-L and CIDEr from pycocoevalcap on ``normalise``-d text (corpus-level scores)."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
     _check_pairs(references, hypotheses)
-    gts = {i: [tokenize(r)] for i, r in enumerate(references)}
-    res = {i: [tokenize(h)] for i, h in enumerate(hypotheses)}
+    gts = {i: [normalise(r)] for i, r in enumerate(references)}
+    res = {i: [normalise(h)] for i, h in enumerate(hypotheses)}
     with contextlib.redirect_stdout(io.StringIO()):  # the scorers print diagnostics
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
         rouge_l, _ = Rouge().compute_score(gts, res)
@@ -116,7 +135,9 @@ def coco_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict[st
     return out
 
 
-def coco_statistics(references: Sequence[str], hypotheses: Sequence[str]) -> ReportStatistics:
+def coco_statistics(
+    references: Sequence[str], hypotheses: Sequence[str], normalise: Normaliser = tokenize
+) -> ReportStatistics:
     """Per-report BLEU counts (pycocoevalcap's own n-gram cooking), ROUGE-1/2/L and CIDEr-D scores on the tokens
     :func:`coco_scores` scores, for the report bootstrap; their corpus values equal :func:`coco_scores`'."""
     from pycocoevalcap.bleu.bleu_scorer import BleuScorer
@@ -124,8 +145,8 @@ def coco_statistics(references: Sequence[str], hypotheses: Sequence[str]) -> Rep
     from pycocoevalcap.rouge.rouge import Rouge
 
     _check_pairs(references, hypotheses)
-    gts = {i: [tokenize(r)] for i, r in enumerate(references)}
-    res = {i: [tokenize(h)] for i, h in enumerate(hypotheses)}
+    gts = {i: [normalise(r)] for i, r in enumerate(references)}
+    res = {i: [normalise(h)] for i, h in enumerate(hypotheses)}
     cooker = BleuScorer(n=BLEU_ORDERS)
     for i in range(len(references)):
         cooker += (res[i][0], gts[i])
@@ -133,7 +154,7 @@ def coco_statistics(references: Sequence[str], hypotheses: Sequence[str]) -> Rep
     with contextlib.redirect_stdout(io.StringIO()):
         _, rouge_l = Rouge().compute_score(gts, res)
         _, cider = Cider().compute_score(gts, res)
-    rouge_n = _rouge_n_per_report(references, hypotheses)
+    rouge_n = _rouge_n_per_report(references, hypotheses, normalise)
     return ReportStatistics(
         bleu_kind="coco",
         bleu_matches=np.array([c["correct"] for c in comps], dtype=np.float64).reshape(-1, BLEU_ORDERS),
@@ -145,13 +166,15 @@ def coco_statistics(references: Sequence[str], hypotheses: Sequence[str]) -> Rep
     )
 
 
-def _rouge_n_per_report(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, np.ndarray]:
+def _rouge_n_per_report(
+    references: Sequence[str], hypotheses: Sequence[str], normalise: Normaliser = tokenize
+) -> dict[str, np.ndarray]:
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2"], use_stemmer=False)
     r1, r2 = [], []
     for ref, hyp in zip(references, hypotheses, strict=True):
-        s = scorer.score(tokenize(ref), tokenize(hyp))
+        s = scorer.score(normalise(ref), normalise(hyp))
         r1.append(s["rouge1"].fmeasure)
         r2.append(s["rouge2"].fmeasure)
     return {"rouge_1": np.asarray(r1, dtype=np.float64), "rouge_2": np.asarray(r2, dtype=np.float64)}
@@ -177,7 +200,9 @@ def meteor_available() -> tuple[bool, str]:
     return True, ""
 
 
-def meteor_score(references: Sequence[str], hypotheses: Sequence[str]) -> tuple[float, list[float]]:
+def meteor_score(
+    references: Sequence[str], hypotheses: Sequence[str], normalise: Normaliser = tokenize
+) -> tuple[float, list[float]]:
     """Corpus METEOR 1.5 and per-pair scores (pycocoevalcap); the Java process is always stopped afterwards.
 
     Starting the jar loads its paraphrase and synonym tables (10-30 s on 2 cores): score everything in one call.
@@ -185,8 +210,8 @@ def meteor_score(references: Sequence[str], hypotheses: Sequence[str]) -> tuple[
     from pycocoevalcap.meteor.meteor import Meteor
 
     _check_pairs(references, hypotheses)
-    gts = {i: [tokenize(r)] for i, r in enumerate(references)}
-    res = {i: [tokenize(h)] for i, h in enumerate(hypotheses)}
+    gts = {i: [normalise(r)] for i, r in enumerate(references)}
+    res = {i: [normalise(h)] for i, h in enumerate(hypotheses)}
     scorer = Meteor()
     try:
         score, per_pair = scorer.compute_score(gts, res)
@@ -285,15 +310,20 @@ def evaluate_reports(
         rouge = {"rouge_1": coco["rouge_1"], "rouge_2": coco["rouge_2"]}
         met = coco_like.get("meteor")
     else:
-        coco = coco_scores(references, hypotheses)
-        statistics = coco_statistics(references, hypotheses)
+        normalise = adarag_text if protocol == "adarag" else tokenize
+        coco = coco_scores(references, hypotheses, normalise)
+        statistics = coco_statistics(references, hypotheses, normalise)
+        if protocol == "adarag":
+            notes["rouge_1_2"] = "not part of AdaRAG-CT's protocol: rouge-score on the same lower-cased raw text"
         rouge = {k: float(statistics.means[k].mean()) for k in ("rouge_1", "rouge_2")}
         if not meteor:
             notes["meteor"] = "not computed: disabled by the caller"
         else:
             ok, why = meteor_available()
             if ok:
-                met, met_each = meteor_score(references, hypotheses)
+                met, met_each = meteor_score(
+                    references, hypotheses, adarag_meteor_text if protocol == "adarag" else tokenize
+                )
                 statistics.means[METEOR_PER_REPORT] = np.asarray(met_each, dtype=np.float64)
                 statistics.approximate["meteor"] = METEOR_APPROXIMATION
             else:
