@@ -99,6 +99,14 @@ def nmt_bleu(
         pair_matches, pair_possible = nmt_bleu_counts(ref, hyp, max_order)
         matches = [a + b for a, b in zip(matches, pair_matches, strict=True)]
         possible = [a + b for a, b in zip(possible, pair_possible, strict=True)]
+    return nmt_bleu_from_counts(matches, possible, ref_len, hyp_len, smooth)
+
+
+def nmt_bleu_from_counts(
+    matches: Sequence[int], possible: Sequence[int], ref_len: int, hyp_len: int, smooth: bool = True
+) -> float:
+    """BLEU of order ``len(matches)`` from pooled clipped matches, n-gram totals and lengths (NMT ``compute_bleu``)."""
+    max_order = len(matches)
     if smooth:
         precisions = [(m + 1.0) / (p + 1.0) for m, p in zip(matches, possible, strict=True)]
     else:
@@ -221,8 +229,11 @@ def reg2rg_scores(
     per_report: dict[str, dict[str, float]] = {}
     for n in range(1, 5):
         corpus[f"bleu_{n}"] = nmt_bleu(refs13, hyps13, max_order=n, smooth=True)  # pooled counts (orders <= n)
-        per_report[f"bleu_{n}"] = _mean_sd(
-            [nmt_bleu([r], [h], max_order=n, smooth=True) for r, h in zip(refs13, hyps13, strict=True)]
+        per_report[f"bleu_{n}"] = _mean_sd(  # each report alone, from the counts already taken
+            [
+                nmt_bleu_from_counts(m[:n], p[:n], len(r), len(h), smooth=True)
+                for (m, p), r, h in zip(counts, refs13, hyps13, strict=True)
+            ]
         )
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
     rouge: dict[str, list[float]] = {"rouge_1": [], "rouge_2": [], "rouge_l": []}
