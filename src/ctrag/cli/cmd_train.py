@@ -7,6 +7,7 @@ last checkpoint in its component folder unless ``--no-resume`` is given.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -343,19 +344,35 @@ def train_reporter_command(
             "diagnostic anchor, on by default; reg2rg has none). Saved with the model; `ctrag report` follows it.",
         ),
     ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu, cuda or cuda:N (torchrun: each process its LOCAL_RANK GPU).")
+    ] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="fp32 or bf16 (autocast).")] = None,
+    lora: Annotated[
+        str | None, typer.Option("--lora", help="auto (LoRA on a given --lm when peft is installed), on or off.")
+    ] = None,
+    gradient_checkpointing: Annotated[
+        bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="LM activations.")
+    ] = None,
     set_: SetOpt = None,
     threads: ThreadsOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Train a report generator on train-split data only: Reg2RG (region tokens + region-report alignment),
-    AdaRAG-CT ([RAG] token with region-indexed sentence retrieval) or DiffVP (difference to a normal reference)."""
+    AdaRAG-CT ([RAG] token with region-indexed sentence retrieval) or DiffVP (difference to a normal reference).
+
+    Several GPUs: `torchrun --nproc-per-node N -m ctrag.cli train reporter --device cuda ...`; rank 0 writes."""
     from ctrag.reporting.reg2rg import save_reg2rg
     from ctrag.reporting.training.reg2rg import Reg2RGTrainConfig, train_reg2rg
 
     if method not in REPORTER_METHODS:
         raise InvalidInputError(f"--method {method!r}: trainable report methods are {', '.join(REPORTER_METHODS)}")
     set_threads(threads)
-    items = [*(set_ or []), f"steps={steps}", f"text_steps={text_steps}", f"seed={seed}"]
+    runtime = {"device": device, "precision": precision, "lora": lora}
+    set_ = [*(set_ or []), *(f"runtime.{k}={v}" for k, v in runtime.items() if v is not None)]
+    if gradient_checkpointing is not None:
+        set_.append(f"runtime.gradient_checkpointing={str(gradient_checkpointing).lower()}")
+    items = [*set_, f"steps={steps}", f"text_steps={text_steps}", f"seed={seed}"]
     if max_text_cases is not None:
         items.append(f"max_text_cases={max_text_cases}")
     all_cases = _report_cases(cases)
@@ -367,7 +384,7 @@ def train_reporter_command(
     if concepts is not None and method == "reg2rg":
         raise InvalidInputError("--concepts/--no-concepts: reg2rg has no concept prompt (adarag and diffvp have)")
     if method in ("adarag", "diffvp"):
-        sets = [*(set_ or []), f"seed={seed}"]
+        sets = [*set_, f"seed={seed}"]
         if concepts is not None:  # adarag: the concept prompt; diffvp: its diagnostic anchor (the same text)
             sets.append(f"model.{'concepts' if method == 'adarag' else 'anchor'}.enabled={str(concepts).lower()}")
         _train_lm_reporter(method, out, pair_cases, texts, lm, config, sets, steps, text_steps, max_text_cases,
@@ -379,6 +396,8 @@ def train_reporter_command(
         model, summary = train_reg2rg(pair_cases, texts, cfg, base_lm=str(lm) if lm else None, progress=update)
     summary["held_out_cases_not_read"] = held
     summary["command"] = command_line("train", "reporter", "--method", method, "--out", out, "--cases", cases)
+    if not _is_main_process():
+        return
     save_reg2rg(model, out, summary)
     console.print(
         f"[bold]reporter[/] ({method}) written to {out}: {summary['n_pairs']} CT pair(s) "
@@ -387,6 +406,11 @@ def train_reporter_command(
     )
     if summary.get("note"):
         err_console.print(f"note: {summary['note']}")
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a torchrun/accelerate launch (or a plain run) writes the model; the other ranks only train."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _train_lm_reporter(
@@ -413,6 +437,8 @@ def _train_lm_reporter(
         items += [f"max_cases={max_text_cases}"] if max_text_cases is not None else []
         acfg = load_config(AdaRAGTrainConfig, config, items, section="adarag_train")
         model, bank, summary = train_adarag([*pair_cases, *texts], acfg, base_lm=base)
+        if not _is_main_process():
+            return
         save_adarag(model, bank, summary, out)
     else:
         from ctrag.reporting.training.diffvp import DiffVPTrainConfig, save_diffvp, train_diffvp
@@ -420,5 +446,7 @@ def _train_lm_reporter(
         items = [*sets, f"steps={steps}", f"text_steps={text_steps}", f"model.pairing={pairing}"]
         dcfg = load_config(DiffVPTrainConfig, config, items, section="diffvp_train")
         dmodel, refs, summary = train_diffvp(pair_cases, texts[:max_text_cases], dcfg, base_lm=base)
+        if not _is_main_process():
+            return
         save_diffvp(dmodel, refs, summary, out)
     console.print(f"[bold]reporter[/] ({method}) written to {out}; {time.perf_counter() - started:.1f} s")

@@ -146,8 +146,8 @@ class DiffVPModel(nn.Module):
             prompts.append(pcs)
             targets.append(text)
             if labels is not None:
-                y = torch.as_tensor(list(labels), dtype=torch.float32)
-                bce.append(nn.functional.binary_cross_entropy_with_logits(logits, y))
+                y = torch.as_tensor(list(labels), dtype=torch.float32, device=logits.device)
+                bce.append(nn.functional.binary_cross_entropy_with_logits(logits.float(), y))
         loss = self.lm.loss(prompts, targets)
         if bce:
             loss = loss + anchor_weight * torch.stack(bce).mean()

@@ -79,12 +79,15 @@ class TinyDecoderConfig:
 
 @dataclass
 class LoRASettings:
-    """LoRA on a frozen base (``peft``); ``target_modules`` None lets peft pick the architecture's defaults."""
+    """LoRA on a frozen base (``peft``); ``target_modules`` None lets peft pick the architecture's defaults;
+    ``trainable_token_indices``: vocabulary rows of the input embedding trained beside the adapters (tokens added for
+    a method, e.g. ``[RAG]``, whose rows would otherwise stay at their initial values)."""
 
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
     target_modules: tuple[str, ...] | None = None
+    trainable_token_indices: tuple[int, ...] = ()
 
 
 class PrefixProjector(nn.Module):
@@ -348,6 +351,8 @@ class ReportLM(nn.Module):
             "lora": lora,
             "base": self.source.get("path") if lora else None,
             "architecture": type(_base_model(self.model)).__name__,
+            # A LoRA base stored in bf16 is reloaded in bf16: the fingerprint covers the base weights as trained.
+            "dtype": str(self.model.get_input_embeddings().weight.dtype).removeprefix("torch."),
             "hidden_size": self.hidden_size,
             "context_length": self.context_length,
             "source": self.source,
@@ -374,6 +379,8 @@ class ReportLM(nn.Module):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+        if dtype is None and meta.get("lora") and meta.get("dtype") in ("bfloat16", "float16", "float32"):
+            dtype = getattr(torch, meta["dtype"])
         if meta.get("lora"):
             base = meta.get("base")
             if not base:
@@ -479,6 +486,7 @@ def with_lora(lm: ReportLM, settings: LoRASettings) -> ReportLM:
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=list(settings.target_modules) if settings.target_modules else None,
+        trainable_token_indices=list(settings.trainable_token_indices) or None,
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(lm.model, cfg)

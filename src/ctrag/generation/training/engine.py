@@ -141,7 +141,7 @@ def setup_distributed(device: str) -> tuple[DistInfo, torch.device]:
     return DistInfo(rank, world, local), dev
 
 
-def _all_mean(value: torch.Tensor, dist: DistInfo) -> float:
+def all_mean(value: torch.Tensor, dist: DistInfo) -> float:
     if dist.world_size > 1:
         value = value.detach().clone()
         torch.distributed.all_reduce(value)
@@ -409,7 +409,7 @@ class TrainLoop:
             self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.params)
-        return _all_mean(total / accum, self.dist)
+        return all_mean(total / accum, self.dist)
 
     # --- loop -----------------------------------------------------------------------------------------------
     def run(self, *, resume: bool = True, stop_after: int | None = None) -> TrainResult:

@@ -14,8 +14,10 @@ context that actually holds the answer. Each training example draws oracle conte
 excluded, as at inference).
 
 Fine-tuning: with ``base_lm`` (a local HF causal LM folder) and ``peft`` installed the base is frozen and LoRA
-adapters are trained (plus the new ``[RAG]`` embedding row through the adapters' saved embedding); with the tiny
-default decoder (trained here from scratch on the train reports) the whole LM is trained — a full fine-tune.
+adapters are trained, plus the embedding row of the new ``[RAG]`` token (peft's trainable tokens; the rest of the
+embedding matrix stays frozen); with the tiny default decoder (trained here from scratch on the train reports) the
+whole LM is trained — a full fine-tune. Device, bf16, LoRA and processes: the ``runtime`` section
+(:mod:`ctrag.reporting.training.runtime`).
 
 Data honesty: the shipped data has no CT with its own radiologist report, so training here is text-only (all-zero
 visual tokens, "no image"); the visual prefix is wired but learns nothing from these data. Only ``train`` cases
@@ -39,9 +41,10 @@ from ctrag.data.case import Case
 from ctrag.errors import ConfigError, InvalidInputError, LeakageError
 from ctrag.reporting.adarag import RAG_TOKEN, AdaRAGConfig, AdaRAGModel, _bank_hits, rag_target
 from ctrag.reporting.concepts import concept_prompt, labels_as_probabilities
-from ctrag.reporting.lm import LoRASettings, TinyDecoderConfig, load_causal_lm, tiny_report_lm, with_lora
+from ctrag.reporting.lm import TinyDecoderConfig
 from ctrag.reporting.sentence_bank import SentenceBank
 from ctrag.reporting.sentences import tag_report
+from ctrag.reporting.training.runtime import LMRuntime, StepRunner, training_lm
 from ctrag.reporting.visual import VisualConfig, VisualFrontEnd
 from ctrag.utils.progress import ProgressFn
 
@@ -60,6 +63,7 @@ class AdaRAGTrainConfig:
     rag_placement: str = "abnormal"
     rag_uncertainty_quantile: float = 0.7
     warmup_steps: int = 100
+    runtime: LMRuntime = field(default_factory=LMRuntime)
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or not self.lr > 0 or not 0 <= self.oracle_fraction <= 1:
@@ -139,15 +143,9 @@ def uncertain_flags(scores: Sequence[Sequence[float]], quantile: float) -> tuple
     return [[math.isfinite(v) and v > thr for v in row] for row in scores], thr
 
 
-def _step(
-    model: AdaRAGModel, opt: torch.optim.Optimizer, params: list[Any], prompts: list[Any], targets: list[str]
-) -> float:
-    loss = model.lm.loss(prompts, targets)
-    opt.zero_grad()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
-    return float(loss.detach())
+def _step(model: AdaRAGModel, runner: StepRunner, prompts: list[Any], targets: list[str]) -> float:
+    mine, wanted = runner.shard(prompts), runner.shard(targets)
+    return runner.step(lambda: model.lm.loss(mine, wanted))
 
 
 def train_adarag(
@@ -164,24 +162,14 @@ def train_adarag(
     torch.manual_seed(cfg.seed)
     started = time.time()
     try:
-        finetune = "full (tiny default decoder trained here)"
-        if base_lm:
-            lm = load_causal_lm(base_lm)
-            try:
-                import peft  # noqa: F401
-
-                lm = with_lora(lm, LoRASettings())
-                finetune = "LoRA on a frozen base"
-            except ImportError:
-                finetune = "full (peft not installed)"
-        else:
-            lm = tiny_report_lm([c.report_text for c in used], cfg.lm)
-        visual = VisualFrontEnd(cfg.visual)
+        # A given base gets [RAG] before LoRA wraps it, so the token's embedding row trains with the adapters.
+        tokens = [RAG_TOKEN] if base_lm else []
+        lm, finetune = training_lm(base_lm, cfg.runtime, [c.report_text for c in used], cfg.lm, trainable_tokens=tokens)
+        visual = VisualFrontEnd(cfg.visual, device=str(lm.device))
         model = AdaRAGModel(lm, cfg.model, visual.token_dim)
         model.visual = visual
         bank = SentenceBank.build(used, model.encoder)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lr)
+        runner = StepRunner(model, cfg.runtime, lr=cfg.lr, weight_decay=0.01)
 
         def concepts(c: Case) -> str:
             if cfg.model.concepts.enabled and c.labels is not None:
@@ -199,8 +187,8 @@ def train_adarag(
                 batch = rng.sample(range(len(used)), min(cfg.batch_size, len(used)))
                 plain = [" ".join(s.text for s in sents[i]) for i in batch]
                 pieces = [model.prompt(None, [], concepts(used[i])) for i in batch]
-                warmup.append(_step(model, opt, params, pieces, plain))
-                if progress:
+                warmup.append(_step(model, runner, pieces, plain))
+                if progress and runner.is_main:
                     progress("warm up adarag", step + 1, cfg.warmup_steps)
             scores = sentence_nll(model, used, concepts)
             n_unscored = sum(not math.isfinite(v) for row in scores for v in row)
@@ -217,8 +205,8 @@ def train_adarag(
                 ctx = training_contexts(model, bank, c, oracle, rng, flags[i])
                 prompts.append(model.prompt(None, ctx, concepts(c)))
                 targets.append(rag_target(c.report_findings, c.report_impression, flags[i]))
-            losses.append(_step(model, opt, params, prompts, targets))
-            if progress:
+            losses.append(_step(model, runner, prompts, targets))
+            if progress and runner.is_main:
                 progress("train adarag", step + 1, cfg.steps)
     finally:
         torch.random.set_rng_state(state)
@@ -229,6 +217,7 @@ def train_adarag(
         "report_sources": sorted({c.report_source for c in used}),
         "image_input": "none (text-only training: no CT here has its own report)",
         "finetune": finetune,
+        "runtime": runner.info(),
         "rag_token": RAG_TOKEN,
         "rag_placement": cfg.rag_placement,
         "rag_targets": (

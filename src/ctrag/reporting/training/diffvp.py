@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ import torch
 from ctrag.data.case import Case
 from ctrag.errors import ConfigError, InvalidInputError
 from ctrag.reporting.diffvp import DiffVPConfig, DiffVPModel, Tokens, visual_tokens
-from ctrag.reporting.lm import TinyDecoderConfig, load_causal_lm, tiny_report_lm
+from ctrag.reporting.lm import TinyDecoderConfig
 from ctrag.reporting.normal_reference import NormalReferencePool, Pairing
 from ctrag.reporting.training.adarag import check_train
+from ctrag.reporting.training.runtime import LMRuntime, StepRunner, training_lm
 from ctrag.reporting.visual import VisualConfig, VisualFrontEnd
 from ctrag.utils.progress import ProgressFn
 
@@ -38,6 +40,7 @@ class DiffVPTrainConfig:
     lm: TinyDecoderConfig = field(default_factory=TinyDecoderConfig)
     visual: VisualConfig = field(default_factory=VisualConfig)
     model: DiffVPConfig = field(default_factory=DiffVPConfig)
+    runtime: LMRuntime = field(default_factory=LMRuntime)
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.text_steps < 0 or self.batch_size < 1 or not self.lr > 0:
@@ -64,11 +67,12 @@ def train_diffvp(
     torch.manual_seed(cfg.seed)
     started = time.time()
     try:
-        lm = load_causal_lm(base_lm) if base_lm else tiny_report_lm([c.report_text for c in [*texts, *pairs]], cfg.lm)
-        visual = VisualFrontEnd(cfg.visual)
+        lm, finetune = training_lm(base_lm, cfg.runtime, [c.report_text for c in [*texts, *pairs]], cfg.lm)
+        visual = VisualFrontEnd(cfg.visual, device=str(lm.device))
         model = DiffVPModel(lm, visual, cfg.model)
-        feats = pair_features(pairs, visual, progress)
-        vecs = torch.stack([f.global_vector.float() for f in feats]).numpy()
+        runner = StepRunner(model, cfg.runtime, lr=cfg.lr, weight_decay=0.01)
+        feats = pair_features(pairs, visual, progress if runner.is_main else None)
+        vecs = torch.stack([f.global_vector.float().cpu() for f in feats]).numpy()
         pool = NormalReferencePool(pairs, "train", vectors=vecs)
         pos = {c.case_id: i for i, c in enumerate(pairs)}
         pairing: Pairing = "nearest" if cfg.model.pairing == "nearest" else "random"
@@ -84,19 +88,13 @@ def train_diffvp(
             examples.append((visual_tokens(f), visual_tokens(feats[pos[ref.case_id]]), c.report_text, c.labels))
         blank = (torch.zeros(feats[0].global_tokens.shape), torch.zeros(feats[0].texture.shape))
         text_ex = [(blank, blank, c.report_text, c.labels) for c in texts]
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lr)
         model.train()
         losses: dict[str, list[float]] = {"text": [], "pairs": []}
         for stage, data, steps in (("text", text_ex, cfg.text_steps), ("pairs", examples, cfg.steps)):
             for step in range(steps if data else 0):
-                loss = model.loss(rng.sample(data, min(cfg.batch_size, len(data))))
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                losses[stage].append(float(loss.detach()))
-                if progress:
+                batch = runner.shard(rng.sample(data, min(cfg.batch_size, len(data))))
+                losses[stage].append(runner.step(partial(model.loss, batch)))
+                if progress and runner.is_main:
                     progress(f"train diffvp {stage}", step + 1, steps)
     finally:
         torch.random.set_rng_state(state)
@@ -108,6 +106,8 @@ def train_diffvp(
         "text_cases": len(texts),
         "normal_references": [c.case_id for c in pool.cases],
         "pairing": pairing,
+        "finetune": finetune,
+        "runtime": runner.info(),
         "concepts": cfg.model.anchor.enabled,  # the diagnostic anchor text in the prompt (the head trains either way)
         "reference_of": chosen,
         "loss_last": {k: (v[-1] if v else None) for k, v in losses.items()},

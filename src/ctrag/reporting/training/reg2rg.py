@@ -20,14 +20,16 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 
 from ctrag.data.case import Case
 from ctrag.errors import ConfigError, InvalidInputError, LeakageError
-from ctrag.reporting.lm import ReportLM, TinyDecoderConfig, load_causal_lm, tiny_report_lm
+from ctrag.reporting.lm import TinyDecoderConfig
 from ctrag.reporting.reg2rg import Reg2RGConfig, Reg2RGModel, Reg2RGSample, training_samples
+from ctrag.reporting.training.runtime import LMRuntime, StepRunner, training_lm
 from ctrag.reporting.visual import VisualConfig, VisualFeatures, VisualFrontEnd
 from ctrag.utils.progress import ProgressFn
 
@@ -54,6 +56,7 @@ class Reg2RGTrainConfig:
     lm: TinyDecoderConfig = field(default_factory=TinyDecoderConfig)
     visual: VisualConfig = field(default_factory=VisualConfig)
     model: Reg2RGConfig = field(default_factory=Reg2RGConfig)
+    runtime: LMRuntime = field(default_factory=LMRuntime)
 
     def __post_init__(self) -> None:
         for name in ("steps", "text_steps"):
@@ -132,14 +135,11 @@ def train_reg2rg(
     torch_state = torch.random.get_rng_state()
     torch.manual_seed(cfg.seed)  # restored at the end: initialisation of the heads is seeded, global state kept
     try:
-        lm: ReportLM
-        if base_lm:
-            lm = load_causal_lm(base_lm)
-        else:
-            lm = tiny_report_lm([c.report_text for c in [*texts, *pairs]], cfg.lm)
-        visual = visual or VisualFrontEnd(cfg.visual)
+        lm, finetune = training_lm(base_lm, cfg.runtime, [c.report_text for c in [*texts, *pairs]], cfg.lm)
+        visual = visual or VisualFrontEnd(cfg.visual, device=str(lm.device))
         model = Reg2RGModel(lm, visual, cfg.model)
-        feats = pair_features(pairs, visual, progress)
+        runner = StepRunner(model, cfg.runtime, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        feats = pair_features(pairs, visual, progress if runner.is_main else None)
         regions = cfg.model.regions
         pair_samples = [training_samples(c.report_findings, c.report_impression, regions) for c in pairs]
         pair_data = [(f, s) for f, s in zip(feats, pair_samples, strict=True) if s]
@@ -147,9 +147,8 @@ def train_reg2rg(
             (blank_features(feats[0]), training_samples(c.report_findings, c.report_impression, regions)) for c in texts
         ]
         text_data = [(f, s) for f, s in text_data if s]
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         model.train()
+        rank = runner.dist.rank
         losses: dict[str, list[float]] = {"text": [], "pairs": []}
         for stage, data, steps, batch in (
             ("text", text_data, cfg.text_steps, cfg.text_batch),
@@ -162,13 +161,11 @@ def train_reg2rg(
                 for _ in range(min(batch, len(data))):
                     f, samples = data[rng.randrange(len(data))]
                     chosen.append((f, rng.sample(samples, min(cfg.targets_per_case, len(samples)))))
-                loss = model.loss(chosen, rng)
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                losses[stage].append(float(loss.detach()))
-                if progress:
+                # Several processes: each shuffles its own slice's region order, so the shared draws stay in step.
+                order_rng = rng if runner.dist.world_size == 1 else random.Random(f"{cfg.seed}/{stage}/{step}/{rank}")
+                part = runner.shard(chosen)
+                losses[stage].append(runner.step(partial(model.loss, part, order_rng)))
+                if progress and runner.is_main:
                     progress(f"train {stage}", step + 1, steps)
         model.eval()
     finally:
@@ -195,6 +192,8 @@ def train_reg2rg(
         "text_report_sources": dict(sorted(Counter(c.report_source for c in texts).items())),
         "config": _jsonable(asdict(cfg)),
         "base_lm": base_lm,
+        "finetune": finetune,
+        "runtime": runner.info(),
         "loss_first_last": {k: [v[0], v[-1]] if v else None for k, v in losses.items()},
         "seconds": round(time.time() - started, 1),
     }
