@@ -130,7 +130,7 @@ class DiffVPModel(nn.Module):
         fused = self.to_prefix(torch.cat((g, loc), dim=-1))  # (queries, h)
         prefix = _resize(fused, self.cfg.prefix_tokens)
         logits = self.anchor_head(t.mean(dim=0))
-        probs = torch.sigmoid(logits).detach().cpu().numpy() if anchor_probs is None else anchor_probs
+        probs = torch.sigmoid(logits.float()).detach().cpu().numpy() if anchor_probs is None else anchor_probs
         anchor = concept_prompt(probs, self.cfg.anchor)
         return ["Difference: ", prefix, " Image: ", self.target_proj(t), " " + anchor + "Report:"], logits
 
@@ -167,7 +167,7 @@ class DiffVPModel(nn.Module):
             "report": text,
             "sentences": [{"text": s} for s in split_report(text)],
             "anchor": pcs[-1],
-            "anchor_probabilities": [round(float(p), 4) for p in torch.sigmoid(logits).tolist()],
+            "anchor_probabilities": [round(float(p), 4) for p in torch.sigmoid(logits.float()).tolist()],
         }
 
     def save(

@@ -467,10 +467,16 @@ def load_causal_lm(
             raise WeightsNotFoundError(f"{root}: no usable tokenizer files next to the model ({exc})") from None
         lm = ReportLM(model, tokenizer, source={"kind": "hf", "path": str(root.resolve())})
     if gradient_checkpointing:
-        lm.model.gradient_checkpointing_enable()
+        enable_checkpointing(lm.model)
     if lora is not None:
         lm = with_lora(lm, lora)
     return lm
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Activation checkpointing that still trains LoRA adapters when every input embedding is frozen (a text-only
+    prompt): the non-reentrant variant, which needs no input that requires grad."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def with_lora(lm: ReportLM, settings: LoRASettings) -> ReportLM:

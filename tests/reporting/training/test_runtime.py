@@ -126,3 +126,16 @@ def test_lora_bf16_folder_reloads_with_its_trained_token_row(hf_folder: Path, tm
         assert torch.equal(lm.model.get_input_embeddings()(ids), back.model.get_input_embeddings()(ids))
         lm.eval()
         assert torch.equal(lm.model(input_ids=ids[None]).logits, back.model(input_ids=ids[None]).logits)
+
+
+def test_checkpointing_with_lora_trains_adapters_on_a_text_only_prompt(hf_folder: Path) -> None:
+    """Every input embedding is frozen here (no visual piece): the adapters must still get gradients."""
+    runtime = LMRuntime(gradient_checkpointing=True)
+    lm, how = training_lm(str(hf_folder), runtime, [], TINY)
+    assert how == "LoRA on a frozen base" and lm.model.is_gradient_checkpointing
+    lora_b = {n: p.detach().clone() for n, p in lm.named_parameters() if "lora_B" in n}
+    runner = StepRunner(lm, runtime, lr=1e-2)
+    runner.step(lambda: lm.loss([["Findings:"]], ["Nodule in the right lung."]))
+    assert lora_b and all(not torch.equal(lora_b[n], p) for n, p in lm.named_parameters() if n in lora_b)
+    info = runner.info()
+    assert info["steps"] == 1 and info["seconds_first_step"] > 0 and info["seconds_per_step_median"] is None

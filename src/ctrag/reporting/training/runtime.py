@@ -25,6 +25,8 @@ holds those choices (:class:`LMRuntime`, the ``runtime`` section of each recipe'
 from __future__ import annotations
 
 import logging
+import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -34,7 +36,14 @@ from torch import nn
 
 from ctrag.errors import ConfigError, MissingDependencyError
 from ctrag.generation.training.engine import DistInfo, all_mean, autocast_context, peak_memory, setup_distributed
-from ctrag.reporting.lm import LoRASettings, ReportLM, TinyDecoderConfig, load_causal_lm, tiny_report_lm
+from ctrag.reporting.lm import (
+    LoRASettings,
+    ReportLM,
+    TinyDecoderConfig,
+    enable_checkpointing,
+    load_causal_lm,
+    tiny_report_lm,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +103,7 @@ def training_lm(
         if trainable_tokens:
             lm.add_special_tokens(trainable_tokens)
         if runtime.gradient_checkpointing:
-            lm.model.gradient_checkpointing_enable()
+            enable_checkpointing(lm.model)
         return lm.to(runtime.device), "full (tiny default decoder trained here)"
     use_lora = runtime.lora == "on" or (runtime.lora == "auto" and _peft_installed())
     if runtime.lora == "on" and not _peft_installed():
@@ -136,6 +145,7 @@ class StepRunner:
         if not self.params:
             raise ConfigError("nothing to train: the report model has no trainable parameters")
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        self.step_seconds: list[float] = []
         self.ddp: nn.parallel.DistributedDataParallel | None = None
         if self.dist.world_size > 1:
             self.ddp = nn.parallel.DistributedDataParallel(
@@ -161,6 +171,7 @@ class StepRunner:
 
     def step(self, loss_fn: Callable[[], torch.Tensor]) -> float:
         """One update from ``loss_fn()`` (this process's slice mean); returns the mean over processes."""
+        started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         with autocast_context(self.device, self.runtime.precision):
             loss = self.ddp(loss_fn) if self.ddp is not None else loss_fn()
@@ -168,7 +179,9 @@ class StepRunner:
         if self.runtime.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.runtime.grad_clip)
         self.optimizer.step()
-        return all_mean(loss.detach().float(), self.dist)
+        value = all_mean(loss.detach().float(), self.dist)  # reading the value waits for the device
+        self.step_seconds.append(time.perf_counter() - started)
+        return value
 
     def info(self) -> dict[str, Any]:
         """Execution facts for the training summary (not part of what the model learns)."""
@@ -179,6 +192,12 @@ class StepRunner:
             "gradient_checkpointing": self.runtime.gradient_checkpointing,
             "world_size": self.dist.world_size,
             "trainable_parameters": sum(p.numel() for p in self.params),
+            "steps": len(self.step_seconds),
+            # The first step pays for allocation and kernel selection; the median of the rest is the step cost.
+            "seconds_first_step": round(self.step_seconds[0], 4) if self.step_seconds else None,
+            "seconds_per_step_median": (
+                round(statistics.median(self.step_seconds[1:]), 4) if len(self.step_seconds) > 1 else None
+            ),
             "peak_memory_mib": None if memory is None else round(memory, 1),
             "peak_memory_kind": kind,
         }
