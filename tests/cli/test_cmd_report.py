@@ -189,6 +189,21 @@ def test_train_and_report_adarag_through_the_cli(tmp_path: Path, capsys: pytest.
     assert "max_paragraph_tokens" in capsys.readouterr().err
 
 
+def test_train_reporter_runtime_options_reach_the_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "adarag"
+    code = main(["train", "reporter", "--method", "adarag", "--out", str(out), "--cases", str(SAMPLE_CT),
+                 *TINY_ADARAG, "--precision", "bf16", "--gradient-checkpointing", "--no-progress"])  # fmt: skip
+    assert code == 0
+    runtime = json.loads((out / "training_summary.json").read_text("utf-8"))["runtime"]
+    assert runtime["precision"] == "bf16" and runtime["gradient_checkpointing"] is True
+    assert runtime["world_size"] == 1 and runtime["steps"] == 2 and runtime["trainable_parameters"] > 0
+    base = ["train", "reporter", "--method", "diffvp", "--out", str(tmp_path / "x"), "--cases", str(SAMPLE_CT),
+            "--steps", "1", "--no-progress"]  # fmt: skip
+    assert "runtime.precision" in _err(capsys, *base, "--precision", "fp8")
+    assert "needs a base LM folder" in _err(capsys, *base, "--lora", "on")
+    assert not (tmp_path / "x").exists()
+
+
 # ------------------------------------------------------------------------------ --concepts / --no-concepts (CLI)
 def _err(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     capsys.readouterr()

@@ -369,7 +369,8 @@ def train_reporter_command(
         raise InvalidInputError(f"--method {method!r}: trainable report methods are {', '.join(REPORTER_METHODS)}")
     set_threads(threads)
     runtime = {"device": device, "precision": precision, "lora": lora}
-    set_ = [*(set_ or []), *(f"runtime.{k}={v}" for k, v in runtime.items() if v is not None)]
+    # Quoted: YAML would read a bare `on`/`off` as a boolean.
+    set_ = [*(set_ or []), *(f"runtime.{k}='{v}'" for k, v in runtime.items() if v is not None)]
     if gradient_checkpointing is not None:
         set_.append(f"runtime.gradient_checkpointing={str(gradient_checkpointing).lower()}")
     items = [*set_, f"steps={steps}", f"text_steps={text_steps}", f"seed={seed}"]

@@ -99,6 +99,8 @@ def training_lm(
     trained too (peft's ``trainable_token_indices``), the rest of the embedding matrix stays frozen.
     """
     if not base_lm:
+        if runtime.lora == "on":
+            raise ConfigError("runtime.lora=on needs a base LM folder (--lm); the tiny default decoder trains in full")
         lm = tiny_report_lm(texts, tiny)
         if trainable_tokens:
             lm.add_special_tokens(trainable_tokens)
