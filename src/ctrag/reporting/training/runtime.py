@@ -98,6 +98,7 @@ def training_lm(
     ``trainable_tokens`` are added to the vocabulary (AdaRAG-CT's ``[RAG]``); under LoRA their embedding rows are
     trained too (peft's ``trainable_token_indices``), the rest of the embedding matrix stays frozen.
     """
+    device = setup_distributed(runtime.device)[1]  # under torchrun: this process's GPU, not cuda:0
     if not base_lm:
         if runtime.lora == "on":
             raise ConfigError("runtime.lora=on needs a base LM folder (--lm); the tiny default decoder trains in full")
@@ -106,13 +107,12 @@ def training_lm(
             lm.add_special_tokens(trainable_tokens)
         if runtime.gradient_checkpointing:
             enable_checkpointing(lm.model)
-        return lm.to(runtime.device), "full (tiny default decoder trained here)"
+        return lm.to(device), "full (tiny default decoder trained here)"
     use_lora = runtime.lora == "on" or (runtime.lora == "auto" and _peft_installed())
     if runtime.lora == "on" and not _peft_installed():
         raise MissingDependencyError("runtime.lora=on needs the 'peft' package (pip install peft)")
     # A frozen base may be stored in bf16; weights AdamW updates stay fp32.
     dtype = torch.bfloat16 if (use_lora and runtime.precision == "bf16") else torch.float32
-    device = setup_distributed(runtime.device)[1]
     lm = load_causal_lm(base_lm, device=str(device), dtype=dtype, gradient_checkpointing=runtime.gradient_checkpointing)
     ids = lm.add_special_tokens(trainable_tokens) if trainable_tokens else []
     if not use_lora:
