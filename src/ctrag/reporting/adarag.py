@@ -287,6 +287,7 @@ class AdaRAGModel(nn.Module):
         if meta.get("visual"):
             model.visual = load_visual(meta["visual"], root, device)
         bank = SentenceBank.load(root / "bank", encoder=model.encoder) if (root / "bank").exists() else None
+        model.to(device)  # the projector was built on the CPU; load_state_dict copies values, not placement
         return model, bank
 
 

@@ -85,6 +85,9 @@ class DifferenceExtractor(nn.Module):
         self.delta = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
 
     def resample(self, global_tokens: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
+        # Visual features come from the front end on the CPU in fp32; the queries may sit on a GPU.
+        global_tokens = global_tokens.to(self.queries.device, torch.float32)
+        texture = texture.to(self.queries.device, torch.float32)
         kv = torch.cat((self.in_global(global_tokens), self.in_texture(texture)), dim=0)[None]
         out, _ = self.attn(self.queries[None], kv, kv)
         return self.norm(out[0] + self.queries)
@@ -219,6 +222,7 @@ class DiffVPModel(nn.Module):
         if bad:
             raise CheckpointMismatchError(f"{root / 'heads.pt'}: missing/unexpected weights {bad[:5]}")
         refs = torch.load(root / "references.pt", map_location=device, weights_only=True)
+        model.to(device)  # the heads were built on the CPU; load_state_dict copies values, not placement
         return model, {**dict(meta["references"]), **refs}
 
 
@@ -231,7 +235,7 @@ def pick_stored_reference(
         i = rng.randrange(n)
     else:
         v = refs["global_vector"]
-        q = target.global_vector.float()
+        q = target.global_vector.float().to(v.device)
         sims = (v @ q) / (v.norm(dim=1) * q.norm() + 1e-12)
         i = int(torch.argmax(sims))
     return i, (refs["global_tokens"][i], refs["texture"][i])
