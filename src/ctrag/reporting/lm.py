@@ -175,9 +175,11 @@ class ReportLM(nn.Module):
         self.source = dict(source or {})
 
     # ---------------------------------------------------------------- facts
+    # Under LoRA with trainable tokens the input embedding is peft's wrapper, whose ``.weight`` rebuilds the whole
+    # vocabulary matrix on each read; width and device are read where that costs nothing (AdaRAG asks per token).
     @property
     def hidden_size(self) -> int:
-        return int(self.model.get_input_embeddings().weight.shape[1])
+        return int(self.model.config.hidden_size)
 
     @property
     def context_length(self) -> int:
@@ -190,7 +192,7 @@ class ReportLM(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        return next(self.model.parameters()).device
 
     @property
     def fingerprint(self) -> str:
