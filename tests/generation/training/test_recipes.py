@@ -188,8 +188,11 @@ def test_accumulated_checkpointed_controlnet_steps_repeat_the_plain_ones(
     np.testing.assert_allclose(other.losses, plain.losses, rtol=1e-5)
     a, b = _state_params(tmp_path / "plain"), _state_params(tmp_path / "other")
     assert set(a) == set(b)
+    # AdamW divides each update by the gradient's running RMS, so where a gradient is ~0 (the zero-initialised
+    # output convs) the rounding of the reordered micro-batch sums becomes an update difference near 1e-6 (this
+    # machine's fresh venv: 1.08e-6 on 0.1 % of one block's elements); 2e-6 still fails any real divergence.
     for k, v in a.items():
-        torch.testing.assert_close(b[k], v, rtol=1e-4, atol=1e-6, msg=k)
+        torch.testing.assert_close(b[k], v, rtol=1e-4, atol=2e-6, msg=k)
 
 
 @pytest.mark.slow  # ~50 s on two shared cores: two spawned interpreters import torch, MONAI and ctrag
